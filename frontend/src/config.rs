@@ -1,0 +1,185 @@
+//! The one TOML configuration file: a section per role, a tagged enum per
+//! storage backend. See `docs/config.example.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub frontend: FrontendConfig,
+    pub coordinator: CoordinatorConfig,
+    pub streaming: StreamingConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontendConfig {
+    /// `HOST:PORT` the PostgreSQL protocol listens on.
+    pub listen: String,
+    /// Staleness bound of `SET quiver.consistency = 'bounded'`, in milliseconds.
+    pub bounded_staleness_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Shards per table; each shard is one WAL channel. Fixed once data exists.
+    pub shards: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Rows a shard's growing segments may hold before they are sealed.
+    pub seal_rows: usize,
+    /// Interval of time ticks on idle shards, in milliseconds.
+    pub tick_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub wal: WalConfig,
+    pub meta: MetaConfig,
+    pub object: ObjectConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WalConfig {
+    /// Segmented, checksummed, fsync'd log files under `DATA_DIR/wal` (or `dir`).
+    Local {
+        #[serde(default)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum MetaConfig {
+    /// Op-logged key-value store under `DATA_DIR/meta` (or `dir`).
+    Embedded {
+        #[serde(default)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ObjectConfig {
+    /// A local directory, `DATA_DIR/objects` unless `root` is set.
+    Local {
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./quiver-data"),
+            frontend: FrontendConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+            streaming: StreamingConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for FrontendConfig {
+    fn default() -> Self {
+        FrontendConfig {
+            listen: "127.0.0.1:5488".into(),
+            bounded_staleness_ms: 1_000,
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig { shards: 2 }
+    }
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            seal_rows: 100_000,
+            tick_interval_ms: 50,
+        }
+    }
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig::Local { dir: None }
+    }
+}
+
+impl Default for MetaConfig {
+    fn default() -> Self {
+        MetaConfig::Embedded { dir: None }
+    }
+}
+
+impl Default for ObjectConfig {
+    fn default() -> Self {
+        ObjectConfig::Local { root: None }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Ok(Self::from_toml(&text)?)
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        match &self.storage.wal {
+            WalConfig::Local { dir } => dir.clone().unwrap_or_else(|| self.data_dir.join("wal")),
+        }
+    }
+
+    pub fn meta_dir(&self) -> PathBuf {
+        match &self.storage.meta {
+            MetaConfig::Embedded { dir } => {
+                dir.clone().unwrap_or_else(|| self.data_dir.join("meta"))
+            }
+        }
+    }
+
+    pub fn object_root(&self) -> PathBuf {
+        match &self.storage.object {
+            ObjectConfig::Local { root } => root
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("objects")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../docs/config.example.toml");
+        let config = Config::from_toml(text).expect("example config must parse");
+        assert_eq!(config.frontend.listen, "127.0.0.1:5488");
+        assert!(matches!(config.storage.wal, WalConfig::Local { .. }));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::from_toml("[frontend]\nlisten_on = 'x'\n").is_err());
+    }
+}

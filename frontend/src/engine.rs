@@ -1,0 +1,404 @@
+//! One execute path for every statement, shared by the simple and the
+//! extended protocol: statements arrive parsed (and, for the extended
+//! protocol, with parameters already bound as literals).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use pgwire::api::Type;
+use pgwire::api::results::Tag;
+use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
+use quiver_planner::vector::{VectorOperatorPlanner, udfs};
+use quiver_planner::{SqlError, sqlstate};
+use quiver_types::{SegmentId, Timestamp};
+use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
+
+use crate::error::{from_api, from_datafusion};
+use crate::session::{Consistency, Session};
+use crate::table::{QuiverSchema, ReadSnapshot};
+
+pub const DATABASE: &str = "postgres";
+pub const SCHEMA: &str = "public";
+
+/// The roles a frontend talks to (in-process or remote).
+pub struct Backends {
+    pub coordinator: Arc<dyn CoordinatorApi>,
+    pub streaming: Arc<dyn StreamingApi>,
+    pub query_nodes: Vec<Arc<dyn QueryApi>>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("query_nodes", &self.query_nodes.len())
+            .finish()
+    }
+}
+
+impl Backends {
+    pub fn query_node(&self, segment: SegmentId) -> Arc<dyn QueryApi> {
+        let idx = self.coordinator.segment_owner(segment);
+        self.query_nodes[idx.min(self.query_nodes.len().saturating_sub(1))].clone()
+    }
+}
+
+/// What a statement produced.
+pub enum Output {
+    Rows(SchemaRef, Vec<RecordBatch>),
+    Command(Tag),
+}
+
+pub struct Engine {
+    pub backends: Arc<Backends>,
+    base_state: SessionState,
+    /// Staleness bound of `bounded` consistency.
+    pub bounded_staleness: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(backends: Arc<Backends>, bounded_staleness: Duration) -> Result<Self, SqlError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(DATABASE, SCHEMA)
+            .with_information_schema(true)
+            .set_str("datafusion.sql_parser.dialect", "postgres");
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = ctx
+            .catalog(DATABASE)
+            .ok_or_else(|| SqlError::new("XX000", "default catalog missing"))?;
+        catalog
+            .register_schema(
+                SCHEMA,
+                Arc::new(QuiverSchema {
+                    backends: backends.clone(),
+                }),
+            )
+            .map_err(from_datafusion)?;
+        for udf in udfs() {
+            ctx.register_udf(udf);
+        }
+        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &ctx,
+            DATABASE,
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        )
+        .map_err(|e| from_datafusion(*e))?;
+        let state = ctx.state();
+        let operator_planner = VectorOperatorPlanner::new(&state).map_err(from_datafusion)?;
+        let mut planners = state.expr_planners().to_vec();
+        planners.insert(0, Arc::new(operator_planner));
+        let base_state = SessionStateBuilder::new_from_existing(state)
+            .with_expr_planners(planners)
+            .build();
+        Ok(Engine {
+            backends,
+            base_state,
+            bounded_staleness,
+        })
+    }
+
+    pub fn new_session(&self) -> Session {
+        Session::new(SessionContext::new_with_state(self.base_state.clone()))
+    }
+
+    /// Picks the snapshot a read runs at, honouring the session's level.
+    pub async fn read_snapshot(&self, session: &Session) -> Result<Timestamp, SqlError> {
+        let streaming = &self.backends.streaming;
+        let level = *session.consistency.lock();
+        let ts = match level {
+            Consistency::Strong => {
+                let now = self
+                    .backends
+                    .coordinator
+                    .allocate_timestamp()
+                    .await
+                    .map_err(from_api)?;
+                streaming.wait_applied(now).await.map_err(from_api)?
+            }
+            Consistency::Session => {
+                let applied = streaming.applied_ts().await.map_err(from_api)?;
+                let own = session.last_write();
+                if own > applied {
+                    streaming.wait_applied(own).await.map_err(from_api)?
+                } else {
+                    applied
+                }
+            }
+            Consistency::Bounded => {
+                let applied = streaming.applied_ts().await.map_err(from_api)?;
+                let bound = Timestamp::compose(
+                    now_ms().saturating_sub(self.bounded_staleness.as_millis() as u64),
+                    0,
+                );
+                let own = session.last_write().max(bound);
+                if own > applied {
+                    streaming.wait_applied(own).await.map_err(from_api)?
+                } else {
+                    applied
+                }
+            }
+            Consistency::Eventually => streaming.applied_ts().await.map_err(from_api)?,
+        };
+        Ok(ts)
+    }
+
+    /// Sets the snapshot scans of the next plan use.
+    pub fn pin_snapshot(&self, session: &Session, ts: Timestamp) {
+        let state = session.ctx.state_ref();
+        state
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(ReadSnapshot(ts)));
+    }
+
+    pub async fn plan(
+        &self,
+        session: &Session,
+        statement: Statement,
+    ) -> Result<LogicalPlan, SqlError> {
+        session
+            .ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement,
+            )))
+            .await
+            .map_err(from_datafusion)
+    }
+
+    /// Runs a query at the session's snapshot and collects its rows.
+    pub async fn run_query(
+        &self,
+        session: &Session,
+        statement: Statement,
+    ) -> Result<Output, SqlError> {
+        let ts = self.read_snapshot(session).await?;
+        self.run_query_at(session, statement, ts).await
+    }
+
+    pub async fn run_query_at(
+        &self,
+        session: &Session,
+        statement: Statement,
+        ts: Timestamp,
+    ) -> Result<Output, SqlError> {
+        self.pin_snapshot(session, ts);
+        let plan = self.plan(session, statement).await?;
+        let df = session
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(from_datafusion)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(from_datafusion)?;
+        Ok(Output::Rows(schema, batches))
+    }
+
+    pub async fn execute(
+        &self,
+        session: &Session,
+        statement: Statement,
+    ) -> Result<Output, SqlError> {
+        match statement {
+            Statement::Query(_) | Statement::Explain { .. } => {
+                self.run_query(session, statement).await
+            }
+            Statement::CreateTable(create) => crate::ddl::create_table(self, create).await,
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                ..
+            } => crate::ddl::drop(self, object_type, if_exists, names).await,
+            Statement::Truncate(truncate) => crate::ddl::truncate(self, truncate).await,
+            Statement::CreateExtension(ext) => crate::ddl::create_extension(ext),
+            Statement::Insert(insert) => crate::dml::insert(self, session, insert).await,
+            Statement::Update(update) => crate::dml::update(self, session, update).await,
+            Statement::Delete(delete) => crate::dml::delete(self, session, delete).await,
+            Statement::Set(set) => self.set(session, set),
+            Statement::ShowVariable { variable } => self.show(session, &variable),
+            Statement::StartTransaction { .. } => Ok(Output::Command(Tag::new("BEGIN"))),
+            Statement::Commit { .. } => Ok(Output::Command(Tag::new("COMMIT"))),
+            Statement::Rollback { .. } => Ok(Output::Command(Tag::new("ROLLBACK"))),
+            other => Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "statement not supported: {}",
+                    first_words(&other.to_string())
+                ),
+            )),
+        }
+    }
+
+    /// `CHECKPOINT`: seal and flush every growing segment.
+    pub async fn checkpoint(&self) -> Result<Output, SqlError> {
+        self.backends
+            .streaming
+            .flush_all()
+            .await
+            .map_err(from_api)?;
+        Ok(Output::Command(Tag::new("CHECKPOINT")))
+    }
+
+    fn set(&self, session: &Session, set: Set) -> Result<Output, SqlError> {
+        match set {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = variable_name(&variable);
+                let value = values.first().map(setting_value).unwrap_or_default();
+                if name == "quiver.consistency" {
+                    *session.consistency.lock() = Consistency::parse(&value)?;
+                } else {
+                    session.settings.lock().insert(name, value);
+                }
+                Ok(Output::Command(Tag::new("SET")))
+            }
+            // SET TIME ZONE, SET NAMES, ...: accepted, nothing to change.
+            _ => Ok(Output::Command(Tag::new("SET"))),
+        }
+    }
+
+    fn show(
+        &self,
+        session: &Session,
+        variable: &[sqlparser::ast::Ident],
+    ) -> Result<Output, SqlError> {
+        let name = variable
+            .iter()
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(".");
+        let value = match name.as_str() {
+            "quiver.consistency" => session.consistency.lock().name().to_string(),
+            "server_version" => "16.6".to_string(),
+            "server_encoding" | "client_encoding" => "UTF8".to_string(),
+            "standard_conforming_strings" => "on".to_string(),
+            "timezone" => "UTC".to_string(),
+            "datestyle" => "ISO, MDY".to_string(),
+            "transaction_isolation" | "transaction isolation level" => "read committed".to_string(),
+            other => session.settings.lock().get(other).cloned().ok_or_else(|| {
+                SqlError::new(
+                    sqlstate::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{other}\""),
+                )
+            })?,
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
+        )
+        .map_err(|e| SqlError::new("XX000", e.to_string()))?;
+        Ok(Output::Rows(schema, vec![batch]))
+    }
+
+    /// Parameter types and result columns of a statement, without running it.
+    pub async fn describe(
+        &self,
+        session: &Session,
+        statement: &Statement,
+    ) -> Result<(Vec<Type>, Option<SchemaRef>), SqlError> {
+        match statement {
+            Statement::Query(_) | Statement::Explain { .. } => {
+                let plan = self.plan(session, statement.clone()).await?;
+                let params = ordered_param_types(&plan)?;
+                Ok((params, Some(Arc::new(plan.schema().as_arrow().clone()))))
+            }
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.clone())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                Ok((
+                    vec![],
+                    Some(Arc::new(Schema::new(vec![Field::new(
+                        name,
+                        DataType::Utf8,
+                        false,
+                    )]))),
+                ))
+            }
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+                crate::dml::describe(self, session, statement).await
+            }
+            _ => Ok((vec![Type::UNKNOWN; count_placeholders(statement)], None)),
+        }
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn variable_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn setting_value(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `$1..$n` types DataFusion inferred, `UNKNOWN` where it could not.
+pub fn ordered_param_types(plan: &LogicalPlan) -> Result<Vec<Type>, SqlError> {
+    let types = plan.get_parameter_types().map_err(from_datafusion)?;
+    let mut ordered: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, t)| {
+            name.trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .map(|n| (n, t))
+        })
+        .collect();
+    ordered.sort_by_key(|(n, _)| *n);
+    let count = ordered.last().map_or(0, |(n, _)| *n);
+    let mut out = vec![Type::UNKNOWN; count];
+    for (n, t) in ordered {
+        if let Some(t) = t {
+            out[n - 1] = arrow_pg::datatypes::into_pg_type(&t).unwrap_or(Type::UNKNOWN);
+        }
+    }
+    Ok(out)
+}
+
+/// The highest `$n` in a statement.
+pub fn count_placeholders(statement: &Statement) -> usize {
+    let mut max = 0usize;
+    let mut copy = statement.clone();
+    let _ = sqlparser::ast::visit_expressions_mut(&mut copy, |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Ok(n) = p.trim_start_matches('$').parse::<usize>()
+        {
+            max = max.max(n);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    max
+}

@@ -1,0 +1,20 @@
+//! The frontend (proxy): the PostgreSQL wire protocol and everything a
+//! session needs.
+//!
+//! It accepts connections ([`server`]), keeps per-connection [`session`]
+//! state (settings, consistency level, last write timestamp), turns each
+//! statement into work for the other roles ([`engine`], [`ddl`], [`dml`]) and
+//! exposes tables to DataFusion as providers that fan out to streaming nodes
+//! (growing data) and query nodes (sealed segments) at one snapshot
+//! timestamp ([`table`]). It holds no durable state of its own, so any number
+//! of frontends can serve the same cluster.
+
+pub mod config;
+pub mod ddl;
+pub mod dml;
+pub mod engine;
+pub mod error;
+pub mod server;
+pub mod session;
+pub mod standalone;
+pub mod table;

@@ -1,0 +1,97 @@
+//! The `quiver` binary: one subcommand per deployment shape.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use quiver_frontend::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "quiver",
+    version,
+    about = "A vector SQL database that speaks PostgreSQL and pgvector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process on the embedded storage backends.
+    Standalone {
+        /// TOML configuration file (see docs/config.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (default ./quiver-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the PostgreSQL protocol (default 127.0.0.1:5488).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Rows per shard before growing segments are sealed.
+        #[arg(long)]
+        seal_rows: Option<usize>,
+        /// Shards per table (fixed once data exists).
+        #[arg(long)]
+        shards: Option<u32>,
+    },
+    /// Parse a configuration file and print the effective configuration.
+    CheckConfig { path: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Standalone {
+            config,
+            data_dir,
+            listen,
+            seal_rows,
+            shards,
+        } => {
+            let mut cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.frontend.listen = l;
+            }
+            if let Some(s) = seal_rows {
+                cfg.streaming.seal_rows = s;
+            }
+            if let Some(s) = shards {
+                cfg.coordinator.shards = s;
+            }
+            let engine = quiver_frontend::standalone::start(&cfg)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = format!("{e:#}"), "startup failed");
+                    e
+                })?;
+            let listener = tokio::net::TcpListener::bind(&cfg.frontend.listen).await?;
+            tracing::info!(
+                listen = %cfg.frontend.listen,
+                data_dir = %cfg.data_dir.display(),
+                "quiver standalone ready"
+            );
+            quiver_frontend::server::serve(engine, listener).await?;
+            Ok(())
+        }
+        Command::CheckConfig { path } => {
+            let cfg = Config::load(&path)?;
+            println!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+    }
+}

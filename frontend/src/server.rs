@@ -1,0 +1,350 @@
+//! The PostgreSQL wire protocol (pgwire): startup, simple and extended query.
+//! Both query protocols end in [`Engine::execute`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::common::ParamValues;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::{Sink, stream};
+use pgwire::api::auth::StartupHandler;
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::types::format::FormatOptions;
+use quiver_planner::rewrite::{bind_parameters, normalize_operators, rewrite_vector_casts};
+use quiver_planner::{SqlError, sqlstate};
+use sqlparser::ast::Statement;
+use tokio::net::TcpListener;
+
+use crate::engine::{DATABASE, Engine, Output};
+use crate::error::{to_error_info, to_pgwire};
+use crate::session::Session;
+
+/// A parsed statement as kept between Parse and Execute.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub sql: String,
+    pub kind: PreparedKind,
+    pub param_types: Vec<Type>,
+    pub result: Option<SchemaRef>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PreparedKind {
+    Statement(Box<Statement>),
+    Checkpoint,
+}
+
+pub struct Handlers {
+    engine: Arc<Engine>,
+    parser: Arc<QuiverParser>,
+}
+
+pub struct QuiverParser {
+    engine: Arc<Engine>,
+    sql_parser: PostgresCompatibilityParser,
+}
+
+fn session_of<C: ClientInfo + ?Sized>(engine: &Engine, client: &C) -> Arc<Session> {
+    client
+        .session_extensions()
+        .get_or_insert_with(|| engine.new_session())
+}
+
+/// `CHECKPOINT` is PostgreSQL's own statement but unknown to sqlparser.
+fn is_checkpoint(sql: &str) -> bool {
+    sql.trim()
+        .trim_end_matches(';')
+        .trim()
+        .eq_ignore_ascii_case("checkpoint")
+}
+
+impl QuiverParser {
+    fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
+        let normalized = normalize_operators(sql);
+        let mut statements = self
+            .sql_parser
+            .parse(&normalized)
+            .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
+        for s in &mut statements {
+            rewrite_vector_casts(s);
+        }
+        Ok(statements)
+    }
+}
+
+fn fields(
+    schema: &SchemaRef,
+    format: &Format,
+    options: Option<Arc<FormatOptions>>,
+) -> PgWireResult<Vec<FieldInfo>> {
+    arrow_pg::datatypes::arrow_schema_to_pg_fields(schema, format, options)
+}
+
+fn into_response(
+    output: Output,
+    format: &Format,
+    options: Arc<FormatOptions>,
+) -> PgWireResult<Response> {
+    match output {
+        Output::Command(tag) => Ok(Response::Execution(tag)),
+        Output::Rows(schema, batches) => {
+            let fields = Arc::new(fields(&schema, format, Some(options))?);
+            let rows: Vec<_> = batches
+                .into_iter()
+                .flat_map(|b| arrow_pg::datatypes::encode_recordbatch(fields.clone(), b))
+                .collect();
+            Ok(Response::Query(QueryResponse::new(
+                fields,
+                stream::iter(rows),
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl QueryParser for QuiverParser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if is_checkpoint(sql) {
+            return Ok(Some(Prepared {
+                sql: sql.to_string(),
+                kind: PreparedKind::Checkpoint,
+                param_types: vec![],
+                result: None,
+            }));
+        }
+        let mut statements = self.parse(sql).map_err(to_pgwire)?;
+        if statements.len() > 1 {
+            return Err(to_pgwire(SqlError::new(
+                "42601",
+                "cannot insert multiple commands into a prepared statement",
+            )));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let session = session_of(&self.engine, client);
+        let (param_types, result) = self
+            .engine
+            .describe(&session, &statement)
+            .await
+            .map_err(to_pgwire)?;
+        Ok(Some(Prepared {
+            sql: sql.to_string(),
+            kind: PreparedKind::Statement(Box::new(statement)),
+            param_types,
+            result,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.result {
+            Some(schema) => fields(schema, format.unwrap_or(&Format::UnifiedText), None),
+            None => Ok(vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handlers {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(&self.engine, client);
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        if is_checkpoint(query) {
+            let out = self.engine.checkpoint().await;
+            return Ok(vec![match out {
+                Ok(o) => into_response(o, &Format::UnifiedText, options)?,
+                Err(e) => Response::Error(Box::new(to_error_info(e))),
+            }]);
+        }
+        let statements = match self.parser.parse(query) {
+            Ok(s) => s,
+            Err(e) => return Ok(vec![Response::Error(Box::new(to_error_info(e)))]),
+        };
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in statements {
+            match self.engine.execute(&session, statement).await {
+                Ok(out) => {
+                    responses.push(into_response(out, &Format::UnifiedText, options.clone())?)
+                }
+                Err(e) => {
+                    // Like PostgreSQL: stop at the first failing statement.
+                    responses.push(Response::Error(Box::new(to_error_info(e))));
+                    break;
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handlers {
+    type Statement = Prepared;
+    type QueryParser = QuiverParser;
+
+    fn query_parser(&self) -> Arc<QuiverParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(&self.engine, client);
+        let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let prepared = &portal.statement.statement;
+        let output = match &prepared.kind {
+            PreparedKind::Checkpoint => self.engine.checkpoint().await,
+            PreparedKind::Statement(statement) => {
+                let server_types: Vec<Option<&Type>> =
+                    prepared.param_types.iter().map(Some).collect();
+                let params = arrow_pg::datatypes::df::deserialize_parameters_with_server_types(
+                    portal,
+                    &[],
+                    &server_types,
+                )?;
+                let values = match params {
+                    ParamValues::List(list) => {
+                        list.into_iter().map(|v| v.value).collect::<Vec<_>>()
+                    }
+                    ParamValues::Map(_) => vec![],
+                };
+                let mut statement = (**statement).clone();
+                match bind_parameters(&mut statement, &values) {
+                    Ok(()) => self.engine.execute(&session, statement).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match output {
+            Ok(out) => into_response(out, &portal.result_column_format, options),
+            Err(e) => Err(to_pgwire(e)),
+        }
+    }
+}
+
+/// Accepts the `postgres` role on the `postgres` database, like a fresh initdb.
+pub struct Startup;
+
+#[async_trait]
+impl NoopStartupHandler for Startup {
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let database = client
+            .metadata()
+            .get("database")
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        if user != "postgres" {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                format!("role \"{user}\" does not exist"),
+            ))));
+        }
+        if database != DATABASE {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "3D000".into(),
+                format!("database \"{database}\" does not exist"),
+            ))));
+        }
+        Ok(())
+    }
+}
+
+pub struct Factory {
+    handlers: Arc<Handlers>,
+    startup: Arc<Startup>,
+}
+
+impl PgWireServerHandlers for Factory {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.handlers.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.handlers.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.startup.clone()
+    }
+}
+
+/// Serves the wire protocol on `listener` until the task is dropped.
+pub async fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<()> {
+    let factory = Arc::new(Factory {
+        handlers: Arc::new(Handlers {
+            engine: engine.clone(),
+            parser: Arc::new(QuiverParser {
+                engine,
+                sql_parser: PostgresCompatibilityParser::new(),
+            }),
+        }),
+        startup: Arc::new(Startup),
+    });
+    loop {
+        let (socket, addr) = listener.accept().await?;
+        let factory = factory.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

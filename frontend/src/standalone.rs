@@ -1,0 +1,66 @@
+//! Standalone mode: every role in one process, wired with in-process calls,
+//! on the embedded storage backends under one data directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
+use quiver_coordinator::{Coordinator, CoordinatorOptions};
+use quiver_meta::{EmbeddedMeta, MetaStore};
+use quiver_query::QueryNode;
+use quiver_segment::{ObjectStoreConfig, open_object_store};
+use quiver_streaming::{StreamingNode, StreamingOptions};
+use quiver_wal::{LocalWal, LocalWalOptions, Wal};
+
+use crate::config::Config;
+use crate::engine::{Backends, Engine};
+
+/// Starts the roles in dependency order and returns the frontend engine.
+pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(config.meta_dir())?);
+    let store = open_object_store(&ObjectStoreConfig::Local {
+        root: config.object_root(),
+    })?;
+    let wal: Arc<dyn Wal> = Arc::new(
+        LocalWal::open(LocalWalOptions::new(
+            config.wal_dir(),
+            config.coordinator.shards,
+        ))
+        .await?,
+    );
+    let query_node = QueryNode::new(store.clone());
+    let query_nodes: Vec<Arc<dyn QueryApi>> = vec![query_node];
+    let coordinator: Arc<dyn CoordinatorApi> = Arc::new(
+        Coordinator::open(
+            meta.clone(),
+            CoordinatorOptions {
+                shards: config.coordinator.shards,
+            },
+            query_nodes.clone(),
+        )
+        .await?,
+    );
+    let streaming: Arc<dyn StreamingApi> = StreamingNode::open(
+        wal,
+        meta,
+        store,
+        coordinator.clone(),
+        StreamingOptions {
+            seal_rows: config.streaming.seal_rows.max(1),
+            tick_interval: Duration::from_millis(config.streaming.tick_interval_ms.max(1)),
+        },
+    )
+    .await?;
+    let backends = Arc::new(Backends {
+        coordinator,
+        streaming,
+        query_nodes,
+    });
+    let engine = Engine::new(
+        backends,
+        Duration::from_millis(config.frontend.bounded_staleness_ms),
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    Ok(Arc::new(engine))
+}

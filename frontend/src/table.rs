@@ -1,0 +1,118 @@
+//! Quiver tables as DataFusion tables: a scan gathers, for every shard, the
+//! visible growing rows from the streaming node and the sealed segments from
+//! their query nodes, all at the statement's snapshot timestamp.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use quiver_api::{ApiError, TableInfo};
+use quiver_types::{ShardId, Timestamp};
+
+use crate::engine::Backends;
+
+/// The snapshot a statement reads at, passed to scans via the session config.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSnapshot(pub Timestamp);
+
+fn api_err(e: ApiError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[derive(Debug)]
+pub struct QuiverSchema {
+    pub backends: Arc<Backends>,
+}
+
+#[async_trait]
+impl SchemaProvider for QuiverSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.backends
+            .coordinator
+            .tables()
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        Ok(self.backends.coordinator.table(name).map(|info| {
+            Arc::new(QuiverTable {
+                schema: info.schema.arrow_schema(),
+                info,
+                backends: self.backends.clone(),
+            }) as Arc<dyn TableProvider>
+        }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.backends.coordinator.table(name).is_some()
+    }
+}
+
+#[derive(Debug)]
+pub struct QuiverTable {
+    pub info: TableInfo,
+    schema: SchemaRef,
+    backends: Arc<Backends>,
+}
+
+#[async_trait]
+impl TableProvider for QuiverTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let ts = match state.config().get_extension::<ReadSnapshot>() {
+            Some(s) => s.0,
+            None => self
+                .backends
+                .streaming
+                .applied_ts()
+                .await
+                .map_err(api_err)?,
+        };
+        let mut partitions = Vec::with_capacity(self.info.shards as usize);
+        for shard in 0..self.info.shards {
+            let snap = self
+                .backends
+                .streaming
+                .snapshot(&self.info, ShardId(shard), ts)
+                .await
+                .map_err(api_err)?;
+            let mut batches = snap.growing;
+            for seg in snap.sealed {
+                let node = self.backends.query_node(seg.segment);
+                batches.extend(
+                    node.scan_segment(seg.segment, ts, &seg.deletes)
+                        .await
+                        .map_err(api_err)?,
+                );
+            }
+            partitions.push(batches);
+        }
+        let exec = MemorySourceConfig::try_new_exec(
+            &partitions,
+            self.schema.clone(),
+            projection.cloned(),
+        )?;
+        Ok(exec)
+    }
+}

@@ -1,0 +1,58 @@
+//! SQL in, plans out, no I/O.
+//!
+//! This crate owns Quiver's SQL dialect on top of sqlparser and DataFusion:
+//! pgvector's `vector` type, operators (`<->`, `<#>`, `<=>`, `<+>`) and
+//! functions as DataFusion UDFs with pgvector's error wording and SQLSTATEs
+//! ([`vector`]); the statement preprocessing that makes PostgreSQL syntax
+//! DataFusion does not know plannable ([`rewrite`]); and the mapping of SQL
+//! column types and values onto a table's stored Arrow schema with
+//! PostgreSQL's validation rules ([`coerce`]).
+
+pub mod coerce;
+pub mod rewrite;
+pub mod vector;
+
+use std::fmt;
+
+/// An error that already knows its PostgreSQL SQLSTATE. Carried through
+/// DataFusion as `DataFusionError::External` so the frontend can recover it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlError {
+    pub sqlstate: &'static str,
+    pub message: String,
+}
+
+impl SqlError {
+    pub fn new(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        SqlError {
+            sqlstate,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_datafusion(self) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::External(Box::new(self))
+    }
+}
+
+impl fmt::Display for SqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqlError {}
+
+/// SQLSTATEs used across the planner.
+pub mod sqlstate {
+    pub const DATA_EXCEPTION: &str = "22000";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const DATATYPE_MISMATCH: &str = "42804";
+    pub const UNDEFINED_COLUMN: &str = "42703";
+    pub const UNDEFINED_TABLE: &str = "42P01";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const NOT_NULL_VIOLATION: &str = "23502";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+}

@@ -1,0 +1,235 @@
+//! Statement preprocessing: PostgreSQL/pgvector syntax that DataFusion's SQL
+//! planner does not know, turned into syntax it does.
+
+use std::ops::ControlFlow;
+
+use datafusion::common::ScalarValue;
+use sqlparser::ast::{
+    CastKind, DataType as SqlDataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Statement, Value,
+    visit_expressions_mut,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::vector::{L1_OPERATOR_TOKEN, format_vector};
+use crate::{SqlError, sqlstate};
+
+/// sqlparser splits pgvector's `<+>` into `<`, `+`, `>`; respell it as a
+/// custom operator token (`<#+>`) the PostgreSQL dialect keeps whole.
+pub fn normalize_operators(sql: &str) -> String {
+    if !sql.contains("<+>") {
+        return sql.to_string();
+    }
+    let dialect = PostgreSqlDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, sql)
+        .with_unescape(false)
+        .tokenize()
+    else {
+        return sql.to_string();
+    };
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if i + 2 < tokens.len()
+            && tokens[i] == Token::Lt
+            && tokens[i + 1] == Token::Plus
+            && tokens[i + 2] == Token::Gt
+        {
+            out.push_str(L1_OPERATOR_TOKEN);
+            i += 3;
+            continue;
+        }
+        out.push_str(&tokens[i].to_string());
+        i += 1;
+    }
+    out
+}
+
+/// The `n` of a `vector(n)` type name, `Some(None)` for plain `vector`,
+/// `None` if the type is not a vector.
+pub fn vector_type_dim(data_type: &SqlDataType) -> Option<Option<u32>> {
+    let SqlDataType::Custom(name, args) = data_type else {
+        return None;
+    };
+    let last = name.0.last().and_then(|p| p.as_ident())?;
+    if !last.value.eq_ignore_ascii_case("vector") {
+        return None;
+    }
+    Some(args.first().and_then(|a| a.parse::<u32>().ok()))
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// Rewrites `x::vector(n)` / `CAST(x AS vector)` into `to_vector(x, n)`.
+pub fn rewrite_vector_casts(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Cast {
+            kind: CastKind::DoubleColon | CastKind::Cast,
+            expr: inner,
+            data_type,
+            ..
+        } = expr
+            && let Some(dim) = vector_type_dim(data_type)
+        {
+            let mut args = vec![(**inner).clone()];
+            if let Some(n) = dim {
+                args.push(Expr::value(Value::Number(n.to_string(), false)));
+            }
+            *expr = call("to_vector", args);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// A SQL literal expression carrying `value`.
+pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
+    if value.is_null() {
+        return Ok(Expr::value(Value::Null));
+    }
+    let typed = |text: String, ty: SqlDataType| Expr::Cast {
+        kind: CastKind::DoubleColon,
+        expr: Box::new(Expr::value(Value::SingleQuotedString(text))),
+        data_type: ty,
+        array: false,
+        format: None,
+    };
+    Ok(match value {
+        ScalarValue::Boolean(Some(b)) => Expr::value(Value::Boolean(*b)),
+        ScalarValue::Int8(Some(v)) => number(v.to_string()),
+        ScalarValue::Int16(Some(v)) => number(v.to_string()),
+        ScalarValue::Int32(Some(v)) => number(v.to_string()),
+        ScalarValue::Int64(Some(v)) => number(v.to_string()),
+        ScalarValue::UInt8(Some(v)) => number(v.to_string()),
+        ScalarValue::UInt16(Some(v)) => number(v.to_string()),
+        ScalarValue::UInt32(Some(v)) => number(v.to_string()),
+        ScalarValue::UInt64(Some(v)) => number(v.to_string()),
+        ScalarValue::Float32(Some(v)) if v.is_finite() => typed(v.to_string(), SqlDataType::Real),
+        ScalarValue::Float64(Some(v)) if v.is_finite() => {
+            typed(v.to_string(), SqlDataType::DoublePrecision)
+        }
+        ScalarValue::Float32(Some(v)) => typed(v.to_string(), SqlDataType::Real),
+        ScalarValue::Float64(Some(v)) => typed(v.to_string(), SqlDataType::DoublePrecision),
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Expr::value(Value::SingleQuotedString(s.clone())),
+        ScalarValue::FixedSizeList(_) | ScalarValue::List(_) | ScalarValue::LargeList(_) => {
+            let array = value
+                .to_array()
+                .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
+            let vectors = crate::vector::to_vectors(&array)
+                .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
+            match vectors.row(0) {
+                Some(row) => Expr::value(Value::SingleQuotedString(format_vector(row))),
+                None => Expr::value(Value::Null),
+            }
+        }
+        other => {
+            // Dates, timestamps, decimals: their display form is valid input.
+            Expr::value(Value::SingleQuotedString(other.to_string()))
+        }
+    })
+}
+
+fn number(text: String) -> Expr {
+    Expr::value(Value::Number(text, false))
+}
+
+/// Replaces `$n` placeholders by the bound values (extended protocol).
+pub fn bind_parameters(statement: &mut Statement, params: &[ScalarValue]) -> Result<(), SqlError> {
+    let mut failure = None;
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Value(v) = expr
+            && let Value::Placeholder(name) = &v.value
+        {
+            let idx = name
+                .trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1));
+            match idx.and_then(|i| params.get(i)) {
+                Some(value) => match scalar_to_sql(value) {
+                    Ok(lit) => *expr = lit,
+                    Err(e) => {
+                        failure = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                },
+                None => {
+                    failure = Some(SqlError::new(
+                        "08P01",
+                        format!("there is no parameter {name}"),
+                    ));
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlparser::parser::Parser;
+
+    fn parse(sql: &str) -> Statement {
+        Parser::parse_sql(&PostgreSqlDialect {}, &normalize_operators(sql))
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn l1_operator_survives_parsing() {
+        let s = parse("SELECT a <+> '[1,2]' FROM t");
+        assert!(s.to_string().contains(L1_OPERATOR_TOKEN));
+        let s = parse("SELECT 'a <+> b', x FROM t");
+        assert!(s.to_string().contains("'a <+> b'"));
+    }
+
+    #[test]
+    fn vector_casts_become_calls() {
+        let mut s = parse("SELECT '[1,2]'::vector(2), CAST(x AS vector) FROM t");
+        rewrite_vector_casts(&mut s);
+        let text = s.to_string();
+        assert!(text.contains("to_vector('[1,2]', 2)"), "{text}");
+        assert!(text.contains("to_vector(x)"), "{text}");
+    }
+
+    #[test]
+    fn binds_parameters_as_literals() {
+        let mut s = parse("SELECT * FROM t WHERE id = $1 AND name = $2");
+        bind_parameters(
+            &mut s,
+            &[
+                ScalarValue::Int64(Some(5)),
+                ScalarValue::Utf8(Some("o'k".into())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "SELECT * FROM t WHERE id = 5 AND name = 'o''k'"
+        );
+        assert!(bind_parameters(&mut parse("SELECT $3"), &[]).is_err());
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Idempotent installer for everything the test suite needs beyond the Rust
+# toolchain: system packages (only the missing ones) and a Python virtualenv at
+# .venv with psycopg 3, numpy and pytest (only if they are not importable yet).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { echo "ci-deps: $*" >&2; }
+
+SUDO=""
+if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+# System packages
+# ---------------------------------------------------------------------------
+APT_PACKAGES=(
+    postgresql-client
+    build-essential
+    pkg-config
+    libssl-dev
+    cmake
+    protobuf-compiler
+    libprotobuf-dev
+    libcurl4-openssl-dev
+)
+
+pkg_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+    for pkg in "${APT_PACKAGES[@]}"; do
+        case "$pkg" in
+            postgresql-client)
+                # Any psql will do (e.g. postgresql-client-15 without the metapackage).
+                command -v psql >/dev/null 2>&1 && continue ;;
+        esac
+        pkg_installed "$pkg" || missing+=("$pkg")
+    done
+else
+    log "dpkg-query not found; skipping system package checks"
+fi
+
+if ((${#missing[@]} > 0)); then
+    if [[ "$(id -u)" -ne 0 && -z "$SUDO" ]]; then
+        log "missing packages (${missing[*]}) but not root and no sudo; continuing without them"
+    else
+        log "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+else
+    log "system packages present"
+fi
+
+# ---------------------------------------------------------------------------
+# Python virtualenv
+# ---------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+PY_IMPORTS="import psycopg, numpy, pytest"
+
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1; then
+    log "python venv ready ($VENV)"
+    exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    PYTHON="${PYTHON:-python3}"
+    log "creating venv with $PYTHON"
+    if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's python3 needs python3-venv for ensurepip.
+        rm -rf "$VENV"
+        if ! pkg_installed python3-venv; then
+            export DEBIAN_FRONTEND=noninteractive
+            $SUDO apt-get update -qq
+            $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+        fi
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+fi
+
+log "installing python packages into $VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "psycopg[binary]" numpy pytest
+"$VENV/bin/python" -c "$PY_IMPORTS"
+log "python venv ready ($VENV)"

@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# The single test command for Quiver.
+#
+#   1. scripts/ci-deps.sh                (system packages + .venv, idempotent)
+#   2. cargo build --workspace --all-targets
+#   3. cargo test --workspace            (reuses the build)
+#   4. sqllogictest: one standalone server on a free port with a temp data dir,
+#      target/debug/quiver-slt over sqllogictest/test_files/*.slt; the
+#      `# quiver: restart` points SIGKILL the server and start it again on the
+#      same data dir and port (via `scripts/test.sh --restart-slt-server`)
+#   5. .venv/bin/pytest -q tests/python  (starts its own servers)
+#
+# Every stage after the build runs even if an earlier one failed; the script
+# exits non-zero if any stage failed. Processes it started are cleaned up.
+#
+# Environment: CARGO_TARGET_DIR (default ./target), QUIVER_BIN (default
+# $CARGO_TARGET_DIR/debug/quiver), SLT_FILES (default sqllogictest/test_files/*.slt),
+# PYTEST_ARGS (extra pytest arguments), SKIP_CARGO=1 (harness development only:
+# skip cargo build/test and use the existing binaries; reported as SKIP and
+# makes the script fail so it can never pass CI by accident).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+export QUIVER_BIN="${QUIVER_BIN:-$TARGET_DIR/debug/quiver}"
+SLT_BIN="$TARGET_DIR/debug/quiver-slt"
+
+log() { echo "test.sh: $*" >&2; }
+
+# ---------------------------------------------------------------------------
+# Server control for the sqllogictest stage. State is passed through exported
+# variables so that the restart hook (a separate process) can use it.
+# ---------------------------------------------------------------------------
+start_slt_server() {
+    : >>"$QUIVER_SLT_LOG"
+    echo "=== $(date '+%F %T') starting: $QUIVER_BIN standalone --data-dir $QUIVER_SLT_DATA --listen 127.0.0.1:$QUIVER_SLT_PORT" >>"$QUIVER_SLT_LOG"
+    "$QUIVER_BIN" standalone \
+        --data-dir "$QUIVER_SLT_DATA" \
+        --listen "127.0.0.1:$QUIVER_SLT_PORT" \
+        </dev/null >>"$QUIVER_SLT_LOG" 2>&1 &
+    echo $! >"$QUIVER_SLT_PIDFILE"
+    disown $! 2>/dev/null || true
+}
+
+# True while pid exists and is not a zombie.
+pid_running() {
+    local pid=$1 state
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo "?")
+    [[ "$state" != "Z" ]]
+}
+
+kill_slt_server() {
+    local sig=${1:-KILL} pid
+    [[ -f "$QUIVER_SLT_PIDFILE" ]] || return 0
+    pid=$(cat "$QUIVER_SLT_PIDFILE" 2>/dev/null) || return 0
+    [[ -n "$pid" ]] || return 0
+    if pid_running "$pid"; then
+        kill "-$sig" "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            pid_running "$pid" || break
+            sleep 0.1
+        done
+        if pid_running "$pid"; then
+            kill -KILL "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do
+                pid_running "$pid" || break
+                sleep 0.1
+            done
+        fi
+        # Give the parent (or init, for a server started by the restart hook)
+        # a moment to reap the zombie, so that nothing still sees the old pid.
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+    fi
+    rm -f "$QUIVER_SLT_PIDFILE"
+}
+
+wait_slt_server() {
+    local timeout=${1:-120} pid deadline
+    pid=$(cat "$QUIVER_SLT_PIDFILE")
+    deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        if ! pid_running "$pid"; then
+            log "quiver exited during start-up; last lines of $QUIVER_SLT_LOG:"
+            tail -n 40 "$QUIVER_SLT_LOG" >&2
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$QUIVER_SLT_PORT") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    log "quiver did not accept connections on port $QUIVER_SLT_PORT within ${timeout}s"
+    tail -n 40 "$QUIVER_SLT_LOG" >&2
+    return 1
+}
+
+# Restart hook used by quiver-slt (--restart-cmd): SIGKILL + start again on the
+# same data dir and port.
+if [[ "${1:-}" == "--restart-slt-server" ]]; then
+    : "${QUIVER_SLT_DATA:?}" "${QUIVER_SLT_PORT:?}" "${QUIVER_SLT_PIDFILE:?}" "${QUIVER_SLT_LOG:?}"
+    kill_slt_server KILL
+    echo "=== $(date '+%F %T') killed with SIGKILL by the restart hook" >>"$QUIVER_SLT_LOG"
+    start_slt_server
+    wait_slt_server 120
+    exit $?
+fi
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/quiver-test.XXXXXX")"
+export QUIVER_SLT_DATA="$WORK/slt-data"
+export QUIVER_SLT_LOG="$WORK/slt-server.log"
+export QUIVER_SLT_PIDFILE="$WORK/slt-server.pid"
+export QUIVER_SLT_PORT=""
+PYTEST_PID=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$PYTEST_PID" ]] && kill -0 "$PYTEST_PID" 2>/dev/null; then
+        # conftest.py turns SIGTERM into KeyboardInterrupt, so pytest runs its
+        # fixture teardown, which kills the servers it started. (SIGINT is
+        # ignored by background jobs of a non-interactive shell.)
+        kill -TERM "$PYTEST_PID" 2>/dev/null || true
+        wait "$PYTEST_PID" 2>/dev/null || true
+    fi
+    kill_slt_server KILL
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+declare -a STAGE_NAMES=() STAGE_RESULTS=()
+record() { STAGE_NAMES+=("$1"); STAGE_RESULTS+=("$2"); }
+
+summary() {
+    echo
+    echo "==================== test.sh summary ===================="
+    local i
+    for i in "${!STAGE_NAMES[@]}"; do
+        printf '  %-6s %s\n' "${STAGE_RESULTS[$i]}" "${STAGE_NAMES[$i]}"
+    done
+    echo "========================================================="
+}
+
+# 1. dependencies
+log "installing dependencies (scripts/ci-deps.sh)"
+if ! "$ROOT/scripts/ci-deps.sh"; then
+    log "dependency installation failed"
+    exit 1
+fi
+
+if [[ "${SKIP_CARGO:-0}" == 1 ]]; then
+    # Harness development only: reuse existing binaries.
+    log "SKIP_CARGO=1: skipping cargo build and cargo test"
+    record "cargo build/test (skipped)" SKIP
+else
+    # 2. build once
+    log "cargo build --workspace --all-targets"
+    if ! cargo build --workspace --all-targets; then
+        record "cargo build" FAIL
+        summary
+        exit 1
+    fi
+    record "cargo build" ok
+
+    # 3. unit / integration tests of the Rust crates
+    log "cargo test --workspace"
+    if cargo test --workspace; then
+        record "cargo test" ok
+    else
+        record "cargo test" FAIL
+    fi
+fi
+
+# 4. sqllogictest against one standalone server
+run_slt() {
+    if [[ ! -x "$QUIVER_BIN" ]]; then
+        log "quiver binary not found at $QUIVER_BIN"
+        return 1
+    fi
+    if [[ ! -x "$SLT_BIN" ]]; then
+        log "quiver-slt binary not found at $SLT_BIN"
+        return 1
+    fi
+    QUIVER_SLT_PORT="$("$ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    export QUIVER_SLT_PORT
+    mkdir -p "$QUIVER_SLT_DATA"
+    start_slt_server
+    wait_slt_server 120 || return 1
+
+    local files rc
+    # shellcheck disable=SC2206
+    files=(${SLT_FILES:-sqllogictest/test_files/*.slt})
+    log "quiver-slt on port $QUIVER_SLT_PORT: ${files[*]}"
+    "$SLT_BIN" --port "$QUIVER_SLT_PORT" \
+        --restart-cmd "'$ROOT/scripts/test.sh' --restart-slt-server" \
+        "${files[@]}"
+    rc=$?
+    kill_slt_server TERM
+    if ((rc != 0)); then
+        log "last lines of the server log ($QUIVER_SLT_LOG):"
+        tail -n 60 "$QUIVER_SLT_LOG" >&2
+    fi
+    return "$rc"
+}
+if run_slt; then
+    record "sqllogictest" ok
+else
+    record "sqllogictest" FAIL
+fi
+
+# 5. Python suite (starts its own servers)
+log ".venv/bin/pytest -q tests/python"
+# shellcheck disable=SC2086
+"$ROOT/.venv/bin/pytest" -q tests/python ${PYTEST_ARGS:-} &
+PYTEST_PID=$!
+wait "$PYTEST_PID"
+rc=$?
+PYTEST_PID=""
+if ((rc == 0)); then
+    record "pytest" ok
+else
+    record "pytest (exit $rc)" FAIL
+fi
+
+summary
+for r in "${STAGE_RESULTS[@]}"; do
+    [[ "$r" == ok ]] || exit 1
+done
+exit 0

@@ -1,0 +1,190 @@
+//! Role interfaces: what the coordinator, streaming nodes and query nodes do,
+//! independent of how they are reached.
+//!
+//! Standalone mode wires these traits with in-process calls; distributed mode
+//! puts a network transport behind the same traits. Every failure crossing a
+//! role boundary is an [`ApiError`] carrying a [`StatusCode`], which the
+//! frontend turns into a PostgreSQL SQLSTATE.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use quiver_segment::{DeleteLogEntry, SegmentMeta};
+use quiver_types::{SegmentId, ShardId, TableId, TableSchema, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// Failure classes that cross role boundaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    /// A row's primary key already exists (23505).
+    UniqueViolation,
+    /// A NULL reached a NOT NULL column (23502).
+    NotNullViolation,
+    /// Data that violates the column's type rules (22000 / 22P02 family).
+    InvalidData,
+    UndefinedTable,
+    DuplicateTable,
+    /// The role is not ready, or was reassigned; retrying may succeed.
+    Unavailable,
+    /// Storage (WAL, meta, object store) failed.
+    StorageFailure,
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ApiError {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Wraps a lower-level error, keeping its whole source chain in the message.
+    pub fn from_error(code: StatusCode, err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        ApiError { code, message }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A table as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub id: TableId,
+    pub name: String,
+    pub schema: TableSchema,
+    pub shards: u32,
+}
+
+/// Catalog, timestamp oracle and segment scheduling.
+#[async_trait]
+pub trait CoordinatorApi: Send + Sync {
+    /// A fresh timestamp, larger than every timestamp handed out before
+    /// (also across restarts).
+    async fn allocate_timestamp(&self) -> ApiResult<Timestamp>;
+    /// `count` fresh, never reused segment ids; returns the first.
+    async fn allocate_segment_ids(&self, count: u64) -> ApiResult<SegmentId>;
+    async fn create_table(
+        &self,
+        name: &str,
+        schema: TableSchema,
+        if_not_exists: bool,
+    ) -> ApiResult<TableInfo>;
+    /// Returns the dropped table, or `None` when it did not exist and `if_exists`.
+    async fn drop_table(&self, name: &str, if_exists: bool) -> ApiResult<Option<TableInfo>>;
+    fn table(&self, name: &str) -> Option<TableInfo>;
+    /// Which query node (index into the registered list) serves a segment.
+    fn segment_owner(&self, segment: SegmentId) -> usize;
+    fn tables(&self) -> Vec<TableInfo>;
+    /// A streaming node sealed these segments (already durable in the meta
+    /// store); the coordinator assigns them to query nodes and returns once
+    /// they can be served.
+    async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
+}
+
+/// How an insert treats rows whose primary key already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// Fail the whole write with [`StatusCode::UniqueViolation`].
+    Error,
+    /// Skip the conflicting rows (`ON CONFLICT DO NOTHING`).
+    Skip,
+    /// Replace the existing rows (`ON CONFLICT DO UPDATE` after the proxy
+    /// computed the merged rows).
+    Replace,
+}
+
+/// One statement's change to one table, before sharding.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub table: TableInfo,
+    /// Primary keys (key columns only) to delete first.
+    pub delete_keys: Option<RecordBatch>,
+    /// Rows to insert (all user columns, validated by the proxy).
+    pub insert: Option<RecordBatch>,
+    pub on_conflict: ConflictPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteResult {
+    /// Commit timestamp of the write.
+    pub ts: Timestamp,
+    /// Number of existing rows deleted (by `delete_keys` or replaced).
+    pub deleted: u64,
+    /// Indexes (into the request's insert batch) of the rows inserted, ascending.
+    pub inserted_rows: Vec<u32>,
+}
+
+/// What a shard holds for a table at a snapshot.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    /// Visible rows of growing segments (user columns only).
+    pub growing: Vec<RecordBatch>,
+    /// Sealed segments to read from query nodes, with the deletes the
+    /// streaming node knows for them.
+    pub sealed: Vec<SealedSegmentRef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SealedSegmentRef {
+    pub segment: SegmentId,
+    pub deletes: Arc<Vec<DeleteLogEntry>>,
+}
+
+/// Owns shards: the WAL, growing segments, sealing and flushing.
+#[async_trait]
+pub trait StreamingApi: Send + Sync {
+    /// Validates, timestamps, logs durably and applies one write; returns
+    /// after the WAL append is durable.
+    async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult>;
+    /// Removes every row of the table (TRUNCATE); returns the commit timestamp.
+    async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp>;
+    /// Waits until every shard has applied everything up to `ts`, then
+    /// returns the snapshot timestamp to read at (≥ `ts`).
+    async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp>;
+    /// The latest snapshot timestamp that needs no waiting.
+    async fn applied_ts(&self) -> ApiResult<Timestamp>;
+    async fn snapshot(
+        &self,
+        table: &TableInfo,
+        shard: ShardId,
+        ts: Timestamp,
+    ) -> ApiResult<ShardSnapshot>;
+    /// Seals and flushes every growing segment (`CHECKPOINT`).
+    async fn flush_all(&self) -> ApiResult<()>;
+}
+
+/// Serves sealed segments from object storage.
+#[async_trait]
+pub trait QueryApi: Send + Sync {
+    async fn load_segments(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
+    async fn release_segments(&self, segments: Vec<SegmentId>) -> ApiResult<()>;
+    /// Rows of a sealed segment visible at `ts`, given its deletes.
+    async fn scan_segment(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+    ) -> ApiResult<Vec<RecordBatch>>;
+}

@@ -1,0 +1,26 @@
+//! The meta-store key layout, in one place so every role agrees on it.
+
+use quiver_types::{SegmentId, TableId};
+
+pub const TABLES: &str = "/catalog/tables/";
+pub const NEXT_TABLE_ID: &str = "/catalog/next_table_id";
+pub const TSO_LIMIT: &str = "/tso/limit_ms";
+pub const SEGMENT_ID_LIMIT: &str = "/ids/segment_limit";
+pub const SEGMENTS: &str = "/segments/";
+
+pub fn table(name: &str) -> String {
+    format!("{TABLES}{name}")
+}
+
+pub fn table_segments(table: TableId) -> String {
+    format!("{SEGMENTS}{:016}/", table.0)
+}
+
+pub fn segment(table: TableId, segment: SegmentId) -> String {
+    format!("{SEGMENTS}{:016}/{:016}", table.0, segment.0)
+}
+
+/// The WAL position from which a channel must be replayed after a restart.
+pub fn channel_checkpoint(channel: u32) -> String {
+    format!("/channels/{channel:04}/checkpoint")
+}

@@ -1,0 +1,120 @@
+//! The meta store: a small, strongly consistent key-value store holding the
+//! catalog, segment manifests, WAL checkpoints and timestamp-oracle windows.
+//!
+//! [`MetaStore`] is the boundary trait; [`EmbeddedMeta`] is the standalone
+//! implementation (an in-memory ordered map made durable by an fsync'd,
+//! checksummed operation log in the data directory). A networked
+//! implementation (etcd) plugs in behind the same trait. Keys are UTF-8 paths
+//! such as `/tables/7`; values are opaque bytes (JSON documents by convention,
+//! see [`get_json`]/[`put_json_op`]).
+
+mod embedded;
+pub mod keys;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use embedded::EmbeddedMeta;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("meta store I/O failed: {context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("meta store log is corrupt at byte {offset}")]
+    Corrupt { offset: u64 },
+    #[error("meta value at {key} is not valid: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("compare-and-swap on {key} failed: the value changed")]
+    Conflict { key: String },
+}
+
+/// One change inside an atomic [`MetaStore::batch`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum MetaOp {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Deletes every key starting with the prefix.
+    DeletePrefix {
+        prefix: String,
+    },
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError>;
+    /// All `(key, value)` pairs whose key starts with `prefix`, in key order.
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
+    /// Applies all ops atomically and durably: after a crash either all or none are visible.
+    async fn batch(&self, ops: Vec<MetaOp>) -> Result<(), MetaError>;
+    /// Puts `value` only if the current value equals `expected` (`None` = absent).
+    async fn compare_and_put(
+        &self,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<(), MetaError>;
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), MetaError> {
+        self.batch(vec![MetaOp::Put {
+            key: key.to_string(),
+            value,
+        }])
+        .await
+    }
+}
+
+/// Reads and decodes a JSON value.
+pub async fn get_json<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    key: &str,
+) -> Result<Option<T>, MetaError> {
+    match meta.get(key).await? {
+        None => Ok(None),
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| MetaError::Decode {
+                    key: key.to_string(),
+                    source,
+                })
+        }
+    }
+}
+
+/// Decodes every JSON value under a prefix.
+pub async fn scan_json<T: DeserializeOwned>(
+    meta: &dyn MetaStore,
+    prefix: &str,
+) -> Result<Vec<(String, T)>, MetaError> {
+    meta.scan_prefix(prefix)
+        .await?
+        .into_iter()
+        .map(|(key, bytes)| match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok((key, v)),
+            Err(source) => Err(MetaError::Decode { key, source }),
+        })
+        .collect()
+}
+
+/// A `Put` op of a JSON-encoded value.
+pub fn put_json_op<T: Serialize>(key: impl Into<String>, value: &T) -> MetaOp {
+    MetaOp::Put {
+        key: key.into(),
+        // Serializing plain data structs to JSON cannot fail.
+        value: serde_json::to_vec(value).unwrap_or_default(),
+    }
+}

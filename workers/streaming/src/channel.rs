@@ -1,0 +1,270 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use parking_lot::RwLock;
+use quiver_api::{ApiError, ApiResult, ConflictPolicy, ShardSnapshot, StatusCode, TableInfo};
+use quiver_segment::{WalRecord, WalRecordKind};
+use quiver_types::{PrimaryKey, TableId, Timestamp};
+use quiver_wal::Lsn;
+
+use crate::table_shard::{TableShard, key_only_columns, keys_of};
+use crate::{NodeContext, StreamingError};
+
+/// One shard: its WAL channel and the tables' in-memory state.
+pub(crate) struct Channel {
+    pub id: u32,
+    /// Serialises writers (held across the WAL append) and flushes.
+    pub write_lock: tokio::sync::Mutex<()>,
+    pub data: RwLock<ChannelData>,
+    /// Everything with a timestamp ≤ tick has been applied.
+    tick: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct ChannelData {
+    pub tables: HashMap<TableId, TableShard>,
+    /// LSN of the last record applied.
+    pub last_lsn: Option<Lsn>,
+    /// Rows in growing segments, all tables.
+    pub growing_rows: usize,
+    /// Sealed segments removed by TRUNCATE whose manifests the next flush deletes.
+    pub dropped_segments: Vec<quiver_segment::SegmentMeta>,
+}
+
+/// A write checked against the shard's keys, ready to be logged.
+pub(crate) struct WritePlan {
+    pub delete_keys: Option<RecordBatch>,
+    pub insert: Option<RecordBatch>,
+    pub deleted_existing: u64,
+    /// Indexes into the original request batch.
+    pub inserted_rows: Vec<u32>,
+}
+
+impl ChannelData {
+    pub fn table_mut(&mut self, info: &TableInfo) -> &mut TableShard {
+        self.tables
+            .entry(info.id)
+            .or_insert_with(|| TableShard::new(info.clone()))
+    }
+
+    /// Applies a logged record (live writes and WAL replay share this).
+    pub fn apply(&mut self, info: &TableInfo, record: &WalRecord) -> Result<(), StreamingError> {
+        let growing_before = self.growing_rows;
+        let shard = self.table_mut(info);
+        let before = shard.growing_rows as usize;
+        let mut dropped = Vec::new();
+        match &record.kind {
+            WalRecordKind::Truncate => {
+                dropped = shard.clear();
+            }
+            WalRecordKind::Mutate {
+                delete_keys,
+                insert,
+            } => {
+                if let Some(keys) = delete_keys {
+                    for key in keys_of(keys, &key_only_columns(info)) {
+                        shard.delete(&key, record.ts);
+                    }
+                }
+                if let Some(rows) = insert {
+                    // Replay tolerance: a key that is (unexpectedly) live is
+                    // replaced rather than duplicated.
+                    for key in keys_of(rows, &info.schema.primary_key) {
+                        shard.delete(&key, record.ts);
+                    }
+                    shard.insert(rows, record.ts)?;
+                }
+            }
+        }
+        let after = shard.growing_rows as usize;
+        self.growing_rows = (growing_before + after).saturating_sub(before);
+        self.dropped_segments.extend(dropped);
+        Ok(())
+    }
+}
+
+impl Channel {
+    pub fn new(id: u32, data: ChannelData, tick: Timestamp) -> Self {
+        Channel {
+            id,
+            write_lock: tokio::sync::Mutex::new(()),
+            data: RwLock::new(data),
+            tick: AtomicU64::new(tick.0),
+        }
+    }
+
+    pub fn tick(&self) -> Timestamp {
+        Timestamp(self.tick.load(Ordering::Acquire))
+    }
+
+    pub fn advance_tick(&self, ts: Timestamp) {
+        self.tick.fetch_max(ts.0, Ordering::AcqRel);
+    }
+
+    /// Checks a write against the live keys. Caller holds `write_lock`.
+    pub fn plan_write(
+        &self,
+        info: &TableInfo,
+        delete_keys: Option<RecordBatch>,
+        insert: Option<RecordBatch>,
+        original_rows: &[u32],
+        policy: ConflictPolicy,
+    ) -> ApiResult<WritePlan> {
+        let data = self.data.read();
+        let shard = data.tables.get(&info.id);
+        let exists = |k: &PrimaryKey| shard.is_some_and(|s| s.contains(k));
+        let mut deleting: HashSet<PrimaryKey> = HashSet::new();
+        let mut deleted_existing = 0u64;
+        if let Some(keys) = &delete_keys {
+            for key in keys_of(keys, &key_only_columns(info)) {
+                if exists(&key) && deleting.insert(key) {
+                    deleted_existing += 1;
+                }
+            }
+        }
+        let mut keep: Vec<u32> = Vec::new();
+        let mut replaced: Vec<u32> = Vec::new();
+        if let Some(rows) = &insert {
+            let mut seen: HashSet<PrimaryKey> = HashSet::new();
+            for (i, key) in keys_of(rows, &info.schema.primary_key)
+                .into_iter()
+                .enumerate()
+            {
+                let live = exists(&key) && !deleting.contains(&key);
+                if !seen.insert(key.clone()) {
+                    match policy {
+                        ConflictPolicy::Skip => continue,
+                        _ => {
+                            return Err(ApiError::new(
+                                StatusCode::UniqueViolation,
+                                format!(
+                                    "duplicate key value violates unique constraint \"{}_pkey\"",
+                                    info.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if live {
+                    match policy {
+                        ConflictPolicy::Error => {
+                            return Err(ApiError::new(
+                                StatusCode::UniqueViolation,
+                                format!(
+                                    "duplicate key value violates unique constraint \"{}_pkey\"",
+                                    info.name
+                                ),
+                            ));
+                        }
+                        ConflictPolicy::Skip => continue,
+                        ConflictPolicy::Replace => {
+                            replaced.push(i as u32);
+                            deleted_existing += 1;
+                        }
+                    }
+                }
+                keep.push(i as u32);
+            }
+        }
+        let insert = match insert {
+            Some(rows) if keep.len() == rows.num_rows() => Some(rows),
+            Some(_) if keep.is_empty() => None,
+            Some(rows) => Some(
+                take_record_batch(&rows, &UInt32Array::from(keep.clone()))
+                    .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?,
+            ),
+            None => None,
+        };
+        let _ = replaced;
+        let delete_keys = if deleting.is_empty() {
+            None
+        } else {
+            delete_keys
+        };
+        Ok(WritePlan {
+            delete_keys,
+            insert,
+            deleted_existing,
+            inserted_rows: keep.iter().map(|&i| original_rows[i as usize]).collect(),
+        })
+    }
+
+    /// Logs the plan durably, applies it, and flushes if the channel is full.
+    /// Caller holds `write_lock`.
+    pub async fn commit(
+        &self,
+        ctx: &NodeContext,
+        info: &TableInfo,
+        plan: WritePlan,
+        ts: Timestamp,
+    ) -> ApiResult<()> {
+        if plan.delete_keys.is_none() && plan.insert.is_none() {
+            self.advance_tick(ts);
+            return Ok(());
+        }
+        let record = WalRecord {
+            table: info.id,
+            ts,
+            kind: WalRecordKind::Mutate {
+                delete_keys: plan.delete_keys,
+                insert: plan.insert,
+            },
+        };
+        self.log_and_apply(ctx, info, record).await?;
+        let full = self.data.read().growing_rows >= ctx.options.seal_rows;
+        if full {
+            self.flush(ctx).await?;
+        }
+        Ok(())
+    }
+
+    async fn log_and_apply(
+        &self,
+        ctx: &NodeContext,
+        info: &TableInfo,
+        record: WalRecord,
+    ) -> Result<(), StreamingError> {
+        let bytes = record.encode()?;
+        let lsn = ctx.wal.append(self.id, vec![bytes]).await?;
+        let mut data = self.data.write();
+        data.apply(info, &record)?;
+        data.last_lsn = Some(lsn);
+        drop(data);
+        self.advance_tick(record.ts);
+        Ok(())
+    }
+
+    /// Logs and applies a TRUNCATE, then flushes so the dropped segments
+    /// leave the manifest. Caller holds `write_lock`.
+    pub async fn truncate(
+        &self,
+        ctx: &NodeContext,
+        info: &TableInfo,
+        ts: Timestamp,
+    ) -> ApiResult<()> {
+        let record = WalRecord {
+            table: info.id,
+            ts,
+            kind: WalRecordKind::Truncate,
+        };
+        self.log_and_apply(ctx, info, record).await?;
+        self.flush(ctx).await?;
+        Ok(())
+    }
+
+    pub fn snapshot(&self, info: &TableInfo, ts: Timestamp) -> ApiResult<ShardSnapshot> {
+        let data = self.data.read();
+        let Some(shard) = data.tables.get(&info.id) else {
+            return Ok(ShardSnapshot {
+                growing: Vec::new(),
+                sealed: Vec::new(),
+            });
+        };
+        let (growing, sealed) = shard
+            .snapshot(ts)
+            .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
+        Ok(ShardSnapshot { growing, sealed })
+    }
+}

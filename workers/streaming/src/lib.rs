@@ -1,0 +1,260 @@
+//! The streaming node: owner of shards.
+//!
+//! Each shard is one WAL channel. A write is validated against the shard's
+//! primary-key index, stamped by the coordinator's timestamp oracle, appended
+//! durably to the WAL, and only then applied to the in-memory growing segment
+//! and acknowledged. Growing segments are searchable at once (MVCC by commit
+//! timestamp). At a row threshold, or on `CHECKPOINT`, a channel is flushed:
+//! its growing segments become Parquet segments in the object store, recorded
+//! in the meta store together with the channel's new WAL checkpoint, and handed
+//! to query nodes. After a restart the node reloads sealed segment keys and
+//! replays the WAL from the checkpoint.
+//!
+//! Each shard also acts as the delegator for its sealed segments: it knows
+//! their deletes and answers, per snapshot, which segments a read must visit.
+
+mod channel;
+mod flush;
+mod recovery;
+mod table_shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use async_trait::async_trait;
+use object_store::ObjectStore;
+use quiver_api::{
+    ApiError, ApiResult, CoordinatorApi, ShardSnapshot, StatusCode, StreamingApi, TableInfo,
+    WriteRequest, WriteResult,
+};
+use quiver_meta::MetaStore;
+use quiver_segment::SegmentError;
+use quiver_types::{ShardId, Timestamp, shard_of};
+use quiver_wal::{Wal, WalError};
+
+use channel::Channel;
+use table_shard::{is_empty, key_only_columns, keys_of};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamingError {
+    #[error("WAL failed")]
+    Wal(#[from] WalError),
+    #[error("meta store failed")]
+    Meta(#[from] quiver_meta::MetaError),
+    #[error("segment storage failed")]
+    Segment(#[from] SegmentError),
+    #[error("Arrow error")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("coordinator call failed: {0}")]
+    Coordinator(ApiError),
+}
+
+impl From<StreamingError> for ApiError {
+    fn from(e: StreamingError) -> Self {
+        match e {
+            StreamingError::Coordinator(inner) => inner,
+            other => ApiError::from_error(StatusCode::StorageFailure, &other),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamingOptions {
+    /// Rows a channel's growing segments may hold before it is flushed.
+    pub seal_rows: usize,
+    /// How often idle shards advance their time tick.
+    pub tick_interval: Duration,
+}
+
+pub struct StreamingNode {
+    channels: Vec<Arc<Channel>>,
+    ctx: Arc<NodeContext>,
+}
+
+/// What every channel needs to flush and recover.
+pub(crate) struct NodeContext {
+    pub wal: Arc<dyn Wal>,
+    pub meta: Arc<dyn MetaStore>,
+    pub store: Arc<dyn ObjectStore>,
+    pub coordinator: Arc<dyn CoordinatorApi>,
+    pub options: StreamingOptions,
+}
+
+impl StreamingNode {
+    /// Recovers every channel of the WAL (sealed segments from the meta store,
+    /// then the WAL tail) and starts the time ticker.
+    pub async fn open(
+        wal: Arc<dyn Wal>,
+        meta: Arc<dyn MetaStore>,
+        store: Arc<dyn ObjectStore>,
+        coordinator: Arc<dyn CoordinatorApi>,
+        options: StreamingOptions,
+    ) -> Result<Arc<Self>, StreamingError> {
+        let ctx = Arc::new(NodeContext {
+            wal,
+            meta,
+            store,
+            coordinator,
+            options,
+        });
+        let mut channels = Vec::new();
+        for id in 0..ctx.wal.channel_count() {
+            channels.push(Arc::new(recovery::recover_channel(&ctx, id).await?));
+        }
+        let node = Arc::new(StreamingNode { channels, ctx });
+        node.clone().spawn_ticker();
+        Ok(node)
+    }
+
+    fn channel(&self, shard: ShardId) -> ApiResult<&Arc<Channel>> {
+        self.channels.get(shard.0 as usize).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::Internal,
+                format!("shard {shard} is not owned by this streaming node"),
+            )
+        })
+    }
+
+    /// Advances idle channels' time ticks so readers at "latest" never wait
+    /// on a quiet shard (Milvus-style time ticks).
+    fn spawn_ticker(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let interval = self.ctx.options.tick_interval;
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(node) = weak.upgrade() else { return };
+                for ch in &node.channels {
+                    if let Ok(_guard) = ch.write_lock.try_lock() {
+                        match node.ctx.coordinator.allocate_timestamp().await {
+                            Ok(ts) => ch.advance_tick(ts),
+                            Err(e) => tracing::warn!(error = %e, "time tick failed"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Splits a batch into per-shard batches by primary key.
+    fn split(
+        batch: &Option<RecordBatch>,
+        key_columns: &[usize],
+        shards: u32,
+    ) -> ApiResult<Vec<(Option<RecordBatch>, Vec<u32>)>> {
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); shards as usize];
+        if let Some(b) = batch {
+            for (i, key) in keys_of(b, key_columns).iter().enumerate() {
+                rows[shard_of(key, shards) as usize].push(i as u32);
+            }
+        }
+        rows.into_iter()
+            .map(|idx| match batch {
+                Some(b) if !idx.is_empty() => {
+                    let taken = take_record_batch(b, &UInt32Array::from(idx.clone()))
+                        .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
+                    Ok((Some(taken), idx))
+                }
+                _ => Ok((None, idx)),
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl StreamingApi for StreamingNode {
+    async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
+        let table = &request.table;
+        let shards = table.shards.min(self.channels.len() as u32);
+        let deletes = Self::split(&request.delete_keys, &key_only_columns(table), shards)?;
+        let inserts = Self::split(&request.insert, &table.schema.primary_key, shards)?;
+        // Lock every touched channel in ascending order (no deadlock), so the
+        // conflict checks, the timestamp and the appends form one unit.
+        let touched: Vec<usize> = (0..shards as usize)
+            .filter(|&s| !is_empty(&deletes[s].0) || !is_empty(&inserts[s].0))
+            .collect();
+        let mut guards = Vec::with_capacity(touched.len());
+        for &s in &touched {
+            guards.push((s, self.channels[s].write_lock.lock().await));
+        }
+        let mut plans = Vec::with_capacity(touched.len());
+        for &(s, _) in &guards {
+            let plan = self.channels[s].plan_write(
+                table,
+                deletes[s].0.clone(),
+                inserts[s].0.clone(),
+                &inserts[s].1,
+                request.on_conflict,
+            )?;
+            plans.push((s, plan));
+        }
+        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        let mut result = WriteResult {
+            ts,
+            ..WriteResult::default()
+        };
+        for (s, plan) in plans {
+            result.deleted += plan.deleted_existing;
+            result
+                .inserted_rows
+                .extend(plan.inserted_rows.iter().copied());
+            self.channels[s].commit(&self.ctx, table, plan, ts).await?;
+        }
+        result.inserted_rows.sort_unstable();
+        drop(guards);
+        Ok(result)
+    }
+
+    async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
+        let mut guards = Vec::new();
+        for ch in &self.channels {
+            guards.push(ch.write_lock.lock().await);
+        }
+        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        for ch in &self.channels {
+            ch.truncate(&self.ctx, table, ts).await?;
+        }
+        Ok(ts)
+    }
+
+    async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
+        for ch in &self.channels {
+            if ch.tick() < ts {
+                // Any write holding the lock finishes applying first; writes
+                // after it take a newer timestamp than `ts`.
+                let _guard = ch.write_lock.lock().await;
+                ch.advance_tick(ts);
+            }
+        }
+        Ok(ts)
+    }
+
+    async fn applied_ts(&self) -> ApiResult<Timestamp> {
+        Ok(self
+            .channels
+            .iter()
+            .map(|c| c.tick())
+            .min()
+            .unwrap_or(Timestamp::ZERO))
+    }
+
+    async fn snapshot(
+        &self,
+        table: &TableInfo,
+        shard: ShardId,
+        ts: Timestamp,
+    ) -> ApiResult<ShardSnapshot> {
+        self.channel(shard)?.snapshot(table, ts)
+    }
+
+    async fn flush_all(&self) -> ApiResult<()> {
+        for ch in &self.channels {
+            let _guard = ch.write_lock.lock().await;
+            ch.flush(&self.ctx).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! The in-memory state of one table within one shard: the growing segment,
+//! the sealed segments it delegates to query nodes, their deletes, and the
+//! primary-key index used for uniqueness and deletes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::SchemaRef;
+use quiver_api::{SealedSegmentRef, TableInfo};
+use quiver_segment::{DeleteLogEntry, SegmentMeta};
+use quiver_types::{PkEncoder, PrimaryKey, SegmentId, Timestamp};
+
+/// Where the live version of a primary key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowLoc {
+    Growing(u32),
+    Sealed(SegmentId, u32),
+}
+
+/// Growing batches are merged once there are this many, so snapshots stay cheap.
+const MAX_GROWING_BATCHES: usize = 32;
+
+#[derive(Debug)]
+pub(crate) struct SealedState {
+    pub meta: SegmentMeta,
+    /// Every known delete of this segment (persisted and not yet persisted).
+    pub deletes: Arc<Vec<DeleteLogEntry>>,
+    /// Deletes not yet written to a delete log.
+    pub unflushed: Vec<DeleteLogEntry>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TableShard {
+    pub info: TableInfo,
+    /// Stored schema: user columns + insert timestamp.
+    pub segment_schema: SchemaRef,
+    pub growing: Vec<RecordBatch>,
+    pub growing_rows: u32,
+    /// Per growing row: the key, and when it was deleted (`Timestamp::MAX` = live).
+    pub growing_keys: Vec<PrimaryKey>,
+    pub growing_deleted: Vec<Timestamp>,
+    pub sealed: BTreeMap<SegmentId, SealedState>,
+    pub pk_index: HashMap<PrimaryKey, RowLoc>,
+}
+
+impl TableShard {
+    pub fn new(info: TableInfo) -> Self {
+        TableShard {
+            segment_schema: info.schema.segment_schema(),
+            info,
+            growing: Vec::new(),
+            growing_rows: 0,
+            growing_keys: Vec::new(),
+            growing_deleted: Vec::new(),
+            sealed: BTreeMap::new(),
+            pk_index: HashMap::new(),
+        }
+    }
+
+    pub fn contains(&self, key: &PrimaryKey) -> bool {
+        self.pk_index.contains_key(key)
+    }
+
+    /// Marks the live row with `key` deleted at `ts`; false if none.
+    pub fn delete(&mut self, key: &PrimaryKey, ts: Timestamp) -> bool {
+        match self.pk_index.remove(key) {
+            None => false,
+            Some(RowLoc::Growing(row)) => {
+                self.growing_deleted[row as usize] = ts;
+                true
+            }
+            Some(RowLoc::Sealed(seg, row)) => {
+                if let Some(s) = self.sealed.get_mut(&seg) {
+                    let entry = DeleteLogEntry { row, ts };
+                    Arc::make_mut(&mut s.deletes).push(entry);
+                    s.unflushed.push(entry);
+                }
+                true
+            }
+        }
+    }
+
+    /// Appends rows (user columns) committed at `ts`. Keys must be new.
+    pub fn insert(
+        &mut self,
+        rows: &RecordBatch,
+        ts: Timestamp,
+    ) -> Result<(), arrow::error::ArrowError> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_value(ts.0, rows.num_rows())));
+        let batch = RecordBatch::try_new(self.segment_schema.clone(), columns)?;
+        let enc = PkEncoder::new(&batch, &self.info.schema.primary_key);
+        for i in 0..batch.num_rows() {
+            let key = enc.key(i);
+            let row = self.growing_rows + i as u32;
+            self.pk_index.insert(key.clone(), RowLoc::Growing(row));
+            self.growing_keys.push(key);
+            self.growing_deleted.push(Timestamp::MAX);
+        }
+        self.growing_rows += batch.num_rows() as u32;
+        self.growing.push(batch);
+        if self.growing.len() > MAX_GROWING_BATCHES {
+            let merged = concat_batches(&self.segment_schema, &self.growing)?;
+            self.growing = vec![merged];
+        }
+        Ok(())
+    }
+
+    /// Drops every row (TRUNCATE); returns the sealed segments that no longer exist.
+    pub fn clear(&mut self) -> Vec<SegmentMeta> {
+        self.growing.clear();
+        self.growing_rows = 0;
+        self.growing_keys.clear();
+        self.growing_deleted.clear();
+        self.pk_index.clear();
+        std::mem::take(&mut self.sealed)
+            .into_values()
+            .map(|s| s.meta)
+            .collect()
+    }
+
+    /// Registers a sealed segment (recovery or flush) with its known deletes
+    /// and indexes its live keys.
+    pub fn add_sealed(
+        &mut self,
+        meta: SegmentMeta,
+        keys: &[PrimaryKey],
+        deletes: Vec<DeleteLogEntry>,
+    ) {
+        let deleted: HashSet<u32> = deletes.iter().map(|d| d.row).collect();
+        for (row, key) in keys.iter().enumerate() {
+            if !deleted.contains(&(row as u32)) {
+                self.pk_index
+                    .insert(key.clone(), RowLoc::Sealed(meta.id, row as u32));
+            }
+        }
+        self.sealed.insert(
+            meta.id,
+            SealedState {
+                meta,
+                deletes: Arc::new(deletes),
+                unflushed: Vec::new(),
+            },
+        );
+    }
+
+    /// Visible growing rows (user columns) at `ts` plus the sealed segment refs.
+    pub fn snapshot(
+        &self,
+        ts: Timestamp,
+    ) -> Result<(Vec<RecordBatch>, Vec<SealedSegmentRef>), arrow::error::ArrowError> {
+        let user_columns = self.info.schema.columns.len();
+        let projection: Vec<usize> = (0..user_columns).collect();
+        let mut out = Vec::with_capacity(self.growing.len());
+        let mut offset = 0usize;
+        for batch in &self.growing {
+            let n = batch.num_rows();
+            let inserted = batch
+                .column(user_columns)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .map(|a| a.values().to_vec())
+                .unwrap_or_default();
+            let deleted = &self.growing_deleted[offset..offset + n];
+            let all_visible =
+                inserted.iter().all(|&t| t <= ts.0) && deleted.iter().all(|d| *d > ts);
+            let projected = batch.project(&projection)?;
+            if all_visible {
+                out.push(projected);
+            } else {
+                let mask: BooleanArray = inserted
+                    .iter()
+                    .zip(deleted)
+                    .map(|(&ins, del)| Some(ins <= ts.0 && *del > ts))
+                    .collect();
+                let filtered = filter_record_batch(&projected, &mask)?;
+                if filtered.num_rows() > 0 {
+                    out.push(filtered);
+                }
+            }
+            offset += n;
+        }
+        let sealed = self
+            .sealed
+            .values()
+            .map(|s| SealedSegmentRef {
+                segment: s.meta.id,
+                deletes: s.deletes.clone(),
+            })
+            .collect();
+        Ok((out, sealed))
+    }
+
+    /// The growing segment as one batch (with timestamps) plus its deletes, for sealing.
+    pub fn growing_for_seal(
+        &self,
+    ) -> Result<Option<(RecordBatch, Vec<DeleteLogEntry>)>, arrow::error::ArrowError> {
+        if self.growing_rows == 0 {
+            return Ok(None);
+        }
+        let batch = concat_batches(&self.segment_schema, &self.growing)?;
+        let deletes = self
+            .growing_deleted
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != Timestamp::MAX)
+            .map(|(row, d)| DeleteLogEntry {
+                row: row as u32,
+                ts: *d,
+            })
+            .collect();
+        Ok(Some((batch, deletes)))
+    }
+
+    /// Replaces the growing segment by the sealed segment it became.
+    pub fn growing_sealed(&mut self, meta: SegmentMeta, deletes: Vec<DeleteLogEntry>) {
+        for (row, key) in self.growing_keys.iter().enumerate() {
+            if self.growing_deleted[row] == Timestamp::MAX {
+                self.pk_index
+                    .insert(key.clone(), RowLoc::Sealed(meta.id, row as u32));
+            }
+        }
+        self.growing.clear();
+        self.growing_rows = 0;
+        self.growing_keys.clear();
+        self.growing_deleted.clear();
+        self.sealed.insert(
+            meta.id,
+            SealedState {
+                meta,
+                deletes: Arc::new(deletes),
+                unflushed: Vec::new(),
+            },
+        );
+    }
+}
+
+/// The primary keys of every row of `batch` (user columns or stored columns).
+pub(crate) fn keys_of(batch: &RecordBatch, key_columns: &[usize]) -> Vec<PrimaryKey> {
+    let enc = PkEncoder::new(batch, key_columns);
+    (0..batch.num_rows()).map(|i| enc.key(i)).collect()
+}
+
+/// Positions of the key columns inside a key-only batch.
+pub(crate) fn key_only_columns(info: &TableInfo) -> Vec<usize> {
+    (0..info.schema.primary_key.len()).collect()
+}
+
+pub(crate) fn is_empty(batch: &Option<RecordBatch>) -> bool {
+    batch.as_ref().is_none_or(|b| b.num_rows() == 0)
+}
