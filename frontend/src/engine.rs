@@ -129,6 +129,16 @@ impl Engine {
             }
             Consistency::Session => {
                 let applied = streaming.applied_ts().await.map_err(from_api)?;
+                if session.last_write() == Timestamp::ZERO {
+                    // A new session sees everything acknowledged before its first read.
+                    let start = self
+                        .backends
+                        .coordinator
+                        .allocate_timestamp()
+                        .await
+                        .map_err(from_api)?;
+                    session.record_write(start);
+                }
                 let own = session.last_write();
                 if own > applied {
                     streaming.wait_applied(own).await.map_err(from_api)?

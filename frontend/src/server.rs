@@ -101,6 +101,7 @@ fn into_response(
             let fields = Arc::new(fields(&schema, format, Some(options))?);
             let rows: Vec<_> = batches
                 .into_iter()
+                .map(|b| crate::text_format::postgres_text(b, format))
                 .flat_map(|b| arrow_pg::datatypes::encode_recordbatch(fields.clone(), b))
                 .collect();
             Ok(Response::Query(QueryResponse::new(

@@ -95,6 +95,15 @@ pub fn rewrite_vector_casts(statement: &mut Statement) {
                 args.push(Expr::value(Value::Number(n.to_string(), false)));
             }
             *expr = call("to_vector", args);
+        } else if let Expr::Cast {
+            kind: CastKind::DoubleColon | CastKind::Cast,
+            expr: inner,
+            data_type: SqlDataType::Text,
+            ..
+        } = expr
+        {
+            // DataFusion cannot cast a vector (FixedSizeList) to text.
+            *expr = call("quiver_text", vec![(**inner).clone()]);
         }
         ControlFlow::<()>::Continue(())
     });

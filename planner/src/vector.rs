@@ -281,6 +281,8 @@ enum Kind {
     Normalize,
     /// `x::vector` / `x::vector(n)`: the optional second argument is `n`.
     Cast,
+    /// `x::text`: pgvector's text form for vectors, a plain cast otherwise.
+    Text,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -425,6 +427,7 @@ impl ScalarUDFImpl for VectorFunction {
             Kind::Norm => Field::new(self.name, DataType::Float64, true),
             Kind::Normalize => vector_field(self.name, planned_dim(&args), true),
             Kind::Cast => vector_field(self.name, planned_dim(&args), true),
+            Kind::Text => Field::new(self.name, DataType::Utf8, true),
             _ => Field::new(self.name, DataType::Float64, true),
         };
         Ok(Arc::new(field))
@@ -438,6 +441,23 @@ impl ScalarUDFImpl for VectorFunction {
             | Kind::NegativeInnerProduct
             | Kind::Cosine
             | Kind::L1 => self.distance(&args.args, rows),
+            Kind::Text => {
+                let array = as_array(&args.args[0], rows)?;
+                let out: ArrayRef = match array.data_type() {
+                    DataType::FixedSizeList(f, _) | DataType::List(f)
+                        if f.data_type() == &DataType::Float32 =>
+                    {
+                        let v = to_vectors(&array)?;
+                        Arc::new(arrow::array::StringArray::from(
+                            (0..v.len())
+                                .map(|i| v.row(i).map(format_vector))
+                                .collect::<Vec<_>>(),
+                        ))
+                    }
+                    _ => arrow::compute::cast(&array, &DataType::Utf8)?,
+                };
+                Ok(ColumnarValue::Array(out))
+            }
             Kind::Dims | Kind::Norm => {
                 let v = to_vectors(&as_array(&args.args[0], rows)?)?;
                 let array: ArrayRef = if self.kind == Kind::Dims {
@@ -507,6 +527,7 @@ pub fn udfs() -> Vec<ScalarUDF> {
         function("vector_norm", Kind::Norm, 1),
         function("l2_normalize", Kind::Normalize, 1),
         function("to_vector", Kind::Cast, 2),
+        function("quiver_text", Kind::Text, 1),
     ]
 }
 

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Ingest and exact top-10 benchmark for Quiver standalone (issue: standalone spine).
+
+Starts its own server (release or debug binary via QUIVER_BIN), then:
+  1. loads N x D vectors (default 100,000 x 384) with multi-row INSERTs,
+     once over 1 connection and once over 8 connections (fresh tables);
+  2. runs Q exact top-10 queries (`ORDER BY embedding <-> q LIMIT 10`) and
+     reports p50/p99 latency, QPS at 1 and 8 connections, and the bytes of
+     vectors scanned per second;
+  3. prints the server's peak RSS (VmHWM).
+
+Usage: .venv/bin/python bench/ingest_knn.py [--rows N] [--dim D] [--queries Q]
+It is a benchmark, not a test: it prints figures and never fails on them.
+"""
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psycopg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vec_text(v):
+    return "[" + ",".join(f"{x:.6g}" for x in v) + "]"
+
+
+def load(port, table, data, conns, batch):
+    n = len(data)
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}")
+        c.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding vector({data.shape[1]}))")
+    chunks = [(s, min(s + batch, n)) for s in range(0, n, batch)]
+
+    def worker(idx):
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            for k in range(idx, len(chunks), conns):
+                s, e = chunks[k]
+                values = ",".join(f"({i},'{vec_text(data[i])}')" for i in range(s, e))
+                c.execute(f"INSERT INTO {table} VALUES {values}")
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def query(port, table, queries, conns):
+    lat = []
+    lock = threading.Lock()
+
+    def worker(idx):
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            for k in range(idx, len(queries), conns):
+                t = time.perf_counter()
+                c.execute(f"SELECT id FROM {table} ORDER BY embedding <-> %s::vector LIMIT 10",
+                          (vec_text(queries[k]),)).fetchall()
+                with lock:
+                    lat.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return len(queries) / wall, lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args()
+    binary = os.environ.get("QUIVER_BIN", os.path.join(ROOT, "target/release/quiver"))
+    data_dir = tempfile.mkdtemp(prefix="quiver-bench-")
+    port = free_port()
+    server = subprocess.Popen([binary, "standalone", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        rng = np.random.default_rng(7)
+        data = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
+        queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+        for conns in (1, 8):
+            secs = load(port, f"bench_{conns}", data, conns, args.batch)
+            print(f"ingest {args.rows} x {args.dim} over {conns} conn: {secs:.1f}s = {args.rows / secs:,.0f} rows/s")
+        raw = args.rows * args.dim * 4
+        for conns in (1, 8):
+            qps, p50, p99 = query(port, "bench_8", queries, conns)
+            print(f"exact top-10 @ {conns} conn: {qps:.1f} QPS, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+                  f"vector bytes scanned {raw * qps / 1e9:.2f} GB/s")
+        with open(f"/proc/{server.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM"):
+                    print("server peak RSS:", line.split(":", 1)[1].strip())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
