@@ -70,10 +70,10 @@ pub fn postgres_text(batch: RecordBatch, format: &Format) -> RecordBatch {
             }
             let new = match col.data_type() {
                 DataType::Float64 => Some(float_column::<Float64Type>(col, |v| {
-                    format_float(&ryu::Buffer::new().format(v).to_string())
+                    format_float(ryu::Buffer::new().format(v))
                 })),
                 DataType::Float32 => Some(float_column::<Float32Type>(col, |v| {
-                    format_float(&ryu::Buffer::new().format(v).to_string())
+                    format_float(ryu::Buffer::new().format(v))
                 })),
                 DataType::Timestamp(TimeUnit::Microsecond, tz) => {
                     Some(timestamp_column(col, tz.is_some()))
