@@ -125,7 +125,6 @@ impl Channel {
             }
         }
         let mut keep: Vec<u32> = Vec::new();
-        let mut replaced: Vec<u32> = Vec::new();
         if let Some(rows) = &insert {
             let mut seen: HashSet<PrimaryKey> = HashSet::new();
             for (i, key) in keys_of(rows, &info.schema.primary_key)
@@ -159,10 +158,7 @@ impl Channel {
                             ));
                         }
                         ConflictPolicy::Skip => continue,
-                        ConflictPolicy::Replace => {
-                            replaced.push(i as u32);
-                            deleted_existing += 1;
-                        }
+                        ConflictPolicy::Replace => deleted_existing += 1,
                     }
                 }
                 keep.push(i as u32);
@@ -177,7 +173,6 @@ impl Channel {
             ),
             None => None,
         };
-        let _ = replaced;
         let delete_keys = if deleting.is_empty() {
             None
         } else {
