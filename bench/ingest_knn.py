@@ -37,6 +37,17 @@ def vec_text(v):
     return "[" + ",".join(f"{x:.6g}" for x in v) + "]"
 
 
+def run_threads(worker, conns):
+    """Runs worker(0..conns-1) on one thread each; returns the wall time."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def load(port, table, data, conns, batch):
     n = len(data)
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
@@ -51,13 +62,7 @@ def load(port, table, data, conns, batch):
                 values = ",".join(f"({i},'{vec_text(data[i])}')" for i in range(s, e))
                 c.execute(f"INSERT INTO {table} VALUES {values}")
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0
+    return run_threads(worker, conns)
 
 
 def query(port, table, queries, conns):
@@ -73,13 +78,7 @@ def query(port, table, queries, conns):
                 with lock:
                     lat.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(worker, conns)
     lat.sort()
     return len(queries) / wall, lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
 

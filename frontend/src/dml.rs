@@ -22,8 +22,6 @@ use sqlparser::ast::{
     AssignmentTarget, Delete, Expr, FromTable, Insert, OnConflictAction, OnInsert, SelectItem,
     SetExpr, Statement, TableFactor, TableObject, Update, Value,
 };
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 
 use crate::ddl::table_name;
 use crate::engine::{DATABASE, Engine, Output, ordered_param_types};
@@ -39,16 +37,6 @@ fn lookup(engine: &Engine, table: &str) -> Result<TableInfo, SqlError> {
     })
 }
 
-fn parse_one(sql: &str) -> Result<Statement, SqlError> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
-    let mut stmt = stmts
-        .pop()
-        .ok_or_else(|| SqlError::new(sqlstate::SYNTAX_ERROR, "empty statement"))?;
-    quiver_planner::rewrite::rewrite_vector_casts(&mut stmt);
-    Ok(stmt)
-}
-
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -62,6 +50,35 @@ fn rows_of(output: Output) -> Result<(SchemaRef, RecordBatch), SqlError> {
         }
         Output::Command(_) => Err(SqlError::new("XX000", "expected rows")),
     }
+}
+
+/// The (case-folded) column an object name such as `c` or `t.c` refers to.
+fn column_name(name: &sqlparser::ast::ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// `SET c = expr, ...` as column name → SQL text of the expression.
+fn assignment_map(
+    info: &TableInfo,
+    assignments: &[sqlparser::ast::Assignment],
+) -> Result<std::collections::HashMap<String, String>, SqlError> {
+    let mut set = std::collections::HashMap::new();
+    for a in assignments {
+        let AssignmentTarget::ColumnName(col) = &a.target else {
+            return Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "tuple assignments",
+            ));
+        };
+        let name = column_name(col);
+        column_index(info, &name)?;
+        set.insert(name, a.value.to_string());
+    }
+    Ok(set)
 }
 
 fn column_index(info: &TableInfo, name: &str) -> Result<usize, SqlError> {
@@ -85,14 +102,7 @@ fn target_columns(
     }
     columns
         .iter()
-        .map(|c| {
-            let name =
-                c.0.last()
-                    .and_then(|p| p.as_ident())
-                    .map(|i| i.value.to_ascii_lowercase())
-                    .unwrap_or_default();
-            column_index(info, &name)
-        })
+        .map(|c| column_index(info, &column_name(c)))
         .collect()
 }
 
@@ -122,7 +132,7 @@ async fn with_temp_table(
         .register_schema(&schema_name, provider)
         .map_err(from_datafusion)?;
     let result = async {
-        let stmt = parse_one(&sql(&schema_name))?;
+        let stmt = engine.parse_one(&sql(&schema_name))?;
         let ts = engine.read_snapshot(session).await?;
         engine.run_query_at(session, stmt, ts).await
     }
@@ -253,23 +263,7 @@ async fn merge_upsert(
     selection: Option<&Expr>,
 ) -> Result<RecordBatch, SqlError> {
     let table = quote(&info.name);
-    let mut set = std::collections::HashMap::new();
-    for a in assignments {
-        let AssignmentTarget::ColumnName(col) = &a.target else {
-            return Err(SqlError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "tuple assignments",
-            ));
-        };
-        let name = col
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(|i| i.value.to_ascii_lowercase())
-            .unwrap_or_default();
-        column_index(info, &name)?;
-        set.insert(name, a.value.to_string());
-    }
+    let set = assignment_map(info, assignments)?;
     let key0 = quote(&info.schema.columns[info.schema.primary_key[0]].name);
     let join = info
         .schema
@@ -344,23 +338,7 @@ fn update_query(info: &TableInfo, update: &Update) -> Result<String, SqlError> {
             "UPDATE ... FROM is not supported yet",
         ));
     }
-    let mut set = std::collections::HashMap::new();
-    for a in &update.assignments {
-        let AssignmentTarget::ColumnName(col) = &a.target else {
-            return Err(SqlError::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "tuple assignments",
-            ));
-        };
-        let name = col
-            .0
-            .last()
-            .and_then(|p| p.as_ident())
-            .map(|i| i.value.to_ascii_lowercase())
-            .unwrap_or_default();
-        column_index(info, &name)?;
-        set.insert(name, a.value.to_string());
-    }
+    let set = assignment_map(info, &update.assignments)?;
     let mut items: Vec<String> = info
         .schema
         .columns
@@ -399,7 +377,11 @@ pub async fn update(
     let info = lookup(engine, &single_table(&update.table)?)?;
     let sql = update_query(&info, &update)?;
     let ts = strong_snapshot(engine).await?;
-    let (_, batch) = rows_of(engine.run_query_at(session, parse_one(&sql)?, ts).await?)?;
+    let (_, batch) = rows_of(
+        engine
+            .run_query_at(session, engine.parse_one(&sql)?, ts)
+            .await?,
+    )?;
     let n = info.schema.columns.len();
     let targets: Vec<usize> = (0..n).collect();
     let new_rows = build_rows(
@@ -459,7 +441,11 @@ pub async fn delete(
         .unwrap_or_default();
     let sql = format!("SELECT * FROM {relation}{filter}");
     let ts = strong_snapshot(engine).await?;
-    let (_, rows) = rows_of(engine.run_query_at(session, parse_one(&sql)?, ts).await?)?;
+    let (_, rows) = rows_of(
+        engine
+            .run_query_at(session, engine.parse_one(&sql)?, ts)
+            .await?,
+    )?;
     let keys = rows
         .project(&info.schema.primary_key)
         .map_err(|e| SqlError::new("XX000", e.to_string()))?;
@@ -551,17 +537,12 @@ pub async fn describe(
                     && n >= 1
                     && n <= count
                 {
-                    let name = col
-                        .0
-                        .last()
-                        .and_then(|p| p.as_ident())
-                        .map(|i| i.value.to_ascii_lowercase())
-                        .unwrap_or_default();
+                    let name = column_name(col);
                     params[n - 1] = pg_type_of(&info, column_index(&info, &name)?);
                 }
             }
             if let Ok(plan) = engine
-                .plan(session, parse_one(&update_query(&info, update)?)?)
+                .plan(session, engine.parse_one(&update_query(&info, update)?)?)
                 .await
             {
                 merge_types(&mut params, ordered_param_types(&plan)?);
@@ -579,7 +560,7 @@ pub async fn describe(
             let plan = engine
                 .plan(
                     session,
-                    parse_one(&format!("SELECT * FROM {relation}{filter}"))?,
+                    engine.parse_one(&format!("SELECT * FROM {relation}{filter}"))?,
                 )
                 .await?;
             merge_types(&mut params, ordered_param_types(&plan)?);

@@ -11,9 +11,11 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
 use pgwire::api::results::Tag;
 use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
+use quiver_planner::rewrite::{normalize_operators, rewrite_vector_casts};
 use quiver_planner::vector::{VectorOperatorPlanner, udfs};
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
@@ -56,6 +58,7 @@ pub enum Output {
 
 pub struct Engine {
     pub backends: Arc<Backends>,
+    sql_parser: PostgresCompatibilityParser,
     base_state: SessionState,
     /// Staleness bound of `bounded` consistency.
     pub bounded_staleness: Duration,
@@ -104,9 +107,36 @@ impl Engine {
             .build();
         Ok(Engine {
             backends,
+            sql_parser: PostgresCompatibilityParser::new(),
             base_state,
             bounded_staleness,
         })
+    }
+
+    /// The one way SQL text becomes statements: pgvector's `<+>` respelled,
+    /// PostgreSQL-client compatibility rewrites (pg_catalog queries), and
+    /// `::vector` casts turned into `to_vector()` calls.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
+        let mut statements = self
+            .sql_parser
+            .parse(&normalize_operators(sql))
+            .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
+        for s in &mut statements {
+            rewrite_vector_casts(s);
+        }
+        Ok(statements)
+    }
+
+    /// Parses SQL that must hold exactly one statement.
+    pub fn parse_one(&self, sql: &str) -> Result<Statement, SqlError> {
+        let mut statements = self.parse(sql)?;
+        match (statements.pop(), statements.is_empty()) {
+            (Some(s), true) => Ok(s),
+            _ => Err(SqlError::new(
+                sqlstate::SYNTAX_ERROR,
+                "expected exactly one statement",
+            )),
+        }
     }
 
     pub fn new_session(&self) -> Session {

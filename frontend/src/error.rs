@@ -3,7 +3,7 @@
 use datafusion::error::DataFusionError;
 use pgwire::error::{ErrorInfo, PgWireError};
 use quiver_api::{ApiError, StatusCode};
-use quiver_planner::{SqlError, sqlstate};
+use quiver_planner::{SqlError, find_cause, sqlstate};
 
 /// Maps a role-boundary error onto a SQLSTATE.
 pub fn from_api(e: ApiError) -> SqlError {
@@ -33,18 +33,11 @@ fn quoted_name(msg: &str) -> String {
 
 /// Maps a DataFusion error onto PostgreSQL's code and wording.
 pub fn from_datafusion(e: DataFusionError) -> SqlError {
-    let mut current: &(dyn std::error::Error + 'static) = &e;
-    loop {
-        if let Some(sql) = current.downcast_ref::<SqlError>() {
-            return sql.clone();
-        }
-        if let Some(api) = current.downcast_ref::<ApiError>() {
-            return from_api(api.clone());
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => break,
-        }
+    if let Some(sql) = find_cause::<SqlError>(&e) {
+        return sql;
+    }
+    if let Some(api) = find_cause::<ApiError>(&e) {
+        return from_api(api);
     }
     let root = e.find_root();
     match root {

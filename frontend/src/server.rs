@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::common::ParamValues;
-use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, stream};
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
@@ -20,8 +19,8 @@ use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
-use quiver_planner::rewrite::{bind_parameters, normalize_operators, rewrite_vector_casts};
-use quiver_planner::{SqlError, sqlstate};
+use quiver_planner::SqlError;
+use quiver_planner::rewrite::bind_parameters;
 use sqlparser::ast::Statement;
 use tokio::net::TcpListener;
 
@@ -51,7 +50,6 @@ pub struct Handlers {
 
 pub struct QuiverParser {
     engine: Arc<Engine>,
-    sql_parser: PostgresCompatibilityParser,
 }
 
 fn session_of<C: ClientInfo + ?Sized>(engine: &Engine, client: &C) -> Arc<Session> {
@@ -66,20 +64,6 @@ fn is_checkpoint(sql: &str) -> bool {
         .trim_end_matches(';')
         .trim()
         .eq_ignore_ascii_case("checkpoint")
-}
-
-impl QuiverParser {
-    fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
-        let normalized = normalize_operators(sql);
-        let mut statements = self
-            .sql_parser
-            .parse(&normalized)
-            .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
-        for s in &mut statements {
-            rewrite_vector_casts(s);
-        }
-        Ok(statements)
-    }
 }
 
 fn fields(
@@ -133,7 +117,7 @@ impl QueryParser for QuiverParser {
                 result: None,
             }));
         }
-        let mut statements = self.parse(sql).map_err(to_pgwire)?;
+        let mut statements = self.engine.parse(sql).map_err(to_pgwire)?;
         if statements.len() > 1 {
             return Err(to_pgwire(SqlError::new(
                 "42601",
@@ -191,7 +175,7 @@ impl SimpleQueryHandler for Handlers {
                 Err(e) => Response::Error(Box::new(to_error_info(e))),
             }]);
         }
-        let statements = match self.parser.parse(query) {
+        let statements = match self.engine.parse(query) {
             Ok(s) => s,
             Err(e) => return Ok(vec![Response::Error(Box::new(to_error_info(e)))]),
         };
@@ -332,10 +316,7 @@ pub async fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Resul
     let factory = Arc::new(Factory {
         handlers: Arc::new(Handlers {
             engine: engine.clone(),
-            parser: Arc::new(QuiverParser {
-                engine,
-                sql_parser: PostgresCompatibilityParser::new(),
-            }),
+            parser: Arc::new(QuiverParser { engine }),
         }),
         startup: Arc::new(Startup),
     });

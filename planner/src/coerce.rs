@@ -113,7 +113,7 @@ pub fn coerce_column(array: &ArrayRef, def: &ColumnDef, table: &str) -> Result<A
             {
                 return Err(type_mismatch(def, source));
             }
-            let vectors = to_vectors(array).map_err(from_datafusion)?;
+            let vectors = to_vectors(array).map_err(SqlError::from_datafusion)?;
             let n = vectors.len();
             if vectors.dim != dim as usize && vectors.valid.iter().any(|v| *v) {
                 return Err(SqlError::new(
@@ -124,7 +124,7 @@ pub fn coerce_column(array: &ArrayRef, def: &ColumnDef, table: &str) -> Result<A
             if vectors.dim == 0 {
                 arrow::array::new_null_array(&def.ty.arrow_type(), n)
             } else {
-                vectors.into_array().map_err(from_datafusion)?
+                vectors.into_array().map_err(SqlError::from_datafusion)?
             }
         }
         ty => {
@@ -200,21 +200,6 @@ fn type_mismatch(def: &ColumnDef, source: &DataType) -> SqlError {
             arrow_type_name(source)
         ),
     )
-}
-
-/// Recovers a [`SqlError`] from a DataFusion error, or wraps it.
-pub fn from_datafusion(e: datafusion::error::DataFusionError) -> SqlError {
-    let mut current: &(dyn std::error::Error + 'static) = &e;
-    loop {
-        if let Some(sql) = current.downcast_ref::<SqlError>() {
-            return sql.clone();
-        }
-        match current.source() {
-            Some(next) => current = next,
-            None => break,
-        }
-    }
-    SqlError::new("XX000", e.to_string())
 }
 
 /// Builds the rows to store from computed columns: `values[i]` goes to

@@ -33,6 +33,26 @@ impl SqlError {
     pub fn into_datafusion(self) -> datafusion::error::DataFusionError {
         datafusion::error::DataFusionError::External(Box::new(self))
     }
+
+    /// The `SqlError` carried somewhere in a DataFusion error's chain, or an
+    /// internal error (XX000) with the whole message.
+    pub fn from_datafusion(e: datafusion::error::DataFusionError) -> Self {
+        find_cause::<SqlError>(&e).unwrap_or_else(|| SqlError::new("XX000", e.to_string()))
+    }
+}
+
+/// The first error of type `T` in `err`'s source chain (including `err`).
+pub fn find_cause<T: std::error::Error + Clone + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found.clone());
+        }
+        current = e.source();
+    }
+    None
 }
 
 impl fmt::Display for SqlError {

@@ -27,8 +27,6 @@ pub(crate) struct ChannelData {
     pub tables: HashMap<TableId, TableShard>,
     /// LSN of the last record applied.
     pub last_lsn: Option<Lsn>,
-    /// Rows in growing segments, all tables.
-    pub growing_rows: usize,
     /// Sealed segments removed by TRUNCATE whose manifests the next flush deletes.
     pub dropped_segments: Vec<quiver_segment::SegmentMeta>,
 }
@@ -43,6 +41,11 @@ pub(crate) struct WritePlan {
 }
 
 impl ChannelData {
+    /// Rows in growing segments, all tables (what the seal threshold counts).
+    pub fn growing_rows(&self) -> usize {
+        self.tables.values().map(|t| t.growing_rows as usize).sum()
+    }
+
     pub fn table_mut(&mut self, info: &TableInfo) -> &mut TableShard {
         self.tables
             .entry(info.id)
@@ -51,9 +54,7 @@ impl ChannelData {
 
     /// Applies a logged record (live writes and WAL replay share this).
     pub fn apply(&mut self, info: &TableInfo, record: &WalRecord) -> Result<(), StreamingError> {
-        let growing_before = self.growing_rows;
         let shard = self.table_mut(info);
-        let before = shard.growing_rows as usize;
         let mut dropped = Vec::new();
         match &record.kind {
             WalRecordKind::Truncate => {
@@ -69,8 +70,9 @@ impl ChannelData {
                     }
                 }
                 if let Some(rows) = insert {
-                    // Replay tolerance: a key that is (unexpectedly) live is
-                    // replaced rather than duplicated.
+                    // An inserted key that is live gets replaced: this is how
+                    // `ConflictPolicy::Replace` (upsert) takes effect, and it
+                    // keeps keys unique under replay.
                     for key in keys_of(rows, &info.schema.primary_key) {
                         shard.delete(&key, record.ts);
                     }
@@ -78,8 +80,6 @@ impl ChannelData {
                 }
             }
         }
-        let after = shard.growing_rows as usize;
-        self.growing_rows = (growing_before + after).saturating_sub(before);
         self.dropped_segments.extend(dropped);
         Ok(())
     }
@@ -208,7 +208,7 @@ impl Channel {
             },
         };
         self.log_and_apply(ctx, info, record).await?;
-        let full = self.data.read().growing_rows >= ctx.options.seal_rows;
+        let full = self.data.read().growing_rows() >= ctx.options.seal_rows;
         if full {
             self.flush(ctx).await?;
         }

@@ -137,7 +137,6 @@ impl Channel {
                 }
             }
             data.dropped_segments.clear();
-            data.growing_rows = 0;
         }
         if let Some(cp) = checkpoint
             && let Err(e) = ctx.wal.truncate(self.id, cp).await

@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 
-use arrow::compute::concat_batches;
 use quiver_meta::keys;
-use quiver_segment::{SegmentMeta, WalRecord, read_delete_log, read_parquet};
+use quiver_segment::{SegmentMeta, WalRecord, read_delete_log, read_parquet_columns};
 
 use crate::channel::{Channel, ChannelData};
 use crate::table_shard::keys_of;
@@ -30,10 +29,22 @@ pub(crate) async fn recover_channel(ctx: &NodeContext, id: u32) -> Result<Channe
         let Some(info) = tables.get(&meta.table) else {
             continue;
         };
-        let batches = read_parquet(ctx.store.as_ref(), &meta.path).await?;
-        let schema = info.schema.segment_schema();
-        let batch = concat_batches(&schema, &batches)?;
-        let keys = keys_of(&batch, &info.schema.primary_key);
+        // Only the key columns are needed to rebuild the primary-key index.
+        let batches =
+            read_parquet_columns(ctx.store.as_ref(), &meta.path, &info.schema.primary_key).await?;
+        let mut key_columns: Vec<usize> = info.schema.primary_key.clone();
+        key_columns.sort_unstable();
+        // Projected columns come back in file order; map key order onto it.
+        let key_positions: Vec<usize> = info
+            .schema
+            .primary_key
+            .iter()
+            .map(|k| key_columns.iter().position(|c| c == k).unwrap_or(0))
+            .collect();
+        let mut keys = Vec::with_capacity(meta.rows as usize);
+        for batch in &batches {
+            keys.extend(keys_of(batch, &key_positions));
+        }
         let mut deletes = Vec::new();
         for log in &meta.delete_logs {
             deletes.extend(read_delete_log(ctx.store.as_ref(), log).await?);
@@ -67,7 +78,7 @@ pub(crate) async fn recover_channel(ctx: &NodeContext, id: u32) -> Result<Channe
         sealed_segments = sealed_count,
         checkpoint,
         replayed,
-        growing_rows = data.growing_rows,
+        growing_rows = data.growing_rows(),
         "channel recovered"
     );
     Ok(Channel::new(id, data, tick))

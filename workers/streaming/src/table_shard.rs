@@ -160,11 +160,11 @@ impl TableShard {
         let mut offset = 0usize;
         for batch in &self.growing {
             let n = batch.num_rows();
-            let inserted = batch
+            let inserted: &[u64] = batch
                 .column(user_columns)
                 .as_any()
                 .downcast_ref::<UInt64Array>()
-                .map(|a| a.values().to_vec())
+                .map(|a| a.values().as_ref())
                 .unwrap_or_default();
             let deleted = &self.growing_deleted[offset..offset + n];
             let all_visible =
