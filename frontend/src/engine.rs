@@ -92,6 +92,17 @@ impl Engine {
         for udf in udfs() {
             ctx.register_udf(udf);
         }
+        // avg/sum also accept vectors (element-wise), as in pgvector.
+        let state = ctx.state();
+        for (name, average) in [("avg", true), ("sum", false)] {
+            let inner = datafusion::execution::FunctionRegistry::udaf(&state, name)
+                .map_err(from_datafusion)?
+                .as_ref()
+                .clone();
+            ctx.register_udaf(quiver_planner::vector_agg::VectorAwareAggregate::new(
+                inner, average,
+            ));
+        }
         datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
             &ctx,
             DATABASE,

@@ -11,6 +11,7 @@
 pub mod coerce;
 pub mod rewrite;
 pub mod vector;
+pub mod vector_agg;
 
 use std::fmt;
 
