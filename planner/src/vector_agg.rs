@@ -31,7 +31,7 @@ pub struct VectorAwareAggregate {
 
 impl VectorAwareAggregate {
     /// Wraps DataFusion's `avg` (`average = true`) or `sum`.
-    pub fn new(inner: AggregateUDF, average: bool) -> AggregateUDF {
+    pub fn wrap(inner: AggregateUDF, average: bool) -> AggregateUDF {
         AggregateUDF::new_from_impl(VectorAwareAggregate {
             inner,
             average,
