@@ -99,7 +99,7 @@ impl Engine {
                 .map_err(from_datafusion)?
                 .as_ref()
                 .clone();
-            ctx.register_udaf(quiver_planner::vector_agg::VectorAwareAggregate::new(
+            ctx.register_udaf(quiver_planner::vector_agg::VectorAwareAggregate::wrap(
                 inner, average,
             ));
         }
