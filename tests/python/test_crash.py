@@ -69,10 +69,6 @@ class Ledger:
     # Resolved after a restart as "not applied": must stay absent forever.
     lost_inserts: set[int] = field(default_factory=set)
     anomalies: list[str] = field(default_factory=list)
-    # A statement that was never acknowledged and spans several shards may be
-    # durable on some shards only: per-statement atomicity across shards is a
-    # documented gap (docs/architecture.md, "Decisions"), reported, not asserted.
-    partial_unacknowledged: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -100,7 +96,7 @@ class Ledger:
         for stmt in self.uncertain_insert_stmts:
             applied = [i for i in stmt if i in present]
             if applied and len(applied) != len(stmt):
-                self.partial_unacknowledged.append(
+                self.anomalies.append(
                     f"{label}: INSERT of {len(stmt)} rows applied partially "
                     f"({len(applied)} rows present)"
                 )
@@ -110,7 +106,7 @@ class Ledger:
         for stmt in self.uncertain_delete_stmts:
             gone = [i for i in stmt if i not in present]
             if gone and len(gone) != len(stmt):
-                self.partial_unacknowledged.append(
+                self.anomalies.append(
                     f"{label}: DELETE of {len(stmt)} rows applied partially "
                     f"({len(gone)} rows gone)"
                 )
@@ -303,8 +299,6 @@ def test_sigkill_durability(quiver_factory):
         with ledger.lock:
             ledger.resolve(present, label)
         assert not ledger.anomalies, ledger.anomalies[:5]
-        if ledger.partial_unacknowledged:
-            print("unacknowledged statements applied on some shards only:", ledger.partial_unacknowledged)
         assert any(i >= WRITER_SPAN for i in ledger.acked_inserts), (
             "writers never got an insert acknowledged"
         )

@@ -24,3 +24,18 @@ pub fn segment(table: TableId, segment: SegmentId) -> String {
 pub fn channel_checkpoint(channel: u32) -> String {
     format!("/channels/{channel:04}/checkpoint")
 }
+
+/// The commit timestamp up to which a channel's applied records are sealed
+/// (written with its checkpoint); recovery uses it to tell whether another
+/// channel's part of a multi-shard statement was durable.
+pub fn channel_flushed_ts(channel: u32) -> String {
+    format!("/channels/{channel:04}/flushed_ts")
+}
+
+/// Multi-shard statements that must never be applied (one shard's part was
+/// not durable), by commit timestamp. Recovery skips their records.
+pub const ABORTED_STATEMENTS: &str = "/aborted/";
+
+pub fn aborted_statement(ts: quiver_types::Timestamp) -> String {
+    format!("{ABORTED_STATEMENTS}{:020}", ts.0)
+}

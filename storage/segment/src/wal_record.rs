@@ -24,6 +24,10 @@ pub struct WalRecord {
     pub table: TableId,
     pub ts: Timestamp,
     pub kind: WalRecordKind,
+    /// Every shard (WAL channel) the statement wrote, when it wrote more
+    /// than one. The statement's timestamp identifies its records in each of
+    /// them; recovery applies the record only if all of them are durable.
+    pub participants: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -33,6 +37,8 @@ struct Header {
     truncate: bool,
     delete_len: u64,
     insert_len: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    participants: Vec<u32>,
 }
 
 impl WalRecord {
@@ -54,6 +60,7 @@ impl WalRecord {
             truncate: matches!(self.kind, WalRecordKind::Truncate),
             delete_len: delete.as_ref().map_or(0, |b| b.len() as u64),
             insert_len: insert.as_ref().map_or(0, |b| b.len() as u64),
+            participants: self.participants.clone(),
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| SegmentError::MalformedRecord(e.to_string()))?;
@@ -111,6 +118,7 @@ impl WalRecord {
             table: header.table,
             ts: header.ts,
             kind,
+            participants: header.participants,
         })
     }
 }
@@ -140,12 +148,14 @@ mod tests {
                 delete_keys: Some(keys),
                 insert: Some(rows),
             },
+            participants: vec![0, 3],
         };
         assert_eq!(WalRecord::decode(&rec.encode().unwrap()).unwrap(), rec);
         let t = WalRecord {
             table: TableId(1),
             ts: Timestamp(5),
             kind: WalRecordKind::Truncate,
+            participants: vec![],
         };
         assert_eq!(WalRecord::decode(&t.encode().unwrap()).unwrap(), t);
         assert!(WalRecord::decode(&[1, 2]).is_err());

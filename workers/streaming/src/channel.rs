@@ -25,8 +25,10 @@ pub(crate) struct Channel {
 #[derive(Default)]
 pub(crate) struct ChannelData {
     pub tables: HashMap<TableId, TableShard>,
-    /// LSN of the last record applied.
+    /// LSN of the last record applied (or deliberately skipped).
     pub last_lsn: Option<Lsn>,
+    /// The WAL position recorded in the meta store: replay starts here.
+    pub checkpoint: Lsn,
     /// Sealed segments removed by TRUNCATE whose manifests the next flush deletes.
     pub dropped_segments: Vec<quiver_segment::SegmentMeta>,
 }
@@ -186,66 +188,58 @@ impl Channel {
         })
     }
 
-    /// Logs the plan durably, applies it, and flushes if the channel is full.
-    /// Caller holds `write_lock`.
-    pub async fn commit(
-        &self,
-        ctx: &NodeContext,
+    /// The WAL record of a planned write, or `None` if it changes nothing.
+    pub fn record_for(
         info: &TableInfo,
         plan: WritePlan,
         ts: Timestamp,
-    ) -> ApiResult<()> {
+        participants: &[u32],
+    ) -> Option<WalRecord> {
         if plan.delete_keys.is_none() && plan.insert.is_none() {
-            self.advance_tick(ts);
-            return Ok(());
+            return None;
         }
-        let record = WalRecord {
+        Some(WalRecord {
             table: info.id,
             ts,
             kind: WalRecordKind::Mutate {
                 delete_keys: plan.delete_keys,
                 insert: plan.insert,
             },
-        };
-        self.log_and_apply(ctx, info, record).await?;
-        let full = self.data.read().growing_rows() >= ctx.options.seal_rows;
-        if full {
-            self.flush(ctx).await?;
-        }
-        Ok(())
+            participants: participants.to_vec(),
+        })
     }
 
-    async fn log_and_apply(
+    /// Appends a record durably, without applying it. Caller holds `write_lock`.
+    pub async fn append(
         &self,
         ctx: &NodeContext,
-        info: &TableInfo,
-        record: WalRecord,
-    ) -> Result<(), StreamingError> {
+        record: &WalRecord,
+    ) -> Result<Lsn, StreamingError> {
         let bytes = record.encode()?;
-        let lsn = ctx.wal.append(self.id, vec![bytes]).await?;
+        Ok(ctx.wal.append(self.id, vec![bytes]).await?)
+    }
+
+    /// Applies a record that is durable at `lsn`. Caller holds `write_lock`.
+    pub fn apply_logged(
+        &self,
+        info: &TableInfo,
+        record: &WalRecord,
+        lsn: Lsn,
+    ) -> Result<(), StreamingError> {
         let mut data = self.data.write();
-        data.apply(info, &record)?;
+        data.apply(info, record)?;
         data.last_lsn = Some(lsn);
         drop(data);
         self.advance_tick(record.ts);
         Ok(())
     }
 
-    /// Logs and applies a TRUNCATE, then flushes so the dropped segments
-    /// leave the manifest. Caller holds `write_lock`.
-    pub async fn truncate(
-        &self,
-        ctx: &NodeContext,
-        info: &TableInfo,
-        ts: Timestamp,
-    ) -> ApiResult<()> {
-        let record = WalRecord {
-            table: info.id,
-            ts,
-            kind: WalRecordKind::Truncate,
-        };
-        self.log_and_apply(ctx, info, record).await?;
-        self.flush(ctx).await?;
+    /// Flushes if the growing segments reached the seal threshold.
+    pub async fn seal_if_full(&self, ctx: &NodeContext) -> Result<(), StreamingError> {
+        let full = self.data.read().growing_rows() >= ctx.options.seal_rows;
+        if full {
+            self.flush(ctx).await?;
+        }
         Ok(())
     }
 

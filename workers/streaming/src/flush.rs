@@ -43,7 +43,13 @@ impl Channel {
                 data.last_lsn,
             )
         };
-        if growing.is_empty() && pending_deletes.is_empty() && dropped.is_empty() {
+        let checkpoint = last_lsn.map(|l| l + 1);
+        let moves_checkpoint = checkpoint.is_some_and(|cp| cp != self.data.read().checkpoint);
+        if growing.is_empty()
+            && pending_deletes.is_empty()
+            && dropped.is_empty()
+            && !moves_checkpoint
+        {
             return Ok(());
         }
 
@@ -106,9 +112,9 @@ impl Channel {
                 key: keys::segment(meta.table, meta.id),
             });
         }
-        let checkpoint = last_lsn.map(|l| l + 1);
         if let Some(cp) = checkpoint {
             ops.push(put_json_op(keys::channel_checkpoint(self.id), &cp));
+            ops.push(put_json_op(keys::channel_flushed_ts(self.id), &flush_ts));
         }
         ctx.meta.batch(ops).await?;
 
@@ -137,6 +143,9 @@ impl Channel {
                 }
             }
             data.dropped_segments.clear();
+            if let Some(cp) = checkpoint {
+                data.checkpoint = cp;
+            }
         }
         if let Some(cp) = checkpoint
             && let Err(e) = ctx.wal.truncate(self.id, cp).await

@@ -17,6 +17,8 @@ mod channel;
 mod flush;
 mod recovery;
 mod table_shard;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +31,8 @@ use quiver_api::{
     ApiError, ApiResult, CoordinatorApi, ShardSnapshot, StatusCode, StreamingApi, TableInfo,
     WriteRequest, WriteResult,
 };
-use quiver_meta::MetaStore;
-use quiver_segment::SegmentError;
+use quiver_meta::{MetaStore, keys};
+use quiver_segment::{SegmentError, WalRecord, WalRecordKind};
 use quiver_types::{ShardId, Timestamp, shard_of};
 use quiver_wal::{Wal, WalError};
 
@@ -99,10 +101,11 @@ impl StreamingNode {
             coordinator,
             options,
         });
-        let mut channels = Vec::new();
-        for id in 0..ctx.wal.channel_count() {
-            channels.push(Arc::new(recovery::recover_channel(&ctx, id).await?));
-        }
+        let channels = recovery::recover_channels(&ctx)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let node = Arc::new(StreamingNode { channels, ctx });
         node.clone().spawn_ticker();
         Ok(node)
@@ -137,6 +140,51 @@ impl StreamingNode {
                 }
             }
         });
+    }
+
+    /// Makes one statement's records durable on every shard, then applies
+    /// them; nothing is applied unless every append succeeded. A statement
+    /// that failed on some shard is recorded as aborted in the meta store, so
+    /// no recovery replays the parts that did reach other shards' logs.
+    /// Caller holds the write locks of all shards.
+    async fn commit_all(
+        &self,
+        table: &TableInfo,
+        records: Vec<(usize, WalRecord)>,
+    ) -> ApiResult<()> {
+        if records.is_empty() {
+            // Nothing changed; the statement still happened at `ts`.
+            return Ok(());
+        }
+        let appends = futures::future::join_all(
+            records
+                .iter()
+                .map(|(s, record)| self.channels[*s].append(&self.ctx, record)),
+        )
+        .await;
+        if let Some(failure) = appends.iter().find_map(|a| a.as_ref().err()) {
+            let error = ApiError::from_error(StatusCode::StorageFailure, failure);
+            if records.len() > 1 {
+                let ts = records[0].1.ts;
+                if let Err(e) = self
+                    .ctx
+                    .meta
+                    .put(&keys::aborted_statement(ts), Vec::new())
+                    .await
+                {
+                    tracing::error!(ts = %ts, error = %e, "could not record an aborted statement");
+                }
+            }
+            return Err(error);
+        }
+        for ((s, record), append) in records.iter().zip(appends) {
+            let lsn = append?;
+            self.channels[*s].apply_logged(table, record, lsn)?;
+        }
+        for (s, _) in &records {
+            self.channels[*s].seal_if_full(&self.ctx).await?;
+        }
+        Ok(())
     }
 
     /// Splits a batch into per-shard batches by primary key.
@@ -196,13 +244,33 @@ impl StreamingApi for StreamingNode {
             ts,
             ..WriteResult::default()
         };
+        let mut records = Vec::with_capacity(plans.len());
         for (s, plan) in plans {
             result.deleted += plan.deleted_existing;
             result
                 .inserted_rows
                 .extend(plan.inserted_rows.iter().copied());
-            self.channels[s].commit(&self.ctx, table, plan, ts).await?;
+            records.push((s, plan));
         }
+        let changed: Vec<(usize, WalRecord)> = {
+            let participants: Vec<u32> = records
+                .iter()
+                .filter(|(_, p)| p.delete_keys.is_some() || p.insert.is_some())
+                .map(|(s, _)| *s as u32)
+                .collect();
+            let participants = if participants.len() > 1 {
+                participants
+            } else {
+                vec![]
+            };
+            records
+                .into_iter()
+                .filter_map(|(s, plan)| {
+                    Channel::record_for(table, plan, ts, &participants).map(|r| (s, r))
+                })
+                .collect()
+        };
+        self.commit_all(table, changed).await?;
         result.inserted_rows.sort_unstable();
         drop(guards);
         Ok(result)
@@ -214,9 +282,30 @@ impl StreamingApi for StreamingNode {
             guards.push(ch.write_lock.lock().await);
         }
         let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        let participants: Vec<u32> = if self.channels.len() > 1 {
+            (0..self.channels.len() as u32).collect()
+        } else {
+            vec![]
+        };
+        let records = (0..self.channels.len())
+            .map(|s| {
+                (
+                    s,
+                    WalRecord {
+                        table: table.id,
+                        ts,
+                        kind: WalRecordKind::Truncate,
+                        participants: participants.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.commit_all(table, records).await?;
+        // Flush so the truncated segments leave the manifest at once.
         for ch in &self.channels {
-            ch.truncate(&self.ctx, table, ts).await?;
+            ch.flush(&self.ctx).await?;
         }
+        drop(guards);
         Ok(ts)
     }
 

@@ -1,85 +1,192 @@
-//! Rebuilding a channel after a restart: sealed segments from the meta store
-//! (their keys and delete logs, for the primary-key index), then every WAL
-//! record after the channel's checkpoint.
+//! Rebuilding the channels after a restart: sealed segments from the meta
+//! store (their keys and delete logs, for the primary-key index), then every
+//! WAL record after each channel's checkpoint.
+//!
+//! A statement that wrote several shards has one record per shard, each
+//! naming all participants. Such a record is replayed only if every
+//! participant's part is durable: present in that channel's log tail, or
+//! already sealed (the channel's flushed timestamp is past the statement).
+//! Incomplete statements (the process died between the appends; they were
+//! never acknowledged) are recorded as aborted so they stay dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use quiver_meta::keys;
+use quiver_api::TableInfo;
+use quiver_meta::{MetaOp, keys};
 use quiver_segment::{SegmentMeta, WalRecord, read_delete_log, read_parquet_columns};
+use quiver_types::{TableId, Timestamp};
+use quiver_wal::Lsn;
 
 use crate::channel::{Channel, ChannelData};
 use crate::table_shard::keys_of;
 use crate::{NodeContext, StreamingError};
 
-pub(crate) async fn recover_channel(ctx: &NodeContext, id: u32) -> Result<Channel, StreamingError> {
-    let tables: HashMap<_, _> = ctx
+/// What one channel's recovery read, before any WAL record is applied.
+struct ChannelLog {
+    data: ChannelData,
+    records: Vec<(Lsn, WalRecord)>,
+    flushed_ts: Timestamp,
+    sealed_segments: usize,
+}
+
+async fn load_sealed(
+    ctx: &NodeContext,
+    data: &mut ChannelData,
+    info: &TableInfo,
+    meta: SegmentMeta,
+) -> Result<(), StreamingError> {
+    // Only the key columns are needed to rebuild the primary-key index;
+    // they come back in file order, so map key order onto it.
+    let batches =
+        read_parquet_columns(ctx.store.as_ref(), &meta.path, &info.schema.primary_key).await?;
+    let mut in_file_order = info.schema.primary_key.clone();
+    in_file_order.sort_unstable();
+    let key_positions: Vec<usize> = info
+        .schema
+        .primary_key
+        .iter()
+        .map(|k| in_file_order.iter().position(|c| c == k).unwrap_or(0))
+        .collect();
+    let mut keys = Vec::with_capacity(meta.rows as usize);
+    for batch in &batches {
+        keys.extend(keys_of(batch, &key_positions));
+    }
+    let mut deletes = Vec::new();
+    for log in &meta.delete_logs {
+        deletes.extend(read_delete_log(ctx.store.as_ref(), log).await?);
+    }
+    data.table_mut(info).add_sealed(meta, &keys, deletes);
+    Ok(())
+}
+
+async fn read_channel(
+    ctx: &NodeContext,
+    id: u32,
+    tables: &HashMap<TableId, TableInfo>,
+    segments: &[SegmentMeta],
+) -> Result<ChannelLog, StreamingError> {
+    let mut data = ChannelData::default();
+    let mut sealed_segments = 0;
+    for meta in segments.iter().filter(|m| m.shard.0 == id) {
+        if let Some(info) = tables.get(&meta.table) {
+            load_sealed(ctx, &mut data, info, meta.clone()).await?;
+            sealed_segments += 1;
+        }
+    }
+    data.checkpoint =
+        quiver_meta::get_json::<Lsn>(ctx.meta.as_ref(), &keys::channel_checkpoint(id))
+            .await?
+            .unwrap_or(0);
+    let flushed_ts =
+        quiver_meta::get_json::<Timestamp>(ctx.meta.as_ref(), &keys::channel_flushed_ts(id))
+            .await?
+            .unwrap_or(Timestamp::ZERO);
+    let mut records = Vec::new();
+    for (lsn, bytes) in ctx.wal.read_from(id, data.checkpoint).await? {
+        if lsn >= data.checkpoint {
+            records.push((lsn, WalRecord::decode(&bytes)?));
+        }
+    }
+    Ok(ChannelLog {
+        data,
+        records,
+        flushed_ts,
+        sealed_segments,
+    })
+}
+
+pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, StreamingError> {
+    let tables: HashMap<TableId, TableInfo> = ctx
         .coordinator
         .tables()
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
-    let mut data = ChannelData::default();
-
-    let segments = quiver_meta::scan_json::<SegmentMeta>(ctx.meta.as_ref(), keys::SEGMENTS).await?;
-    let mut sealed_count = 0usize;
-    for (_, meta) in segments {
-        if meta.shard.0 != id {
-            continue;
-        }
-        let Some(info) = tables.get(&meta.table) else {
-            continue;
-        };
-        // Only the key columns are needed to rebuild the primary-key index.
-        let batches =
-            read_parquet_columns(ctx.store.as_ref(), &meta.path, &info.schema.primary_key).await?;
-        let mut key_columns: Vec<usize> = info.schema.primary_key.clone();
-        key_columns.sort_unstable();
-        // Projected columns come back in file order; map key order onto it.
-        let key_positions: Vec<usize> = info
-            .schema
-            .primary_key
-            .iter()
-            .map(|k| key_columns.iter().position(|c| c == k).unwrap_or(0))
+    let segments: Vec<SegmentMeta> =
+        quiver_meta::scan_json::<SegmentMeta>(ctx.meta.as_ref(), keys::SEGMENTS)
+            .await?
+            .into_iter()
+            .map(|(_, m)| m)
             .collect();
-        let mut keys = Vec::with_capacity(meta.rows as usize);
-        for batch in &batches {
-            keys.extend(keys_of(batch, &key_positions));
-        }
-        let mut deletes = Vec::new();
-        for log in &meta.delete_logs {
-            deletes.extend(read_delete_log(ctx.store.as_ref(), log).await?);
-        }
-        data.table_mut(info).add_sealed(meta, &keys, deletes);
-        sealed_count += 1;
-    }
-
-    let checkpoint = quiver_meta::get_json::<u64>(ctx.meta.as_ref(), &keys::channel_checkpoint(id))
+    let mut aborted: HashSet<String> = ctx
+        .meta
+        .scan_prefix(keys::ABORTED_STATEMENTS)
         .await?
-        .unwrap_or(0);
-    let records = ctx.wal.read_from(id, checkpoint).await?;
-    let replayed = records.len();
-    for (lsn, bytes) in records {
-        if lsn < checkpoint {
-            continue;
-        }
-        let record = WalRecord::decode(&bytes)?;
-        if let Some(info) = tables.get(&record.table) {
-            data.apply(info, &record)?;
-        }
-        data.last_lsn = Some(lsn);
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+
+    let mut logs = Vec::new();
+    for id in 0..ctx.wal.channel_count() {
+        logs.push(read_channel(ctx, id, &tables, &segments).await?);
     }
+    let in_tail: Vec<HashSet<Timestamp>> = logs
+        .iter()
+        .map(|l| l.records.iter().map(|(_, r)| r.ts).collect())
+        .collect();
+    let flushed: Vec<Timestamp> = logs.iter().map(|l| l.flushed_ts).collect();
+    let durable_everywhere = |record: &WalRecord| {
+        record.participants.iter().all(|&p| {
+            let p = p as usize;
+            p < in_tail.len() && (in_tail[p].contains(&record.ts) || flushed[p] >= record.ts)
+        })
+    };
+
+    let mut newly_aborted = Vec::new();
     let tick = ctx
         .coordinator
         .allocate_timestamp()
         .await
         .map_err(StreamingError::Coordinator)?;
-    tracing::info!(
-        channel = id,
-        sealed_segments = sealed_count,
-        checkpoint,
-        replayed,
-        growing_rows = data.growing_rows(),
-        "channel recovered"
-    );
-    Ok(Channel::new(id, data, tick))
+    let mut channels = Vec::with_capacity(logs.len());
+    for (id, log) in logs.into_iter().enumerate() {
+        let ChannelLog {
+            mut data,
+            records,
+            sealed_segments,
+            ..
+        } = log;
+        let (mut replayed, mut skipped) = (0usize, 0usize);
+        for (lsn, record) in &records {
+            data.last_lsn = Some(*lsn);
+            if record.participants.len() > 1 {
+                let key = keys::aborted_statement(record.ts);
+                if aborted.contains(&key) {
+                    skipped += 1;
+                    continue;
+                }
+                if !durable_everywhere(record) {
+                    aborted.insert(key.clone());
+                    newly_aborted.push(MetaOp::Put {
+                        key,
+                        value: Vec::new(),
+                    });
+                    skipped += 1;
+                    continue;
+                }
+            }
+            if let Some(info) = tables.get(&record.table) {
+                data.apply(info, record)?;
+                replayed += 1;
+            }
+        }
+        tracing::info!(
+            channel = id,
+            sealed_segments,
+            checkpoint = data.checkpoint,
+            replayed,
+            skipped_incomplete = skipped,
+            growing_rows = data.growing_rows(),
+            "channel recovered"
+        );
+        channels.push(Channel::new(id as u32, data, tick));
+    }
+    if !newly_aborted.is_empty() {
+        tracing::warn!(
+            statements = newly_aborted.len(),
+            "dropped multi-shard statements that were not durable on every shard (never acknowledged)"
+        );
+        ctx.meta.batch(newly_aborted).await?;
+    }
+    Ok(channels)
 }

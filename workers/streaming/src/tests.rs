@@ -1,0 +1,194 @@
+//! Recovery of multi-shard statements, on the real local WAL, meta store and
+//! object store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use quiver_api::{ConflictPolicy, CoordinatorApi, QueryApi, StreamingApi, WriteRequest};
+use quiver_coordinator::{Coordinator, CoordinatorOptions};
+use quiver_meta::{EmbeddedMeta, MetaStore, keys};
+use quiver_query::QueryNode;
+use quiver_segment::{ObjectStoreConfig, WalRecord, WalRecordKind, open_object_store};
+use quiver_types::{ColumnDef, ColumnType, PkEncoder, ShardId, TableSchema, shard_of};
+use quiver_wal::{LocalWal, LocalWalOptions, Wal};
+
+use crate::{StreamingNode, StreamingOptions};
+
+struct Node {
+    streaming: Arc<StreamingNode>,
+    query: Arc<dyn QueryApi>,
+    coordinator: Arc<dyn CoordinatorApi>,
+    wal: Arc<dyn Wal>,
+    meta: Arc<dyn MetaStore>,
+}
+
+async fn open(dir: &std::path::Path) -> Node {
+    let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(dir.join("meta")).unwrap());
+    let store = open_object_store(&ObjectStoreConfig::Local {
+        root: dir.join("objects"),
+    })
+    .unwrap();
+    let wal: Arc<dyn Wal> = Arc::new(
+        LocalWal::open(LocalWalOptions::new(dir.join("wal"), 2))
+            .await
+            .unwrap(),
+    );
+    let query: Arc<dyn QueryApi> = QueryNode::new(store.clone());
+    let coordinator: Arc<dyn CoordinatorApi> = Arc::new(
+        Coordinator::open(
+            meta.clone(),
+            CoordinatorOptions { shards: 2 },
+            vec![query.clone()],
+        )
+        .await
+        .unwrap(),
+    );
+    let streaming = StreamingNode::open(
+        wal.clone(),
+        meta.clone(),
+        store,
+        coordinator.clone(),
+        StreamingOptions {
+            seal_rows: 1_000_000,
+            tick_interval: Duration::from_millis(10),
+        },
+    )
+    .await
+    .unwrap();
+    Node {
+        streaming,
+        query,
+        coordinator,
+        wal,
+        meta,
+    }
+}
+
+fn rows(ids: &[i64]) -> RecordBatch {
+    RecordBatch::try_from_iter([("id", Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef)])
+        .unwrap()
+}
+
+async fn visible_ids(node: &Node) -> Vec<i64> {
+    let info = node.coordinator.table("t").unwrap();
+    let ts = node.streaming.applied_ts().await.unwrap();
+    let mut ids = Vec::new();
+    for shard in 0..2 {
+        let snap = node
+            .streaming
+            .snapshot(&info, ShardId(shard), ts)
+            .await
+            .unwrap();
+        let mut batches = snap.growing;
+        for seg in snap.sealed {
+            batches.extend(
+                node.query
+                    .scan_segment(seg.segment, ts, &seg.deletes)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for b in batches {
+            let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.extend(col.values().iter().copied());
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// Ids whose keys land in shard 0 and in shard 1.
+fn ids_by_shard() -> (Vec<i64>, Vec<i64>) {
+    let batch = rows(&(1..=40).collect::<Vec<_>>());
+    let enc = PkEncoder::new(&batch, &[0]);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..40 {
+        let id = (i + 1) as i64;
+        if shard_of(&enc.key(i), 2) == 0 {
+            a.push(id)
+        } else {
+            b.push(id)
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard0, shard1) = ids_by_shard();
+    {
+        let node = open(dir.path()).await;
+        let schema = TableSchema::try_new(
+            vec![ColumnDef {
+                name: "id".into(),
+                ty: ColumnType::BigInt,
+                nullable: false,
+            }],
+            &["id".into()],
+        )
+        .unwrap();
+        let info = node
+            .coordinator
+            .create_table("t", schema, false)
+            .await
+            .unwrap();
+        // An acknowledged statement touching both shards.
+        node.streaming
+            .write(WriteRequest {
+                table: info.clone(),
+                delete_keys: None,
+                insert: Some(rows(&[shard0[0], shard1[0]])),
+                on_conflict: ConflictPolicy::Error,
+            })
+            .await
+            .unwrap();
+        // A statement that died after its shard-0 append: only that part is
+        // in the log, as if the process was killed before the shard-1 append.
+        let ts = node.coordinator.allocate_timestamp().await.unwrap();
+        let orphan = WalRecord {
+            table: info.id,
+            ts,
+            kind: WalRecordKind::Mutate {
+                delete_keys: None,
+                insert: Some(rows(&[shard0[1]])),
+            },
+            participants: vec![0, 1],
+        };
+        node.wal
+            .append(0, vec![orphan.encode().unwrap()])
+            .await
+            .unwrap();
+    }
+    // Let the first node's background tasks end before reopening the WAL.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let node = open(dir.path()).await;
+    let mut expected = vec![shard0[0], shard1[0]];
+    expected.sort_unstable();
+    assert_eq!(visible_ids(&node).await, expected);
+    let aborted = node
+        .meta
+        .scan_prefix(keys::ABORTED_STATEMENTS)
+        .await
+        .unwrap();
+    assert_eq!(aborted.len(), 1);
+
+    // Shard 1 alone moves on and seals past the dead statement's timestamp,
+    // while shard 0's log still holds the orphan: it must stay dropped.
+    {
+        let ch = &node.streaming.channels[1];
+        let _guard = ch.write_lock.lock().await;
+        ch.flush(&node.streaming.ctx).await.unwrap();
+    }
+    let shard1_flushed: quiver_types::Timestamp =
+        quiver_meta::get_json(node.meta.as_ref(), &keys::channel_flushed_ts(1))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(shard1_flushed.0 > 0);
+    drop(node);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let node = open(dir.path()).await;
+    assert_eq!(visible_ids(&node).await, expected);
+}
