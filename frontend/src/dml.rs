@@ -185,26 +185,31 @@ pub async fn insert(
             "INSERT without VALUES or SELECT",
         )
     })?;
-    let (schema, values) = rows_of(engine.run_query(session, Statement::Query(source)).await?)?;
-    if schema.fields().len() > targets.len() {
+    let (width, columns, row_count) = match crate::literal_values::literal_columns(&source.body) {
+        Some((columns, rows)) => (columns.len(), columns, rows),
+        None => {
+            let (schema, values) =
+                rows_of(engine.run_query(session, Statement::Query(source)).await?)?;
+            (
+                schema.fields().len(),
+                values.columns().to_vec(),
+                values.num_rows(),
+            )
+        }
+    };
+    if width > targets.len() {
         return Err(SqlError::new(
             sqlstate::SYNTAX_ERROR,
             "INSERT has more expressions than target columns",
         ));
     }
-    if schema.fields().len() < targets.len() {
+    if width < targets.len() {
         return Err(SqlError::new(
             sqlstate::SYNTAX_ERROR,
             "INSERT has more target columns than expressions",
         ));
     }
-    let mut rows = build_rows(
-        &info.schema,
-        &info.name,
-        &targets,
-        values.columns(),
-        values.num_rows(),
-    )?;
+    let mut rows = build_rows(&info.schema, &info.name, &targets, &columns, row_count)?;
     let policy = match &insert.on {
         None => ConflictPolicy::Error,
         Some(OnInsert::OnConflict(on_conflict)) => match &on_conflict.action {

@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod dml;
 pub mod engine;
 pub mod error;
+pub mod literal_values;
 pub mod server;
 pub mod session;
 pub mod standalone;
