@@ -13,6 +13,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Float64Array, GenericListArray,
     OffsetSizeTrait,
 };
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Float32Type};
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
@@ -94,10 +95,10 @@ pub fn format_vector(values: &[f32]) -> String {
 }
 
 /// A batch of vectors as one flat buffer (`dim` floats per row); rows with
-/// NULL are `None`.
+/// NULL are `None`. A `vector` column is viewed in place, not copied.
 pub struct Vectors {
     pub dim: usize,
-    pub values: Vec<f32>,
+    pub values: ScalarBuffer<f32>,
     pub valid: Vec<bool>,
 }
 
@@ -117,7 +118,7 @@ impl Vectors {
     /// Builds the Arrow vector column, checking every row has `dim` values.
     pub fn into_array(self) -> Result<ArrayRef> {
         let dim = self.dim as i32;
-        let values = Float32Array::from(self.values);
+        let values = Float32Array::new(self.values, None);
         let nulls = arrow::buffer::NullBuffer::from(self.valid);
         let field = Arc::new(Field::new_list_field(DataType::Float32, false));
         Ok(Arc::new(FixedSizeListArray::try_new(
@@ -148,7 +149,11 @@ fn from_rows(rows: Vec<Option<Vec<f32>>>) -> std::result::Result<Vectors, SqlErr
             }
         }
     }
-    Ok(Vectors { dim, values, valid })
+    Ok(Vectors {
+        dim,
+        values: values.into(),
+        valid,
+    })
 }
 
 pub fn dimension_mismatch(a: usize, b: usize) -> SqlError {
@@ -199,7 +204,7 @@ pub fn to_vectors(array: &ArrayRef) -> Result<Vectors> {
             let len = list.len() * *dim as usize;
             Ok(Vectors {
                 dim: *dim as usize,
-                values: values.values()[offset..offset + len].to_vec(),
+                values: values.values().slice(offset, len),
                 valid: (0..list.len()).map(|i| list.is_valid(i)).collect(),
             })
         }
@@ -234,7 +239,7 @@ pub fn to_vectors(array: &ArrayRef) -> Result<Vectors> {
         }
         DataType::Null => Ok(Vectors {
             dim: 0,
-            values: Vec::new(),
+            values: ScalarBuffer::from(Vec::<f32>::new()),
             valid: vec![false; array.len()],
         }),
         other => Err(SqlError::new(
@@ -311,16 +316,37 @@ fn function(name: &'static str, kind: Kind, arity: usize) -> ScalarUDF {
     })
 }
 
+/// Sums `f(a[i], b[i])` with eight independent accumulators. A plain
+/// `iter().sum()` is a serial dependency chain the compiler may not reorder
+/// (float addition is not associative); eight lanes let it use SIMD.
+#[inline]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += f(ca[i], cb[i]);
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        total += f(*x, *y);
+    }
+    total
+}
+
 fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+    lane_sum(a, b, |x, y| (x - y) * (x - y))
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    lane_sum(a, b, |x, y| x * y)
 }
 
 fn l1(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum()
+    lane_sum(a, b, |x, y| (x - y).abs())
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -492,12 +518,14 @@ impl ScalarUDFImpl for VectorFunction {
                     .into_datafusion());
                 }
                 if self.kind == Kind::Normalize && v.dim > 0 {
-                    for row in v.values.chunks_mut(v.dim) {
+                    let mut values = v.values.to_vec();
+                    for row in values.chunks_mut(v.dim) {
                         let norm = (dot(row, row) as f64).sqrt();
                         if norm > 0.0 {
                             row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
                         }
                     }
+                    v.values = values.into();
                 }
                 let array = if expected.is_some() || v.dim > 0 {
                     v.into_array()?
