@@ -84,6 +84,18 @@ def query(port, table, queries, conns):
     return len(queries) / wall, lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
 
 
+def memory_bandwidth_gbs():
+    """Single-thread read bandwidth of this machine: numpy sums a 1 GiB
+    float32 array (best of 3), the same access pattern as an exact scan."""
+    a = np.ones(1 << 28, dtype=np.float32)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
@@ -111,6 +123,7 @@ def main():
             secs = load(port, f"bench_{conns}", texts, args.dim, conns, args.batch)
             print(f"ingest {args.rows} x {args.dim} over {conns} conn: {secs:.1f}s = {args.rows / secs:,.0f} rows/s")
         raw = args.rows * args.dim * 4
+        print(f"machine read bandwidth (numpy sum, 1 thread): {memory_bandwidth_gbs():.1f} GB/s")
         for conns in (1, 8):
             qps, p50, p99 = query(port, "bench_8", queries, conns)
             print(f"exact top-10 @ {conns} conn: {qps:.1f} QPS, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "

@@ -21,6 +21,7 @@ use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
 use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
 
+use crate::column_names::{alias_computed_expressions, postgres_column_names};
 use crate::error::{from_api, from_datafusion};
 use crate::session::{Consistency, Session};
 use crate::table::{QuiverSchema, ReadSnapshot};
@@ -229,6 +230,27 @@ impl Engine {
             .map_err(from_datafusion)
     }
 
+    /// Plans a query; one whose result columns repeat an expression (legal
+    /// in PostgreSQL, rejected by DataFusion) is planned again with the
+    /// computed columns aliased.
+    async fn plan_query(
+        &self,
+        session: &Session,
+        statement: Statement,
+    ) -> Result<LogicalPlan, SqlError> {
+        let mut retry = statement.clone();
+        match self.plan(session, statement).await {
+            Err(e)
+                if e.message
+                    .contains("Projections require unique expression names")
+                    && alias_computed_expressions(&mut retry) =>
+            {
+                self.plan(session, retry).await
+            }
+            other => other,
+        }
+    }
+
     /// Runs a query at the session's snapshot and collects its rows.
     pub async fn run_query(
         &self,
@@ -246,13 +268,14 @@ impl Engine {
         ts: Timestamp,
     ) -> Result<Output, SqlError> {
         self.pin_snapshot(session, ts);
-        let plan = self.plan(session, statement).await?;
+        let names = postgres_column_names(&statement);
+        let plan = self.plan_query(session, statement).await?;
         let df = session
             .ctx
             .execute_logical_plan(plan)
             .await
             .map_err(from_datafusion)?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let schema = with_postgres_names(df.schema().as_arrow(), names);
         let batches = df.collect().await.map_err(from_datafusion)?;
         Ok(Output::Rows(schema, batches))
     }
@@ -364,9 +387,13 @@ impl Engine {
     ) -> Result<(Vec<Type>, Option<SchemaRef>), SqlError> {
         match statement {
             Statement::Query(_) | Statement::Explain { .. } => {
-                let plan = self.plan(session, statement.clone()).await?;
+                let names = postgres_column_names(statement);
+                let plan = self.plan_query(session, statement.clone()).await?;
                 let params = ordered_param_types(&plan)?;
-                Ok((params, Some(Arc::new(plan.schema().as_arrow().clone()))))
+                Ok((
+                    params,
+                    Some(with_postgres_names(plan.schema().as_arrow(), names)),
+                ))
             }
             Statement::ShowVariable { variable } => {
                 let name = variable
@@ -388,6 +415,25 @@ impl Engine {
             }
             _ => Ok((vec![Type::UNKNOWN; count_placeholders(statement)], None)),
         }
+    }
+}
+
+/// The result schema with PostgreSQL's names for unaliased columns.
+fn with_postgres_names(schema: &Schema, names: Option<Vec<Option<String>>>) -> SchemaRef {
+    match names {
+        Some(names) if names.len() == schema.fields().len() => Arc::new(Schema::new_with_metadata(
+            schema
+                .fields()
+                .iter()
+                .zip(names)
+                .map(|(f, name)| match name {
+                    Some(name) => f.as_ref().clone().with_name(name),
+                    None => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        )),
+        _ => Arc::new(schema.clone()),
     }
 }
 

@@ -1,0 +1,53 @@
+"""Result columns carry PostgreSQL's names and types, over both protocols.
+
+Drivers that return rows as dictionaries (psycopg dict_row, pandas,
+SQLAlchemy) key on these names, so they must be what PostgreSQL + pgvector
+report for unaliased expressions.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+TABLE = "cols_t"
+
+
+@pytest.fixture(scope="module")
+def server(module_quiver):
+    with module_quiver.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, v vector(2))")
+        conn.execute(f"INSERT INTO {TABLE} VALUES (1, '[1,2]'), (2, '[3,4]')")
+    return module_quiver
+
+
+QUERY = (
+    f"SELECT id, {TABLE}.v, v <-> '[0,0]', l2_distance(v, '[0,0]'), count(*) OVER () AS total, "
+    f"v::text, avg(v) OVER () FROM {TABLE} ORDER BY id"
+)
+EXPECTED = ["id", "v", "?column?", "l2_distance", "total", "v", "avg"]
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_unaliased_columns_are_named_like_postgres(server, prepare):
+    with server.connect() as conn:
+        cur = conn.cursor()
+        if prepare:
+            cur.execute(QUERY.replace("'[0,0]'", "%s"), ("[0,0]", "[0,0]"), prepare=True)
+        else:
+            cur.execute(QUERY)
+        assert [d.name for d in cur.description] == EXPECTED
+        rows = cur.fetchall()
+        assert [r[0] for r in rows] == [1, 2]
+        assert rows[1][2] == pytest.approx(5.0)
+        assert rows[1][5] == "[3,4]"
+
+
+def test_distance_and_vector_types(server):
+    with server.connect() as conn:
+        cur = conn.execute(f"SELECT v, v <-> '[0,0]', vector_dims(v) FROM {TABLE} LIMIT 1")
+        type_names = [conn.adapters.types.get(d.type_code).name if conn.adapters.types.get(d.type_code) else d.type_code for d in cur.description]
+        # distances are double precision, dims integer; vector reports pgvector's type
+        assert type_names[1] == "float8"
+        assert type_names[2] == "int4"
