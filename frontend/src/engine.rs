@@ -55,6 +55,8 @@ impl Backends {
 pub enum Output {
     Rows(SchemaRef, Vec<RecordBatch>),
     Command(Tag),
+    /// `COPY ... FROM STDIN` started: the client sends data next.
+    CopyIn(crate::copy_in::CopyFormat, usize),
 }
 
 pub struct Engine {
@@ -302,6 +304,20 @@ impl Engine {
             Statement::Update(update) => crate::dml::update(self, session, update).await,
             Statement::Delete(delete) => crate::dml::delete(self, session, delete).await,
             Statement::Set(set) => self.set(session, set),
+            Statement::Copy {
+                source,
+                to,
+                target,
+                options,
+                legacy_options,
+                ..
+            } => {
+                let copy =
+                    crate::copy_in::start(self, &source, to, &target, &options, &legacy_options)?;
+                let out = Output::CopyIn(copy.format(), copy.columns());
+                *session.copy_in.lock() = Some(copy);
+                Ok(out)
+            }
             Statement::ShowVariable { variable } => self.show(session, &variable),
             Statement::StartTransaction { .. } => Ok(Output::Command(Tag::new("BEGIN"))),
             Statement::Commit { .. } => Ok(Output::Command(Tag::new("COMMIT"))),

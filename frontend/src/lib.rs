@@ -11,6 +11,7 @@
 
 pub mod column_names;
 pub mod config;
+pub mod copy_in;
 pub mod ddl;
 pub mod dml;
 pub mod engine;

@@ -10,13 +10,15 @@ use datafusion::common::ParamValues;
 use futures::{Sink, stream};
 use pgwire::api::auth::StartupHandler;
 use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use quiver_planner::SqlError;
@@ -81,6 +83,17 @@ fn into_response(
 ) -> PgWireResult<Response> {
     match output {
         Output::Command(tag) => Ok(Response::Execution(tag)),
+        Output::CopyIn(format, columns) => {
+            let format = match format {
+                crate::copy_in::CopyFormat::Binary => 1,
+                _ => 0,
+            };
+            Ok(Response::CopyIn(CopyResponse::new(
+                format,
+                columns,
+                stream::empty(),
+            )))
+        }
         Output::Rows(schema, batches) => {
             let fields = Arc::new(fields(&schema, format, Some(options))?);
             let rows: Vec<_> = batches
@@ -253,6 +266,61 @@ impl ExtendedQueryHandler for Handlers {
     }
 }
 
+#[async_trait]
+impl CopyHandler for Handlers {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(&self.engine, client);
+        if let Some(copy) = session.copy_in.lock().as_mut() {
+            copy.push(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let session = session_of(&self.engine, client);
+        let copy = session.copy_in.lock().take().ok_or_else(|| {
+            to_pgwire(SqlError::new(
+                "08P01",
+                "COPY data received without a COPY in progress",
+            ))
+        })?;
+        match crate::copy_in::finish(&self.engine, &session, copy).await {
+            Ok(Output::Command(tag)) => {
+                client
+                    .send(PgWireBackendMessage::CommandComplete(tag.into()))
+                    .await?;
+                Ok(())
+            }
+            Ok(_) => Err(to_pgwire(SqlError::new("XX000", "COPY produced rows"))),
+            Err(e) => Err(to_pgwire(e)),
+        }
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        session_of(&self.engine, client).copy_in.lock().take();
+        to_pgwire(SqlError::new(
+            "57014",
+            format!("COPY from stdin failed: {}", fail.message),
+        ))
+    }
+}
+
 /// Accepts the `postgres` role on the `postgres` database, like a fresh initdb.
 pub struct Startup;
 
@@ -308,6 +376,10 @@ impl PgWireServerHandlers for Factory {
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         self.startup.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.handlers.clone()
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Session {
     last_write: AtomicU64,
     /// Other `SET` variables, echoed back by `SHOW`.
     pub settings: Mutex<HashMap<String, String>>,
+    /// The `COPY ... FROM STDIN` receiving data, if any.
+    pub copy_in: Mutex<Option<crate::copy_in::CopyIn>>,
 }
 
 impl Session {
@@ -65,6 +67,7 @@ impl Session {
             consistency: Mutex::new(Consistency::Session),
             last_write: AtomicU64::new(0),
             settings: Mutex::new(HashMap::new()),
+            copy_in: Mutex::new(None),
         }
     }
 

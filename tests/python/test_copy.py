@@ -1,0 +1,126 @@
+"""COPY ... FROM STDIN in text, CSV and binary format, through psycopg and
+psql's \\copy, into the same durable write path as INSERT.
+
+The binary case writes pgvector's binary `vector` layout by hand (u16
+dimensions, u16 unused, big-endian float4s), exactly what pgvector-python's
+binary COPY sends.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+
+import numpy as np
+import psycopg
+import pytest
+
+TABLE = "copy_t"
+
+
+@pytest.fixture
+def server(module_quiver):
+    with module_quiver.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(
+            f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, name text, score real, v vector(3))"
+        )
+    return module_quiver
+
+
+def rows(conn):
+    return conn.execute(f"SELECT id, name, score, v::text FROM {TABLE} ORDER BY id").fetchall()
+
+
+def test_copy_text_and_csv(server):
+    with server.connect() as conn:
+        with conn.cursor().copy(f"COPY {TABLE} FROM STDIN") as copy:
+            copy.write("1\tone\t1.5\t[1,2,3]\n2\t\\N\t\\N\t\\N\n")
+        with conn.cursor().copy(f"COPY {TABLE} (id, v, name) FROM STDIN WITH (FORMAT csv, HEADER true)") as copy:
+            copy.write('id,v,name\n3,"[4,5,6]","three, with comma"\n')
+        assert rows(conn) == [
+            (1, "one", 1.5, "[1,2,3]"),
+            (2, None, None, None),
+            (3, "three, with comma", None, "[4,5,6]"),
+        ]
+
+
+def binary_copy(records):
+    out = bytearray(b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0))
+    for id_, name, vec in records:
+        out += struct.pack("!h", 3)
+        out += struct.pack("!iq", 8, id_)
+        if name is None:
+            out += struct.pack("!i", -1)
+        else:
+            b = name.encode()
+            out += struct.pack("!i", len(b)) + b
+        payload = struct.pack("!HH", len(vec), 0) + struct.pack(f"!{len(vec)}f", *vec)
+        out += struct.pack("!i", len(payload)) + payload
+    out += struct.pack("!h", -1)
+    return bytes(out)
+
+
+def test_copy_binary_with_pgvector_layout(server):
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((500, 3)).astype(np.float32)
+    records = [(i, f"n{i}" if i % 7 else None, data[i].tolist()) for i in range(500)]
+    with server.connect() as conn:
+        with conn.cursor().copy(f"COPY {TABLE} (id, name, v) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(binary_copy(records))
+        assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 500
+        # The stored vectors are the float4 values sent, bit for bit.
+        got = conn.execute(f"SELECT v::text FROM {TABLE} WHERE id = 42").fetchone()[0]
+        assert np.array_equal(np.array(eval(got), dtype=np.float32), data[42])
+        assert conn.execute(f"SELECT name FROM {TABLE} WHERE id = 7").fetchone()[0] is None
+        # And kNN over them matches brute force.
+        q = data[10] + 0.01
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM {TABLE} ORDER BY v <-> %s::vector LIMIT 5",
+            ("[" + ",".join(str(float(x)) for x in q) + "]",),
+        )]
+        truth = np.argsort(((data - q) ** 2).sum(axis=1))[:5].tolist()
+        assert ids == truth
+
+
+def test_copy_is_atomic_and_errors_keep_the_session(server):
+    with server.connect() as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
+                copy.write("1\t[1,1,1]\n2\t[2,2,2]\n1\t[3,3,3]\n")
+        with pytest.raises(psycopg.errors.DataException) as bad_dims:
+            with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
+                copy.write("5\t[1,2]\n")
+        assert bad_dims.value.sqlstate == "22000"
+        with pytest.raises(psycopg.Error) as bad_text:
+            with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
+                copy.write("x\t[1,2,3]\n")
+        assert bad_text.value.sqlstate == "22P02"
+        # Nothing of the failed COPYs was written; the session still works.
+        assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == 0
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_copy_survives_a_crash(quiver_factory):
+    server = quiver_factory()
+    with server.connect() as conn:
+        conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, v vector(3))")
+        with conn.cursor().copy(f"COPY {TABLE} FROM STDIN") as copy:
+            copy.write("".join(f"{i}\t[{i},0,1]\n" for i in range(2000)))
+    server.crash_restart()
+    with server.connect() as conn:
+        assert conn.execute(f"SELECT count(*), sum(id) FROM {TABLE}").fetchone() == (2000, sum(range(2000)))
+
+
+def test_psql_backslash_copy(server, tmp_path):
+    src = tmp_path / "items.csv"
+    src.write_text('id,name,score,v\n10,ten,0.5,"[1,0,0]"\n11,eleven,,"[0,1,0]"\n')
+    result = subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(server.port),
+         "-U", "postgres", "postgres", "-c", f"\\copy {TABLE} from '{src}' csv header"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "COPY 2"
+    with server.connect() as conn:
+        assert rows(conn) == [(10, "ten", 0.5, "[1,0,0]"), (11, "eleven", None, "[0,1,0]")]
