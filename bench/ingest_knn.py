@@ -16,6 +16,7 @@ import argparse
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -66,6 +67,35 @@ def load(port, table, texts, dim, conns, batch):
     return run_threads(worker, conns)
 
 
+def binary_copy_payload(data, start, end):
+    """pgvector-python's binary COPY layout for (id bigint, embedding vector)."""
+    dim = data.shape[1]
+    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+    vec_len = 4 + 4 * dim
+    parts = [header]
+    be = data[start:end].astype(">f4")
+    for i in range(start, end):
+        parts.append(struct.pack("!hiqiHH", 2, 8, i, vec_len, dim, 0))
+        parts.append(be[i - start].tobytes())
+    parts.append(struct.pack("!h", -1))
+    return b"".join(parts)
+
+
+def copy_load(port, table, payloads, dim, conns):
+    """Binary COPY, one COPY per chunk; payloads are rendered beforehand."""
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(f"DROP TABLE IF EXISTS {table}")
+        c.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding vector({dim}))")
+
+    def worker(idx):
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            for k in range(idx, len(payloads), conns):
+                with c.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as cp:
+                    cp.write(payloads[k])
+
+    return run_threads(worker, conns)
+
+
 def query(port, table, queries, conns):
     lat = []
     lock = threading.Lock()
@@ -102,6 +132,7 @@ def main():
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--copy-chunk", type=int, default=10_000)
     args = ap.parse_args()
     binary = os.environ.get("QUIVER_BIN", os.path.join(ROOT, "target/release/quiver"))
     data_dir = tempfile.mkdtemp(prefix="quiver-bench-")
@@ -121,7 +152,14 @@ def main():
         texts = [vec_text(v) for v in data]
         for conns in (1, 8):
             secs = load(port, f"bench_{conns}", texts, args.dim, conns, args.batch)
-            print(f"ingest {args.rows} x {args.dim} over {conns} conn: {secs:.1f}s = {args.rows / secs:,.0f} rows/s")
+            print(f"INSERT {args.rows} x {args.dim} over {conns} conn: {secs:.1f}s = {args.rows / secs:,.0f} rows/s")
+        chunk = args.copy_chunk
+        payloads = [binary_copy_payload(data, s, min(s + chunk, args.rows)) for s in range(0, args.rows, chunk)]
+        mb = sum(len(p) for p in payloads) / 1e6
+        for conns in (1, 8):
+            secs = copy_load(port, f"bench_copy_{conns}", payloads, args.dim, conns)
+            print(f"binary COPY {args.rows} x {args.dim} over {conns} conn ({chunk}-row COPYs): {secs:.1f}s = "
+                  f"{args.rows / secs:,.0f} rows/s, {mb / secs:.1f} MB/s")
         raw = args.rows * args.dim * 4
         print(f"machine read bandwidth (numpy sum, 1 thread): {memory_bandwidth_gbs():.1f} GB/s")
         for conns in (1, 8):
