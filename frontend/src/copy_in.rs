@@ -19,7 +19,7 @@ use quiver_planner::vector::{Vectors, check_values};
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::ColumnType;
 use sqlparser::ast::{
-    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Ident, ObjectName,
 };
 
 use crate::ddl::table_name;
@@ -34,24 +34,113 @@ pub enum CopyFormat {
     Binary,
 }
 
+/// The format options of a COPY statement, with PostgreSQL's defaults.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    pub format: CopyFormat,
+    pub delimiter: u8,
+    pub null: String,
+    pub header: bool,
+    pub quote: u8,
+    pub escape: Option<u8>,
+}
+
+impl CopyOptions {
+    pub fn parse(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<Self, SqlError> {
+        let mut o = CopyOptions {
+            format: CopyFormat::Text,
+            delimiter: b'\t',
+            null: "\\N".into(),
+            header: false,
+            quote: b'"',
+            escape: None,
+        };
+        let mut delimiter = None;
+        let mut null = None;
+        for option in options {
+            match option {
+                CopyOption::Format(ident) => {
+                    o.format = match ident.value.to_ascii_lowercase().as_str() {
+                        "text" => CopyFormat::Text,
+                        "csv" => CopyFormat::Csv,
+                        "binary" => CopyFormat::Binary,
+                        other => {
+                            return Err(syntax(format!("COPY format \"{other}\" not recognized")));
+                        }
+                    }
+                }
+                CopyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
+                CopyOption::Null(s) => null = Some(s.clone()),
+                CopyOption::Header(h) => o.header = *h,
+                CopyOption::Quote(c) => o.quote = ascii(*c)?,
+                CopyOption::Escape(c) => o.escape = Some(ascii(*c)?),
+                CopyOption::Freeze(_) | CopyOption::Encoding(_) => {}
+                other => {
+                    return Err(SqlError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("COPY option {other} is not supported"),
+                    ));
+                }
+            }
+        }
+        for option in legacy {
+            match option {
+                CopyLegacyOption::Binary => o.format = CopyFormat::Binary,
+                CopyLegacyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
+                CopyLegacyOption::Null(s) => null = Some(s.clone()),
+                CopyLegacyOption::Header => o.header = true,
+                CopyLegacyOption::Csv(csv_options) => {
+                    o.format = CopyFormat::Csv;
+                    for c in csv_options {
+                        match c {
+                            CopyLegacyCsvOption::Header => o.header = true,
+                            CopyLegacyCsvOption::Quote(c) => o.quote = ascii(*c)?,
+                            CopyLegacyCsvOption::Escape(c) => o.escape = Some(ascii(*c)?),
+                            _ => {}
+                        }
+                    }
+                }
+                other => {
+                    return Err(SqlError::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("COPY option {other} is not supported"),
+                    ));
+                }
+            }
+        }
+        if o.format == CopyFormat::Csv {
+            o.delimiter = b',';
+            o.null = String::new();
+        }
+        if let Some(d) = delimiter {
+            o.delimiter = d;
+        }
+        if let Some(n) = null {
+            o.null = n;
+        }
+        if o.header && o.format != CopyFormat::Csv {
+            return Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "COPY HEADER is only supported in CSV mode here",
+            ));
+        }
+        Ok(o)
+    }
+}
+
 /// A COPY FROM STDIN in progress on a session.
 #[derive(Debug)]
 pub struct CopyIn {
     table: TableInfo,
     /// Target column indexes, in the order the data carries them.
     targets: Vec<usize>,
-    format: CopyFormat,
-    delimiter: u8,
-    null: String,
-    header: bool,
-    quote: u8,
-    escape: Option<u8>,
+    options: CopyOptions,
     data: Vec<u8>,
 }
 
 impl CopyIn {
     pub fn format(&self) -> CopyFormat {
-        self.format
+        self.options.format
     }
 
     pub fn columns(&self) -> usize {
@@ -73,19 +162,34 @@ fn bad_copy(msg: impl Into<String>) -> SqlError {
     SqlError::new("22P04", msg)
 }
 
+/// The table (and its column list) a COPY reads or writes.
+pub fn copy_table(
+    engine: &Engine,
+    name: &ObjectName,
+    columns: &[Ident],
+) -> Result<(TableInfo, Vec<usize>), SqlError> {
+    let table = table_name(name)?;
+    let info = engine.backends.coordinator.table(&table).ok_or_else(|| {
+        SqlError::new(
+            sqlstate::UNDEFINED_TABLE,
+            format!("relation \"{table}\" does not exist"),
+        )
+    })?;
+    let targets = resolve_columns(&info, columns)?;
+    Ok((info, targets))
+}
+
 /// Starts a `COPY ... FROM STDIN`: checks the table and options.
 pub fn start(
     engine: &Engine,
     source: &CopySource,
-    to: bool,
     target: &CopyTarget,
-    options: &[CopyOption],
-    legacy: &[CopyLegacyOption],
+    options: CopyOptions,
 ) -> Result<CopyIn, SqlError> {
-    if to || !matches!(target, CopyTarget::Stdin) {
+    if !matches!(target, CopyTarget::Stdin) {
         return Err(SqlError::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "only COPY ... FROM STDIN is supported (use psql's \\copy for files)",
+            "COPY FROM a server file is not supported (use psql's \\copy, which sends STDIN)",
         ));
     }
     let CopySource::Table {
@@ -98,93 +202,13 @@ pub fn start(
             "COPY (query) FROM is not valid",
         ));
     };
-    let table = table_name(name)?;
-    let info = engine.backends.coordinator.table(&table).ok_or_else(|| {
-        SqlError::new(
-            sqlstate::UNDEFINED_TABLE,
-            format!("relation \"{table}\" does not exist"),
-        )
-    })?;
-    let targets = resolve_columns(&info, columns)?;
-    let mut copy = CopyIn {
-        table: info,
+    let (table, targets) = copy_table(engine, name, columns)?;
+    Ok(CopyIn {
+        table,
         targets,
-        format: CopyFormat::Text,
-        delimiter: b'\t',
-        null: "\\N".into(),
-        header: false,
-        quote: b'"',
-        escape: None,
+        options,
         data: Vec::new(),
-    };
-    let mut delimiter = None;
-    let mut null = None;
-    for option in options {
-        match option {
-            CopyOption::Format(ident) => {
-                copy.format = match ident.value.to_ascii_lowercase().as_str() {
-                    "text" => CopyFormat::Text,
-                    "csv" => CopyFormat::Csv,
-                    "binary" => CopyFormat::Binary,
-                    other => return Err(syntax(format!("COPY format \"{other}\" not recognized"))),
-                }
-            }
-            CopyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
-            CopyOption::Null(s) => null = Some(s.clone()),
-            CopyOption::Header(h) => copy.header = *h,
-            CopyOption::Quote(c) => copy.quote = ascii(*c)?,
-            CopyOption::Escape(c) => copy.escape = Some(ascii(*c)?),
-            CopyOption::Freeze(_) | CopyOption::Encoding(_) => {}
-            other => {
-                return Err(SqlError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("COPY option {other} is not supported"),
-                ));
-            }
-        }
-    }
-    for option in legacy {
-        match option {
-            CopyLegacyOption::Binary => copy.format = CopyFormat::Binary,
-            CopyLegacyOption::Delimiter(c) => delimiter = Some(ascii(*c)?),
-            CopyLegacyOption::Null(s) => null = Some(s.clone()),
-            CopyLegacyOption::Header => copy.header = true,
-            CopyLegacyOption::Csv(csv_options) => {
-                copy.format = CopyFormat::Csv;
-                for o in csv_options {
-                    match o {
-                        CopyLegacyCsvOption::Header => copy.header = true,
-                        CopyLegacyCsvOption::Quote(c) => copy.quote = ascii(*c)?,
-                        CopyLegacyCsvOption::Escape(c) => copy.escape = Some(ascii(*c)?),
-                        _ => {}
-                    }
-                }
-            }
-            other => {
-                return Err(SqlError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("COPY option {other} is not supported"),
-                ));
-            }
-        }
-    }
-    if copy.format == CopyFormat::Csv {
-        copy.delimiter = b',';
-        copy.null = String::new();
-    }
-    if let Some(d) = delimiter {
-        copy.delimiter = d;
-    }
-    if let Some(n) = null {
-        copy.null = n;
-    }
-    if copy.header && copy.format == CopyFormat::Text {
-        return Err(SqlError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "COPY HEADER is only supported in CSV mode here",
-        ));
-    }
-    Ok(copy)
+    })
 }
 
 fn ascii(c: char) -> Result<u8, SqlError> {
@@ -220,7 +244,7 @@ fn resolve_columns(info: &TableInfo, columns: &[Ident]) -> Result<Vec<usize>, Sq
 
 /// Decodes the buffered data and writes it; returns the `COPY n` tag.
 pub async fn finish(engine: &Engine, session: &Session, copy: CopyIn) -> Result<Output, SqlError> {
-    let (columns, rows) = match copy.format {
+    let (columns, rows) = match copy.options.format {
         CopyFormat::Text => text_columns(&copy)?,
         CopyFormat::Csv => csv_columns(&copy)?,
         CopyFormat::Binary => binary_columns(&copy)?,
@@ -282,7 +306,7 @@ fn text_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {
         if line.is_empty() && width != 1 {
             continue;
         }
-        let parts: Vec<&str> = line.split(copy.delimiter as char).collect();
+        let parts: Vec<&str> = line.split(copy.options.delimiter as char).collect();
         if parts.len() != width {
             return Err(bad_copy(format!(
                 "{} data for column on line {}: expected {width} columns, got {}",
@@ -296,7 +320,7 @@ fn text_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {
             )));
         }
         for (col, raw) in fields.iter_mut().zip(parts) {
-            col.push(if raw == copy.null {
+            col.push(if raw == copy.options.null {
                 None
             } else {
                 Some(unescape(raw))
@@ -334,11 +358,11 @@ fn unescape(raw: &str) -> String {
 
 fn csv_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {
     let mut reader = csv::ReaderBuilder::new()
-        .has_headers(copy.header)
-        .delimiter(copy.delimiter)
-        .quote(copy.quote)
-        .escape(copy.escape.filter(|e| *e != copy.quote))
-        .double_quote(copy.escape.is_none_or(|e| e == copy.quote))
+        .has_headers(copy.options.header)
+        .delimiter(copy.options.delimiter)
+        .quote(copy.options.quote)
+        .escape(copy.options.escape.filter(|e| *e != copy.options.quote))
+        .double_quote(copy.options.escape.is_none_or(|e| e == copy.options.quote))
         .flexible(true)
         .from_reader(copy.data.as_slice());
     let width = copy.targets.len();
@@ -358,7 +382,7 @@ fn csv_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {
             return Err(bad_copy(format!(
                 "expected {width} columns, got {} on line {}",
                 record.len(),
-                rows + 1 + usize::from(copy.header)
+                rows + 1 + usize::from(copy.options.header)
             )));
         }
         // PostgreSQL reads a quoted empty field ("") as an empty string and
@@ -368,7 +392,7 @@ fn csv_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {
             let value = std::str::from_utf8(&record[i]).map_err(|_| {
                 SqlError::new("22021", "invalid byte sequence for encoding \"UTF8\"")
             })?;
-            col.push(if value == copy.null {
+            col.push(if value == copy.options.null {
                 None
             } else {
                 Some(value.to_string())

@@ -48,7 +48,9 @@ fn rows_of(output: Output) -> Result<(SchemaRef, RecordBatch), SqlError> {
                 .map_err(|e| SqlError::new("XX000", e.to_string()))?;
             Ok((schema, batch))
         }
-        Output::Command(_) | Output::CopyIn(..) => Err(SqlError::new("XX000", "expected rows")),
+        Output::Command(_) | Output::CopyIn(..) | Output::CopyOut(..) => {
+            Err(SqlError::new("XX000", "expected rows"))
+        }
     }
 }
 
@@ -578,7 +580,7 @@ pub async fn describe(
             let empty = RecordBatch::new_empty(info.schema.arrow_schema());
             match returning(engine, session, &info, &items, empty).await? {
                 Output::Rows(schema, _) => Some(schema),
-                Output::Command(_) | Output::CopyIn(..) => None,
+                Output::Command(_) | Output::CopyIn(..) | Output::CopyOut(..) => None,
             }
         }
         None => None,

@@ -57,6 +57,8 @@ pub enum Output {
     Command(Tag),
     /// `COPY ... FROM STDIN` started: the client sends data next.
     CopyIn(crate::copy_in::CopyFormat, usize),
+    /// `COPY ... TO STDOUT`: rows to send as CopyData.
+    CopyOut(crate::copy_in::CopyOptions, SchemaRef, Vec<RecordBatch>),
 }
 
 pub struct Engine {
@@ -312,8 +314,11 @@ impl Engine {
                 legacy_options,
                 ..
             } => {
-                let copy =
-                    crate::copy_in::start(self, &source, to, &target, &options, &legacy_options)?;
+                let options = crate::copy_in::CopyOptions::parse(&options, &legacy_options)?;
+                if to {
+                    return crate::copy_out::run(self, session, source, &target, options).await;
+                }
+                let copy = crate::copy_in::start(self, &source, &target, options)?;
                 let out = Output::CopyIn(copy.format(), copy.columns());
                 *session.copy_in.lock() = Some(copy);
                 Ok(out)

@@ -12,6 +12,7 @@
 pub mod column_names;
 pub mod config;
 pub mod copy_in;
+pub mod copy_out;
 pub mod ddl;
 pub mod dml;
 pub mod engine;

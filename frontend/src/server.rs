@@ -94,6 +94,20 @@ fn into_response(
                 stream::empty(),
             )))
         }
+        Output::CopyOut(copy_options, schema, batches) => {
+            let code = if copy_options.format == crate::copy_in::CopyFormat::Binary {
+                1
+            } else {
+                0
+            };
+            let columns = schema.fields().len();
+            let data = crate::copy_out::encode(&copy_options, &schema, batches, options)?;
+            Ok(Response::CopyOut(CopyResponse::new(
+                code,
+                columns,
+                stream::iter(data),
+            )))
+        }
         Output::Rows(schema, batches) => {
             let fields = Arc::new(fields(&schema, format, Some(options))?);
             let rows: Vec<_> = batches

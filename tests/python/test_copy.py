@@ -124,3 +124,29 @@ def test_psql_backslash_copy(server, tmp_path):
     assert result.stdout.strip() == "COPY 2"
     with server.connect() as conn:
         assert rows(conn) == [(10, "ten", 0.5, "[1,0,0]"), (11, "eleven", None, "[0,1,0]")]
+
+
+def test_copy_to_stdout_round_trips(server):
+    with server.connect() as conn:
+        conn.execute(
+            f"INSERT INTO {TABLE} VALUES (1, 'a,b', 4, '[1,2,3]'), (2, NULL, 0.5, NULL), "
+            "(3, 'tab\tx', NULL, '[1.5,0,-1]')"
+        )
+        with conn.cursor().copy(f"COPY {TABLE} TO STDOUT") as copy:
+            text = b"".join(copy).decode()
+        assert text == "1\ta,b\t4\t[1,2,3]\n2\t\\N\t0.5\t\\N\n3\ttab\\tx\t\\N\t[1.5,0,-1]\n"
+        with conn.cursor().copy(f"COPY {TABLE} (id, v) TO STDOUT WITH (FORMAT csv, HEADER true)") as copy:
+            csv_text = b"".join(copy).decode()
+        assert csv_text == 'id,v\n1,"[1,2,3]"\n2,\n3,"[1.5,0,-1]"\n'
+        # Binary out, binary in: an exact copy of the table.
+        with conn.cursor().copy(f"COPY {TABLE} TO STDOUT (FORMAT binary)") as copy:
+            payload = b"".join(copy)
+        assert payload.startswith(b"PGCOPY\n\xff\r\n\x00")
+        conn.execute("DROP TABLE IF EXISTS copy_t2")
+        conn.execute("CREATE TABLE copy_t2 (id bigint PRIMARY KEY, name text, score real, v vector(3))")
+        with conn.cursor().copy("COPY copy_t2 FROM STDIN (FORMAT binary)") as copy:
+            copy.write(payload)
+        assert conn.execute("SELECT id, name, score, v::text FROM copy_t2 ORDER BY id").fetchall() == rows(conn)
+        # COPY (query) TO STDOUT
+        with conn.cursor().copy(f"COPY (SELECT id FROM {TABLE} WHERE v IS NOT NULL ORDER BY id) TO STDOUT") as copy:
+            assert b"".join(copy) == b"1\n3\n"
