@@ -15,7 +15,9 @@ use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
 use pgwire::api::results::Tag;
 use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
-use quiver_planner::rewrite::{normalize_operators, rewrite_vector_casts};
+use quiver_planner::rewrite::{
+    normalize_operators, rewrite_array_subqueries, rewrite_vector_casts,
+};
 use quiver_planner::vector::{VectorOperatorPlanner, udfs};
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
@@ -28,6 +30,32 @@ use crate::table::{QuiverSchema, ReadSnapshot};
 
 pub const DATABASE: &str = "postgres";
 pub const SCHEMA: &str = "public";
+
+/// The roles of a fresh `initdb`: the `postgres` superuser. (Roles created
+/// with `CREATE ROLE` will come from the coordinator's catalog.)
+#[derive(Debug, Clone)]
+struct InitdbRoles;
+
+#[async_trait::async_trait]
+impl datafusion_pg_catalog::pg_catalog::context::PgCatalogContextProvider for InitdbRoles {
+    async fn roles(&self) -> Vec<String> {
+        vec!["postgres".to_string()]
+    }
+
+    async fn role(&self, name: &str) -> Option<datafusion_pg_catalog::pg_catalog::context::Role> {
+        (name == "postgres").then(|| datafusion_pg_catalog::pg_catalog::context::Role {
+            name: name.to_string(),
+            is_superuser: true,
+            can_login: true,
+            can_create_db: true,
+            can_create_role: true,
+            can_create_user: true,
+            can_replication: true,
+            grants: vec![],
+            inherited_roles: vec![],
+        })
+    }
+}
 
 /// The roles a frontend talks to (in-process or remote).
 pub struct Backends {
@@ -108,12 +136,8 @@ impl Engine {
                 inner, average,
             ));
         }
-        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
-            &ctx,
-            DATABASE,
-            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
-        )
-        .map_err(|e| from_datafusion(*e))?;
+        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, DATABASE, InitdbRoles)
+            .map_err(|e| from_datafusion(*e))?;
         let state = ctx.state();
         let operator_planner = VectorOperatorPlanner::new(&state).map_err(from_datafusion)?;
         let mut planners = state.expr_planners().to_vec();
@@ -139,6 +163,7 @@ impl Engine {
             .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
         for s in &mut statements {
             rewrite_vector_casts(s);
+            rewrite_array_subqueries(s);
         }
         Ok(statements)
     }

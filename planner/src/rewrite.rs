@@ -109,6 +109,44 @@ pub fn rewrite_vector_casts(statement: &mut Statement) {
     });
 }
 
+/// Rewrites PostgreSQL's array constructor from a subquery,
+/// `ARRAY(SELECT x FROM ...)`, into `(SELECT array_agg(x) FROM ...)`, which
+/// DataFusion plans (also when correlated). psql's `\du` and `\d+` use it.
+/// Only single-column plain SELECTs are rewritten.
+pub fn rewrite_array_subqueries(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Function(f) = expr
+            && f.name.0.len() == 1
+            && f.name.0[0]
+                .as_ident()
+                .is_some_and(|i| i.value.eq_ignore_ascii_case("array"))
+            && let FunctionArguments::Subquery(query) = &f.args
+            && query.order_by.is_none()
+            && query.limit_clause.is_none()
+            && let sqlparser::ast::SetExpr::Select(select) = query.body.as_ref()
+            && select.projection.len() == 1
+            && matches!(select.group_by, sqlparser::ast::GroupByExpr::Expressions(ref e, _) if e.is_empty())
+        {
+            let item = match &select.projection[0] {
+                sqlparser::ast::SelectItem::UnnamedExpr(e) => Some(e.clone()),
+                sqlparser::ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr.clone()),
+                _ => None,
+            };
+            if let Some(item) = item {
+                let mut query = query.clone();
+                if let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut() {
+                    select.projection = vec![sqlparser::ast::SelectItem::UnnamedExpr(call(
+                        "array_agg",
+                        vec![item],
+                    ))];
+                }
+                *expr = Expr::Subquery(query);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// A SQL literal expression carrying `value`.
 pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
     if value.is_null() {
@@ -222,6 +260,16 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("to_vector('[1,2]', 2)"), "{text}");
         assert!(text.contains("to_vector(x)"), "{text}");
+    }
+
+    #[test]
+    fn array_subqueries_become_array_agg() {
+        let mut s = parse("SELECT ARRAY(SELECT b.n FROM b WHERE b.k = a.k) AS m FROM a");
+        rewrite_array_subqueries(&mut s);
+        assert_eq!(
+            s.to_string(),
+            "SELECT (SELECT array_agg(b.n) FROM b WHERE b.k = a.k) AS m FROM a"
+        );
     }
 
     #[test]

@@ -1,0 +1,56 @@
+"""psql's meta-commands work against Quiver's pg_catalog emulation.
+
+Each command runs through the real psql binary; the checks pin the lines a
+user reads (relation names, column types, roles), not the whole layout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def server(module_quiver):
+    with module_quiver.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS psql_items")
+        conn.execute("CREATE TABLE psql_items (id bigint PRIMARY KEY, name text NOT NULL, embedding vector(3))")
+    return module_quiver
+
+
+def psql(server, command):
+    result = subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(server.port),
+         "-U", "postgres", "postgres", "-c", command],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout
+
+
+def test_list_tables(server):
+    out = psql(server, r"\dt")
+    assert any(line.split("|")[1].strip() == "psql_items" for line in out.splitlines() if "|" in line)
+
+
+def test_describe_table_shows_columns_and_nullability(server):
+    out = psql(server, r"\d psql_items")
+    lines = {line.split("|")[0].strip(): line for line in out.splitlines() if "|" in line}
+    assert "bigint" in lines["id"] and "not null" in lines["id"]
+    assert "text" in lines["name"] and "not null" in lines["name"]
+    assert "embedding" in lines
+
+
+def test_databases_schemas_roles(server):
+    assert any(line.split("|")[0].strip() == "postgres" for line in psql(server, r"\l").splitlines() if "|" in line)
+    assert any(line.split("|")[0].strip() == "public" for line in psql(server, r"\dn").splitlines() if "|" in line)
+    roles = psql(server, r"\du")
+    assert any(line.split("|")[0].strip() == "postgres" and "Superuser" in line for line in roles.splitlines())
+
+
+def test_select_through_psql_prints_vectors(server):
+    psql(server, "INSERT INTO psql_items VALUES (1, 'a', '[1,2,3]')")
+    out = psql(server, "SELECT id, embedding, embedding <-> '[1,2,4]' AS d FROM psql_items")
+    rows = [[c.strip() for c in line.split("|")] for line in out.splitlines() if "|" in line]
+    assert rows == [["id", "embedding", "d"], ["1", "[1,2,3]", "1"]]
