@@ -125,6 +125,7 @@ impl Engine {
         for udf in udfs() {
             ctx.register_udf(udf);
         }
+        ctx.register_udf(quiver_planner::catalog_functions::to_regtype_udf());
         // avg/sum also accept vectors (element-wise), as in pgvector.
         let state = ctx.state();
         for (name, average) in [("avg", true), ("sum", false)] {
@@ -435,7 +436,12 @@ impl Engine {
             Statement::Query(_) | Statement::Explain { .. } => {
                 let names = postgres_column_names(statement);
                 let plan = self.plan_query(session, statement.clone()).await?;
-                let params = ordered_param_types(&plan)?;
+                let mut params = ordered_param_types(&plan)?;
+                for i in quiver_planner::rewrite::vector_parameter_positions(statement) {
+                    if let Some(slot) = params.get_mut(i) {
+                        *slot = arrow_pg::datatypes::pg_vector_type();
+                    }
+                }
                 Ok((
                     params,
                     Some(with_postgres_names(plan.schema().as_arrow(), names)),

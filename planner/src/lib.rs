@@ -8,6 +8,7 @@
 //! column types and values onto a table's stored Arrow schema with
 //! PostgreSQL's validation rules ([`coerce`]).
 
+pub mod catalog_functions;
 pub mod coerce;
 pub mod rewrite;
 pub mod vector;

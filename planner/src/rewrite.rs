@@ -147,6 +147,74 @@ pub fn rewrite_array_subqueries(statement: &mut Statement) {
     });
 }
 
+/// Positions (0-based) of the `$n` parameters that are operands of a
+/// pgvector operator or arguments of a vector function: like pgvector, the
+/// server describes those parameters as `vector`, so drivers bind them in
+/// pgvector's text or binary format.
+pub fn vector_parameter_positions(statement: &Statement) -> std::collections::BTreeSet<usize> {
+    fn position(e: &Expr) -> Option<usize> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Placeholder(p) => p
+                    .trim_start_matches('$')
+                    .parse::<usize>()
+                    .ok()?
+                    .checked_sub(1),
+                _ => None,
+            },
+            Expr::Nested(inner) => position(inner),
+            _ => None,
+        }
+    }
+    const VECTOR_FUNCTIONS: [&str; 8] = [
+        "l2_distance",
+        "inner_product",
+        "cosine_distance",
+        "l1_distance",
+        "vector_dims",
+        "vector_norm",
+        "l2_normalize",
+        "to_vector",
+    ];
+    let mut found = std::collections::BTreeSet::new();
+    let mut copy = statement.clone();
+    let _ = visit_expressions_mut(&mut copy, |expr| {
+        match expr {
+            Expr::BinaryOp { left, op, right } => {
+                let is_vector_op = match op {
+                    sqlparser::ast::BinaryOperator::LtDashGt
+                    | sqlparser::ast::BinaryOperator::Spaceship => true,
+                    sqlparser::ast::BinaryOperator::Custom(c) => {
+                        c == "<#>" || c == L1_OPERATOR_TOKEN
+                    }
+                    _ => false,
+                };
+                if is_vector_op {
+                    found.extend(position(left));
+                    found.extend(position(right));
+                }
+            }
+            Expr::Function(f)
+                if f.name.0.len() == 1
+                    && f.name.0[0].as_ident().is_some_and(|i| {
+                        VECTOR_FUNCTIONS.contains(&i.value.to_ascii_lowercase().as_str())
+                    }) =>
+            {
+                if let FunctionArguments::List(list) = &f.args {
+                    for arg in &list.args {
+                        if let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = arg {
+                            found.extend(position(e));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
 /// A SQL literal expression carrying `value`.
 pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
     if value.is_null() {
@@ -260,6 +328,24 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("to_vector('[1,2]', 2)"), "{text}");
         assert!(text.contains("to_vector(x)"), "{text}");
+    }
+
+    #[test]
+    fn finds_vector_parameters() {
+        let s = parse("SELECT id FROM t WHERE id > $1 ORDER BY v <-> $2 LIMIT $3");
+        assert_eq!(
+            vector_parameter_positions(&s)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        let s = parse("SELECT cosine_distance(v, $1), v <+> $2 FROM t");
+        assert_eq!(
+            vector_parameter_positions(&s)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![0, 1]
+        );
     }
 
     #[test]

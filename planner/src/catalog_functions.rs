@@ -1,0 +1,80 @@
+//! PostgreSQL catalog functions drivers call that the pg_catalog emulation
+//! lacks: `to_regtype(text)`, which psycopg's `TypeInfo.fetch` (and so
+//! pgvector-python's `register_vector`) uses to find the `vector` type.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array};
+use arrow::datatypes::DataType;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
+
+/// The OID of pgvector's `vector` type as Quiver reports it in `pg_type`.
+pub const VECTOR_TYPE_OID: i32 = 16385;
+
+/// Type names (as `format_type`, `regtype` input or common aliases) → OID.
+fn type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().trim_matches('"').to_ascii_lowercase();
+    let name = name
+        .strip_prefix("pg_catalog.")
+        .or_else(|| name.strip_prefix("public."))
+        .unwrap_or(&name);
+    Some(match name {
+        "bool" | "boolean" => 16,
+        "bytea" => 17,
+        "int8" | "bigint" => 20,
+        "int2" | "smallint" => 21,
+        "int4" | "integer" | "int" => 23,
+        "text" => 25,
+        "oid" => 26,
+        "json" => 114,
+        "float4" | "real" => 700,
+        "float8" | "double precision" => 701,
+        "varchar" | "character varying" => 1043,
+        "date" => 1082,
+        "timestamp" | "timestamp without time zone" => 1114,
+        "timestamptz" | "timestamp with time zone" => 1184,
+        "numeric" | "decimal" => 1700,
+        "uuid" => 2950,
+        "jsonb" => 3802,
+        "bit" => 1560,
+        "varbit" | "bit varying" => 1562,
+        "vector" => VECTOR_TYPE_OID,
+        _ => return None,
+    })
+}
+
+/// `to_regtype(text)`: the type's OID, or NULL for an unknown type.
+pub fn to_regtype_udf() -> ScalarUDF {
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = arrays[0].as_string::<i32>();
+            let oids: Int32Array = (0..names.len())
+                .map(|i| {
+                    (!names.is_null(i))
+                        .then(|| type_oid(names.value(i)))
+                        .flatten()
+                })
+                .collect();
+            let out: ArrayRef = Arc::new(oids);
+            Ok(ColumnarValue::Array(out))
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_vector_and_builtin_names() {
+        assert_eq!(type_oid("vector"), Some(VECTOR_TYPE_OID));
+        assert_eq!(type_oid("public.vector"), Some(VECTOR_TYPE_OID));
+        assert_eq!(type_oid("double precision"), Some(701));
+        assert_eq!(type_oid("halfvec"), None);
+    }
+}
