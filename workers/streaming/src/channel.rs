@@ -15,8 +15,12 @@ use crate::{NodeContext, StreamingError};
 /// One shard: its WAL channel and the tables' in-memory state.
 pub(crate) struct Channel {
     pub id: u32,
-    /// Serialises writers (held across the WAL append) and flushes.
+    /// Serialises writers (held across the WAL append).
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Serialises flushes; taken before `write_lock` when both are needed.
+    pub flush_lock: tokio::sync::Mutex<()>,
+    /// A background flush is scheduled or running.
+    pub flush_pending: std::sync::atomic::AtomicBool,
     pub data: RwLock<ChannelData>,
     /// Everything with a timestamp ≤ tick has been applied.
     tick: AtomicU64,
@@ -92,6 +96,8 @@ impl Channel {
         Channel {
             id,
             write_lock: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_pending: std::sync::atomic::AtomicBool::new(false),
             data: RwLock::new(data),
             tick: AtomicU64::new(tick.0),
         }
@@ -229,18 +235,16 @@ impl Channel {
         let mut data = self.data.write();
         data.apply(info, record)?;
         data.last_lsn = Some(lsn);
-        drop(data);
+        // Under the data lock, so a flush freezing the data sees a tick at
+        // least as new as every record it seals (recovery relies on it).
         self.advance_tick(record.ts);
+        drop(data);
         Ok(())
     }
 
-    /// Flushes if the growing segments reached the seal threshold.
-    pub async fn seal_if_full(&self, ctx: &NodeContext) -> Result<(), StreamingError> {
-        let full = self.data.read().growing_rows() >= ctx.options.seal_rows;
-        if full {
-            self.flush(ctx).await?;
-        }
-        Ok(())
+    /// Whether the growing segments reached the seal threshold.
+    pub fn is_full(&self, ctx: &NodeContext) -> bool {
+        self.data.read().growing_rows() >= ctx.options.seal_rows
     }
 
     pub fn snapshot(&self, info: &TableInfo, ts: Timestamp) -> ApiResult<ShardSnapshot> {

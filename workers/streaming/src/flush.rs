@@ -1,61 +1,119 @@
 //! Sealing a channel: growing segments become Parquet segments, pending
 //! deletes of sealed segments become delete logs, and the meta store records
 //! both together with the channel's new WAL checkpoint in one atomic batch.
+//!
+//! Writers are not blocked while the files are written. A flush freezes what
+//! is applied at that moment (the first rows of each growing segment, the
+//! pending deletes, the last applied LSN), writes it, and then swaps the
+//! frozen rows for the sealed segment. Rows written meanwhile stay growing;
+//! deletes that hit frozen rows meanwhile become deletes of the new segment.
+//! The checkpoint is the frozen LSN, so records after it are replayed.
 
 use quiver_meta::{MetaOp, keys, put_json_op};
 use quiver_segment::{
     DeleteLogEntry, SegmentMeta, delete_log_path, segment_path, write_delete_log, write_parquet,
 };
-use quiver_types::{ShardId, TableId};
+use quiver_types::{ShardId, TableId, Timestamp};
+use quiver_wal::Lsn;
 
 use crate::channel::Channel;
 use crate::{NodeContext, StreamingError};
 
-struct SealedGrowing {
+/// One table's growing rows at the moment of the freeze.
+struct FrozenGrowing {
     table: TableId,
-    meta: SegmentMeta,
-    deletes: Vec<DeleteLogEntry>,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+    /// Delete timestamps of the frozen rows at the freeze.
+    deleted: Vec<Timestamp>,
+}
+
+/// What a flush writes, captured at one instant.
+struct Frozen {
+    flush_ts: Timestamp,
+    checkpoint: Option<Lsn>,
+    growing: Vec<FrozenGrowing>,
+    /// Sealed segments with deletes not yet in a delete log.
+    pending: Vec<(TableId, SegmentMeta, Vec<DeleteLogEntry>)>,
+    dropped: Vec<SegmentMeta>,
 }
 
 impl Channel {
-    /// Flushes the channel. Caller holds `write_lock`, so the state is stable.
+    /// Flushes the channel without blocking its writers.
     pub async fn flush(&self, ctx: &NodeContext) -> Result<(), StreamingError> {
+        let _flush = self.flush_lock.lock().await;
+        self.flush_holding_flush_lock(ctx).await
+    }
+
+    /// Flushes; the caller holds `flush_lock` (TRUNCATE also holds
+    /// `write_lock`, which a flush never needs).
+    pub async fn flush_holding_flush_lock(&self, ctx: &NodeContext) -> Result<(), StreamingError> {
+        let Some(frozen) = self.freeze() else {
+            return Ok(());
+        };
+        self.seal(ctx, frozen).await
+    }
+
+    /// Captures what is applied now; `None` if there is nothing to write.
+    fn freeze(&self) -> Option<Frozen> {
+        // The tick and the data are read under the same lock as `apply`
+        // writes them, so every record at or below `flush_ts` is frozen.
+        let data = self.data.read();
         let flush_ts = self.tick();
-        // Copy out what must be written, without holding the lock across I/O.
-        let (growing, pending_deletes, dropped, last_lsn) = {
-            let data = self.data.read();
-            let mut growing = Vec::new();
-            let mut pending = Vec::new();
-            for shard in data.tables.values() {
-                if let Some((batch, deletes)) = shard.growing_for_seal()? {
-                    growing.push((shard.info.id, batch, deletes));
-                }
-                for s in shard.sealed.values() {
-                    if !s.unflushed.is_empty() {
-                        pending.push((shard.info.id, s.meta.clone(), s.unflushed.clone()));
-                    }
+        let mut growing = Vec::new();
+        let mut pending = Vec::new();
+        for shard in data.tables.values() {
+            if let Some((batches, deleted)) = shard.growing_for_seal() {
+                growing.push(FrozenGrowing {
+                    table: shard.info.id,
+                    schema: shard.segment_schema.clone(),
+                    batches,
+                    deleted,
+                });
+            }
+            for s in shard.sealed.values() {
+                if !s.unflushed.is_empty() {
+                    pending.push((shard.info.id, s.meta.clone(), s.unflushed.clone()));
                 }
             }
-            (
-                growing,
-                pending,
-                data.dropped_segments.clone(),
-                data.last_lsn,
-            )
-        };
-        let checkpoint = last_lsn.map(|l| l + 1);
-        let moves_checkpoint = checkpoint.is_some_and(|cp| cp != self.data.read().checkpoint);
+        }
+        let checkpoint = data.last_lsn.map(|l| l + 1);
+        let moves_checkpoint = checkpoint.is_some_and(|cp| cp != data.checkpoint);
         if growing.is_empty()
-            && pending_deletes.is_empty()
-            && dropped.is_empty()
+            && pending.is_empty()
+            && data.dropped_segments.is_empty()
             && !moves_checkpoint
         {
-            return Ok(());
+            return None;
         }
+        Some(Frozen {
+            flush_ts,
+            checkpoint,
+            growing,
+            pending,
+            dropped: data.dropped_segments.clone(),
+        })
+    }
 
+    async fn seal(&self, ctx: &NodeContext, frozen: Frozen) -> Result<(), StreamingError> {
+        let Frozen {
+            flush_ts,
+            checkpoint,
+            growing,
+            pending,
+            dropped,
+        } = frozen;
         let mut ops = Vec::new();
         let mut sealed = Vec::new();
-        for (table, batch, deletes) in growing {
+        for FrozenGrowing {
+            table,
+            schema,
+            batches,
+            deleted,
+        } in growing
+        {
+            // Concatenated here, outside the data lock: writers keep going.
+            let batch = arrow::compute::concat_batches(&schema, &batches)?;
             let id = ctx
                 .coordinator
                 .allocate_segment_ids(1)
@@ -63,7 +121,7 @@ impl Channel {
                 .map_err(StreamingError::Coordinator)?;
             let path = segment_path(table, id);
             let bytes = write_parquet(ctx.store.as_ref(), &path, &batch).await?;
-            let max_ts = quiver_types::Timestamp(
+            let max_ts = Timestamp(
                 arrow::compute::max(
                     batch
                         .column(batch.num_columns() - 1)
@@ -87,25 +145,30 @@ impl Channel {
                 max_ts,
                 delete_logs: Vec::new(),
             };
+            let deletes: Vec<DeleteLogEntry> = deleted
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| **d != Timestamp::MAX)
+                .map(|(row, d)| DeleteLogEntry {
+                    row: row as u32,
+                    ts: *d,
+                })
+                .collect();
             if !deletes.is_empty() {
                 let dpath = delete_log_path(table, id, flush_ts);
                 write_delete_log(ctx.store.as_ref(), &dpath, &deletes).await?;
                 meta.delete_logs.push(dpath);
             }
             ops.push(put_json_op(keys::segment(table, id), &meta));
-            sealed.push(SealedGrowing {
-                table,
-                meta,
-                deletes,
-            });
+            sealed.push((table, meta, deleted));
         }
         let mut updated = Vec::new();
-        for (table, mut meta, deletes) in pending_deletes {
+        for (table, mut meta, deletes) in pending {
             let dpath = delete_log_path(table, meta.id, flush_ts);
             write_delete_log(ctx.store.as_ref(), &dpath, &deletes).await?;
             meta.delete_logs.push(dpath);
             ops.push(put_json_op(keys::segment(table, meta.id), &meta));
-            updated.push(meta);
+            updated.push((meta, deletes.len()));
         }
         for meta in &dropped {
             ops.push(MetaOp::Delete {
@@ -120,29 +183,30 @@ impl Channel {
 
         if !sealed.is_empty() {
             ctx.coordinator
-                .segments_sealed(sealed.iter().map(|s| s.meta.clone()).collect())
+                .segments_sealed(sealed.iter().map(|(_, meta, _)| meta.clone()).collect())
                 .await
                 .map_err(StreamingError::Coordinator)?;
         }
 
         {
             let mut data = self.data.write();
-            for s in sealed {
-                if let Some(shard) = data.tables.get_mut(&s.table) {
-                    shard.growing_sealed(s.meta, s.deletes);
+            for (table, meta, deleted_at_freeze) in sealed {
+                if let Some(shard) = data.tables.get_mut(&table) {
+                    shard.seal_prefix(meta, &deleted_at_freeze)?;
                 }
             }
-            for meta in updated {
+            for (meta, flushed) in updated {
                 if let Some(st) = data
                     .tables
                     .get_mut(&meta.table)
                     .and_then(|t| t.sealed.get_mut(&meta.id))
                 {
                     st.meta = meta;
-                    st.unflushed.clear();
+                    st.unflushed.drain(..flushed.min(st.unflushed.len()));
                 }
             }
-            data.dropped_segments.clear();
+            data.dropped_segments
+                .retain(|d| !dropped.iter().any(|x| x.id == d.id));
             if let Some(cp) = checkpoint {
                 data.checkpoint = cp;
             }

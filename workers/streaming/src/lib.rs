@@ -21,6 +21,7 @@ mod table_shard;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arrow::array::{RecordBatch, UInt32Array};
@@ -182,7 +183,35 @@ impl StreamingNode {
             self.channels[*s].apply_logged(table, record, lsn)?;
         }
         for (s, _) in &records {
-            self.channels[*s].seal_if_full(&self.ctx).await?;
+            self.schedule_seal(*s);
+        }
+        Ok(())
+    }
+
+    /// Starts a background flush of a full channel (one at a time).
+    fn schedule_seal(&self, shard: usize) {
+        let ch = self.channels[shard].clone();
+        if !ch.is_full(&self.ctx) || ch.flush_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ch.flush(&ctx).await {
+                tracing::error!(channel = ch.id, error = %format!("{e:#}"), "background flush failed");
+            }
+            ch.flush_pending.store(false, Ordering::Release);
+        });
+    }
+
+    /// Backpressure: a writer whose shard holds twice the seal threshold
+    /// flushes it itself before returning, so memory stays bounded when
+    /// writes outpace background flushes. Called without write locks.
+    async fn throttle(&self, shards: &[usize]) -> ApiResult<()> {
+        for &s in shards {
+            let ch = &self.channels[s];
+            if ch.data.read().growing_rows() >= 2 * self.ctx.options.seal_rows {
+                ch.flush(&self.ctx).await?;
+            }
         }
         Ok(())
     }
@@ -273,10 +302,17 @@ impl StreamingApi for StreamingNode {
         self.commit_all(table, changed).await?;
         result.inserted_rows.sort_unstable();
         drop(guards);
+        self.throttle(&touched).await?;
         Ok(result)
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
+        // Flush locks first (no flush may be between freeze and swap while
+        // rows vanish), then write locks: the order every path uses.
+        let mut flush_guards = Vec::new();
+        for ch in &self.channels {
+            flush_guards.push(ch.flush_lock.lock().await);
+        }
         let mut guards = Vec::new();
         for ch in &self.channels {
             guards.push(ch.write_lock.lock().await);
@@ -303,9 +339,10 @@ impl StreamingApi for StreamingNode {
         self.commit_all(table, records).await?;
         // Flush so the truncated segments leave the manifest at once.
         for ch in &self.channels {
-            ch.flush(&self.ctx).await?;
+            ch.flush_holding_flush_lock(&self.ctx).await?;
         }
         drop(guards);
+        drop(flush_guards);
         Ok(ts)
     }
 
@@ -341,7 +378,6 @@ impl StreamingApi for StreamingNode {
 
     async fn flush_all(&self) -> ApiResult<()> {
         for ch in &self.channels {
-            let _guard = ch.write_lock.lock().await;
             ch.flush(&self.ctx).await?;
         }
         Ok(())

@@ -204,47 +204,74 @@ impl TableShard {
         Ok((out, sealed))
     }
 
-    /// The growing segment as one batch (with timestamps) plus its deletes, for sealing.
-    pub fn growing_for_seal(
-        &self,
-    ) -> Result<Option<(RecordBatch, Vec<DeleteLogEntry>)>, arrow::error::ArrowError> {
-        if self.growing_rows == 0 {
-            return Ok(None);
-        }
-        let batch = concat_batches(&self.segment_schema, &self.growing)?;
-        let deletes = self
-            .growing_deleted
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| **d != Timestamp::MAX)
-            .map(|(row, d)| DeleteLogEntry {
-                row: row as u32,
-                ts: *d,
-            })
-            .collect();
-        Ok(Some((batch, deletes)))
+    /// The growing segment's batches (with timestamps; cheap clones) and
+    /// each row's delete timestamp, for sealing.
+    pub fn growing_for_seal(&self) -> Option<(Vec<RecordBatch>, Vec<Timestamp>)> {
+        (self.growing_rows > 0).then(|| (self.growing.clone(), self.growing_deleted.clone()))
     }
 
-    /// Replaces the growing segment by the sealed segment it became.
-    pub fn growing_sealed(&mut self, meta: SegmentMeta, deletes: Vec<DeleteLogEntry>) {
-        for (row, key) in self.growing_keys.iter().enumerate() {
-            if self.growing_deleted[row] == Timestamp::MAX {
-                self.pk_index
-                    .insert(key.clone(), RowLoc::Sealed(meta.id, row as u32));
+    /// Replaces the first `meta.rows` growing rows (frozen by a flush) by
+    /// the sealed segment they became. `deleted_at_freeze` holds their delete
+    /// timestamps when frozen (already in the segment's delete log); rows
+    /// deleted since become pending deletes of the segment. Rows inserted
+    /// since stay growing.
+    pub fn seal_prefix(
+        &mut self,
+        meta: SegmentMeta,
+        deleted_at_freeze: &[Timestamp],
+    ) -> Result<(), arrow::error::ArrowError> {
+        let frozen = meta.rows as usize;
+        let mut deletes = Vec::new();
+        let mut unflushed = Vec::new();
+        for row in 0..frozen {
+            let deleted = self.growing_deleted[row];
+            if deleted == Timestamp::MAX {
+                self.pk_index.insert(
+                    self.growing_keys[row].clone(),
+                    RowLoc::Sealed(meta.id, row as u32),
+                );
+            } else {
+                let entry = DeleteLogEntry {
+                    row: row as u32,
+                    ts: deleted,
+                };
+                deletes.push(entry);
+                if deleted_at_freeze.get(row) == Some(&Timestamp::MAX) {
+                    unflushed.push(entry);
+                }
             }
         }
-        self.growing.clear();
-        self.growing_rows = 0;
-        self.growing_keys.clear();
-        self.growing_deleted.clear();
+        for (row, key) in self.growing_keys.iter().enumerate().skip(frozen) {
+            if self.growing_deleted[row] == Timestamp::MAX {
+                self.pk_index
+                    .insert(key.clone(), RowLoc::Growing((row - frozen) as u32));
+            }
+        }
+        // Drop the frozen prefix from the batches (slices share buffers).
+        let mut skip = frozen;
+        let mut rest = Vec::with_capacity(self.growing.len());
+        for batch in self.growing.drain(..) {
+            let n = batch.num_rows();
+            if skip >= n {
+                skip -= n;
+            } else {
+                rest.push(batch.slice(skip, n - skip));
+                skip = 0;
+            }
+        }
+        self.growing = rest;
+        self.growing_keys.drain(..frozen);
+        self.growing_deleted.drain(..frozen);
+        self.growing_rows -= frozen as u32;
         self.sealed.insert(
             meta.id,
             SealedState {
                 meta,
                 deletes: Arc::new(deletes),
-                unflushed: Vec::new(),
+                unflushed,
             },
         );
+        Ok(())
     }
 }
 
@@ -320,5 +347,74 @@ mod tests {
         // A snapshot before the later inserts sees only the earlier rows.
         let (early, _) = t.snapshot(Timestamp(10 + 99)).unwrap();
         assert_eq!(early.iter().map(|b| b.num_rows()).sum::<usize>(), 100);
+    }
+
+    fn ids(values: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter([(
+            "id",
+            Arc::new(Int64Array::from(values.to_vec())) as ArrayRef,
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn sealing_a_frozen_prefix_keeps_later_writes() {
+        let mut t = shard();
+        t.insert(&ids(&[1, 2, 3]), Timestamp(10)).unwrap();
+        t.delete(&keys_of(&ids(&[2]), &[0])[0], Timestamp(11));
+        // A flush freezes here: rows 1, 2 (deleted at 11), 3.
+        let (_, deleted_at_freeze) = t.growing_for_seal().unwrap();
+        // Meanwhile: a new row, a delete of a frozen row, a delete of the new row's neighbour.
+        t.insert(&ids(&[4, 5]), Timestamp(12)).unwrap();
+        t.delete(&keys_of(&ids(&[3]), &[0])[0], Timestamp(13));
+        t.delete(&keys_of(&ids(&[5]), &[0])[0], Timestamp(14));
+        let meta = SegmentMeta {
+            id: SegmentId(7),
+            table: TableId(1),
+            shard: quiver_types::ShardId(0),
+            rows: 3,
+            bytes: 0,
+            path: String::new(),
+            max_ts: Timestamp(10),
+            delete_logs: vec![],
+        };
+        t.seal_prefix(meta, &deleted_at_freeze).unwrap();
+        assert_eq!(t.growing_rows, 2);
+        let key = |id: i64| keys_of(&ids(&[id]), &[0]).remove(0);
+        assert_eq!(
+            t.pk_index.get(&key(1)),
+            Some(&RowLoc::Sealed(SegmentId(7), 0))
+        );
+        assert_eq!(t.pk_index.get(&key(2)), None);
+        assert_eq!(t.pk_index.get(&key(3)), None);
+        assert_eq!(t.pk_index.get(&key(4)), Some(&RowLoc::Growing(0)));
+        assert_eq!(t.pk_index.get(&key(5)), None);
+        let sealed = &t.sealed[&SegmentId(7)];
+        assert_eq!(
+            sealed.deletes.len(),
+            2,
+            "row 2 (logged) and row 3 (after the freeze)"
+        );
+        assert_eq!(
+            sealed.unflushed,
+            vec![DeleteLogEntry {
+                row: 2,
+                ts: Timestamp(13)
+            }]
+        );
+        let (growing, refs) = t.snapshot(Timestamp(100)).unwrap();
+        let visible: Vec<i64> = growing
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(visible, vec![4]);
+        assert_eq!(refs.len(), 1);
     }
 }

@@ -178,7 +178,6 @@ async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good()
     // while shard 0's log still holds the orphan: it must stay dropped.
     {
         let ch = &node.streaming.channels[1];
-        let _guard = ch.write_lock.lock().await;
         ch.flush(&node.streaming.ctx).await.unwrap();
     }
     let shard1_flushed: quiver_types::Timestamp =
