@@ -15,7 +15,7 @@ use arrow::array::{
 use pgwire::api::results::Tag;
 use quiver_api::{ConflictPolicy, TableInfo, WriteRequest};
 use quiver_planner::coerce::build_rows;
-use quiver_planner::vector::{Vectors, check_values};
+use quiver_planner::vector::check_values;
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::ColumnType;
 use sqlparser::ast::{
@@ -560,7 +560,7 @@ impl Builder {
                 if rows.iter().all(Option::is_none) {
                     Arc::new(NullArray::new(rows.len()))
                 } else {
-                    vectors_from_rows(rows)?
+                    quiver_planner::vector::from_rows(rows)?
                         .into_array()
                         .map_err(SqlError::from_datafusion)?
                 }
@@ -584,35 +584,6 @@ fn decode_vector(v: &[u8]) -> Result<Vec<f32>, SqlError> {
         .collect();
     check_values(&values)?;
     Ok(values)
-}
-
-fn vectors_from_rows(rows: Vec<Option<Vec<f32>>>) -> Result<Vectors, SqlError> {
-    let dim = rows.iter().flatten().map(Vec::len).next().unwrap_or(0);
-    let mut values = Vec::with_capacity(rows.len() * dim);
-    let mut valid = Vec::with_capacity(rows.len());
-    for row in rows {
-        match row {
-            Some(v) if v.len() == dim => {
-                values.extend_from_slice(&v);
-                valid.push(true);
-            }
-            Some(v) => {
-                return Err(SqlError::new(
-                    sqlstate::DATA_EXCEPTION,
-                    format!("different vector dimensions {dim} and {}", v.len()),
-                ));
-            }
-            None => {
-                values.extend(std::iter::repeat_n(0.0, dim));
-                valid.push(false);
-            }
-        }
-    }
-    Ok(Vectors {
-        dim,
-        values: values.into(),
-        valid,
-    })
 }
 
 fn binary_columns(copy: &CopyIn) -> Result<(Vec<ArrayRef>, usize), SqlError> {

@@ -130,7 +130,9 @@ impl Vectors {
     }
 }
 
-fn from_rows(rows: Vec<Option<Vec<f32>>>) -> std::result::Result<Vectors, SqlError> {
+/// Packs per-row vectors (`None` = NULL) into [`Vectors`]; every row must
+/// have the same dimension.
+pub fn from_rows(rows: Vec<Option<Vec<f32>>>) -> std::result::Result<Vectors, SqlError> {
     let dim = rows.iter().flatten().map(Vec::len).next().unwrap_or(0);
     let mut values = Vec::with_capacity(rows.len() * dim);
     let mut valid = Vec::with_capacity(rows.len());
