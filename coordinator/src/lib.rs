@@ -2,20 +2,30 @@
 //!
 //! It owns the catalog (tables and their schemas, persisted in the meta
 //! store), the timestamp oracle ([`tso::Tso`]), id allocation for segments,
-//! and the assignment of sealed segments to query nodes. It implements
-//! [`quiver_api::CoordinatorApi`]; standalone mode calls it in-process.
+//! the assignment of sealed segments to query nodes, and vector-index
+//! builds: it schedules one build per (sealed segment, index) on a data
+//! node, records the resulting manifests and hands them to query nodes. It
+//! implements [`quiver_api::CoordinatorApi`]; standalone mode calls it
+//! in-process.
 
 mod catalog;
+mod index_builds;
+mod indexes;
 mod tso;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use quiver_api::{ApiError, ApiResult, CoordinatorApi, QueryApi, StatusCode, TableInfo};
+use object_store::ObjectStore;
+use parking_lot::{Mutex, RwLock};
+use quiver_api::{
+    ApiError, ApiResult, CoordinatorApi, DataApi, IndexBuildStatus, IndexDef, IndexInfo, QueryApi,
+    StatusCode, TableInfo,
+};
 use quiver_meta::{MetaError, MetaStore, keys};
-use quiver_segment::SegmentMeta;
-use quiver_types::{SegmentId, TableSchema, Timestamp};
+use quiver_segment::{SegmentIndexMeta, SegmentMeta};
+use quiver_types::{IndexId, SegmentId, TableSchema, Timestamp};
 
 pub use catalog::Catalog;
 pub use tso::Tso;
@@ -28,6 +38,8 @@ pub enum CoordinatorError {
     DuplicateTable(String),
     #[error("table \"{0}\" does not exist")]
     UndefinedTable(String),
+    #[error("index \"{0}\" does not exist")]
+    UndefinedIndex(String),
 }
 
 impl From<CoordinatorError> for ApiError {
@@ -36,6 +48,7 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::Meta(_) => StatusCode::StorageFailure,
             CoordinatorError::DuplicateTable(_) => StatusCode::DuplicateTable,
             CoordinatorError::UndefinedTable(_) => StatusCode::UndefinedTable,
+            CoordinatorError::UndefinedIndex(_) => StatusCode::UndefinedObject,
         };
         ApiError::from_error(code, &e)
     }
@@ -46,6 +59,8 @@ impl From<CoordinatorError> for ApiError {
 pub struct CoordinatorOptions {
     /// Shards of every new table (one WAL channel each).
     pub shards: u32,
+    /// Segments with fewer rows get no index (searched exactly).
+    pub min_index_rows: u64,
 }
 
 pub struct Coordinator {
@@ -54,6 +69,15 @@ pub struct Coordinator {
     catalog: Catalog,
     segment_ids: Mutex<IdWindow>,
     query_nodes: Vec<Arc<dyn QueryApi>>,
+    data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
+    /// Where index files live, for removing those of dropped indexes.
+    store: Arc<dyn ObjectStore>,
+    min_index_rows: u64,
+    /// Sealed segments by id.
+    segments: RwLock<HashMap<SegmentId, SegmentMeta>>,
+    /// Built segment indexes.
+    segment_indexes: RwLock<HashMap<(SegmentId, IndexId), SegmentIndexMeta>>,
+    builds: index_builds::IndexBuilds,
 }
 
 /// Ids are handed out from windows reserved in the meta store, so a restart
@@ -71,6 +95,7 @@ impl Coordinator {
     /// query nodes (they load data lazily).
     pub async fn open(
         meta: Arc<dyn MetaStore>,
+        store: Arc<dyn ObjectStore>,
         options: CoordinatorOptions,
         query_nodes: Vec<Arc<dyn QueryApi>>,
     ) -> Result<Self, CoordinatorError> {
@@ -85,6 +110,12 @@ impl Coordinator {
             catalog,
             segment_ids: Mutex::new(IdWindow { next, limit: next }),
             query_nodes,
+            data_nodes: RwLock::new(Vec::new()),
+            store,
+            min_index_rows: options.min_index_rows,
+            segments: RwLock::new(HashMap::new()),
+            segment_indexes: RwLock::new(HashMap::new()),
+            builds: Default::default(),
         };
         let segments: Vec<SegmentMeta> =
             quiver_meta::scan_json::<SegmentMeta>(coordinator.meta.as_ref(), keys::SEGMENTS)
@@ -92,18 +123,32 @@ impl Coordinator {
                 .into_iter()
                 .map(|(_, s)| s)
                 .collect();
+        let manifests: Vec<SegmentIndexMeta> = quiver_meta::scan_json::<SegmentIndexMeta>(
+            coordinator.meta.as_ref(),
+            keys::SEGMENT_INDEXES,
+        )
+        .await?
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+        let startup_failed = |e: ApiError| {
+            CoordinatorError::Meta(MetaError::Io {
+                context: format!("assigning segments: {e}"),
+                source: std::io::Error::other(e.message),
+            })
+        };
         if !segments.is_empty() {
             tracing::info!(
                 count = segments.len(),
+                indexes = manifests.len(),
                 "assigning sealed segments to query nodes"
             );
-            coordinator.assign(segments).await.map_err(|e| {
-                CoordinatorError::Meta(MetaError::Io {
-                    context: format!("assigning segments: {e}"),
-                    source: std::io::Error::other(e.message),
-                })
-            })?;
+            coordinator.assign(segments).await.map_err(startup_failed)?;
         }
+        for m in manifests {
+            coordinator.index_ready(m).await.map_err(startup_failed)?;
+        }
+        coordinator.schedule_missing_builds();
         Ok(coordinator)
     }
 
@@ -115,6 +160,12 @@ impl Coordinator {
             ));
         }
         let mut per_node: Vec<Vec<SegmentMeta>> = vec![Vec::new(); self.query_nodes.len()];
+        {
+            let mut known = self.segments.write();
+            for s in &segments {
+                known.insert(s.id, s.clone());
+            }
+        }
         for s in segments {
             per_node[self.segment_owner(s.id)].push(s);
         }
@@ -166,7 +217,11 @@ impl CoordinatorApi for Coordinator {
     }
 
     async fn drop_table(&self, name: &str, if_exists: bool) -> ApiResult<Option<TableInfo>> {
-        Ok(self.catalog.drop(name, if_exists).await?)
+        let dropped = self.catalog.drop(name, if_exists).await?;
+        if let Some(table) = &dropped {
+            self.forget_table(table).await?;
+        }
+        Ok(dropped)
     }
 
     fn table(&self, name: &str) -> Option<TableInfo> {
@@ -182,6 +237,45 @@ impl CoordinatorApi for Coordinator {
     }
 
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
-        self.assign(segments).await
+        let ids: Vec<SegmentId> = segments.iter().map(|s| s.id).collect();
+        self.assign(segments).await?;
+        self.schedule_segments(&ids);
+        Ok(())
+    }
+
+    async fn segments_dropped(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
+        self.forget_segments(&segments).await
+    }
+
+    async fn create_index(
+        &self,
+        table: &str,
+        def: IndexDef,
+        if_not_exists: bool,
+    ) -> ApiResult<Option<IndexInfo>> {
+        let Some((info, index)) = self.catalog.create_index(table, def, if_not_exists).await?
+        else {
+            return Ok(None);
+        };
+        self.schedule_index(&info, &index);
+        Ok(Some(index))
+    }
+
+    async fn drop_index(&self, name: &str, if_exists: bool) -> ApiResult<Option<IndexInfo>> {
+        let dropped = self.catalog.drop_index(name, if_exists).await?;
+        if let Some(index) = &dropped {
+            self.forget_index(index).await?;
+        }
+        Ok(dropped)
+    }
+
+    fn sealed_segments(&self) -> Vec<SegmentMeta> {
+        let mut v: Vec<SegmentMeta> = self.segments.read().values().cloned().collect();
+        v.sort_by_key(|s| (s.table, s.shard, s.id));
+        v
+    }
+
+    fn index_builds(&self) -> Vec<IndexBuildStatus> {
+        self.build_statuses()
     }
 }

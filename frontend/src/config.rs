@@ -12,7 +12,43 @@ pub struct Config {
     pub frontend: FrontendConfig,
     pub coordinator: CoordinatorConfig,
     pub streaming: StreamingConfig,
+    pub query: QueryConfig,
+    pub data: DataConfig,
     pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// Local cache of segment index files (`DATA_DIR/index-cache` if unset).
+    pub index_cache_dir: Option<PathBuf>,
+    /// Size limit of the index cache in MiB; least recently used go first.
+    pub index_cache_mb: u64,
+    /// Concurrent searches one opened index serves.
+    pub search_threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Threads one index build uses.
+    pub build_threads: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            index_cache_dir: None,
+            index_cache_mb: 10 * 1024,
+            search_threads: 8,
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { build_threads: 1 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +65,8 @@ pub struct FrontendConfig {
 pub struct CoordinatorConfig {
     /// Shards per table; each shard is one WAL channel. Fixed once data exists.
     pub shards: u32,
+    /// Sealed segments with fewer rows get no vector index (searched exactly).
+    pub min_index_rows: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +123,8 @@ impl Default for Config {
             frontend: FrontendConfig::default(),
             coordinator: CoordinatorConfig::default(),
             streaming: StreamingConfig::default(),
+            query: QueryConfig::default(),
+            data: DataConfig::default(),
             storage: StorageConfig::default(),
         }
     }
@@ -101,7 +141,10 @@ impl Default for FrontendConfig {
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        CoordinatorConfig { shards: 2 }
+        CoordinatorConfig {
+            shards: 2,
+            min_index_rows: 1_000,
+        }
     }
 }
 
@@ -155,6 +198,13 @@ impl Config {
                 dir.clone().unwrap_or_else(|| self.data_dir.join("meta"))
             }
         }
+    }
+
+    pub fn index_cache_dir(&self) -> PathBuf {
+        self.query
+            .index_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("index-cache"))
     }
 
     pub fn object_root(&self) -> PathBuf {

@@ -27,6 +27,7 @@ use crate::column_names::{alias_computed_expressions, postgres_column_names};
 use crate::error::{from_api, from_datafusion};
 use crate::session::{Consistency, Session};
 use crate::table::{QuiverSchema, ReadSnapshot};
+use crate::vector_search::SearchSettings;
 
 pub const DATABASE: &str = "postgres";
 pub const SCHEMA: &str = "public";
@@ -122,6 +123,14 @@ impl Engine {
                 }),
             )
             .map_err(from_datafusion)?;
+        catalog
+            .register_schema(
+                crate::system_views::SCHEMA,
+                Arc::new(crate::system_views::SystemSchema {
+                    backends: backends.clone(),
+                }),
+            )
+            .map_err(from_datafusion)?;
         for udf in udfs() {
             ctx.register_udf(udf);
         }
@@ -145,6 +154,8 @@ impl Engine {
         planners.insert(0, Arc::new(operator_planner));
         let base_state = SessionStateBuilder::new_from_existing(state)
             .with_expr_planners(planners)
+            .with_optimizer_rule(Arc::new(quiver_planner::vector_search::VectorSearchRule))
+            .with_query_planner(Arc::new(crate::vector_search::QuiverQueryPlanner))
             .build();
         Ok(Engine {
             backends,
@@ -236,13 +247,16 @@ impl Engine {
         Ok(ts)
     }
 
-    /// Sets the snapshot scans of the next plan use.
+    /// Sets the snapshot (and vector-search settings) the next plan uses.
     pub fn pin_snapshot(&self, session: &Session, ts: Timestamp) {
+        let settings = SearchSettings {
+            search_list: search_list(session),
+        };
         let state = session.ctx.state_ref();
-        state
-            .write()
-            .config_mut()
-            .set_extension(Arc::new(ReadSnapshot(ts)));
+        let mut state = state.write();
+        let config = state.config_mut();
+        config.set_extension(Arc::new(ReadSnapshot(ts)));
+        config.set_extension(Arc::new(settings));
     }
 
     pub async fn plan(
@@ -321,11 +335,22 @@ impl Engine {
             }
             Statement::CreateTable(create) => crate::ddl::create_table(self, create).await,
             Statement::Drop {
+                object_type: sqlparser::ast::ObjectType::Index,
+                if_exists,
+                names,
+                ..
+            } => {
+                crate::index_ddl::drop_index(self, session, if_exists, &names).await
+            }
+            Statement::Drop {
                 object_type,
                 if_exists,
                 names,
                 ..
             } => crate::ddl::drop(self, object_type, if_exists, names).await,
+            Statement::CreateIndex(create) => {
+                crate::index_ddl::create_index(self, session, create).await
+            }
             Statement::Truncate(truncate) => crate::ddl::truncate(self, truncate).await,
             Statement::CreateExtension(ext) => crate::ddl::create_extension(ext),
             Statement::Insert(insert) => crate::dml::insert(self, session, insert).await,
@@ -382,6 +407,20 @@ impl Engine {
                 let value = values.first().map(setting_value).unwrap_or_default();
                 if name == "quiver.consistency" {
                     *session.consistency.lock() = Consistency::parse(&value)?;
+                } else if SEARCH_SETTINGS.contains(&name.as_str()) {
+                    let n = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n));
+                    if n.is_none() {
+                        return Err(SqlError::new(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "invalid value for parameter \"{name}\": \"{value}\" (an integer from 1 to 10000)"
+                            ),
+                        ));
+                    }
+                    session.settings.lock().insert(name, value);
                 } else {
                     session.settings.lock().insert(name, value);
                 }
@@ -468,6 +507,19 @@ impl Engine {
             _ => Ok((vec![Type::UNKNOWN; count_placeholders(statement)], None)),
         }
     }
+}
+
+/// Settings that size graph searches: Quiver's own and pgvector's, which
+/// map onto it so pgvector applications keep their tuning knob.
+const SEARCH_SETTINGS: [&str; 3] = ["diskann.search_list", "hnsw.ef_search", "ivfflat.probes"];
+
+fn search_list(session: &Session) -> usize {
+    let get = |name: &str| session.setting(name).and_then(|v| v.parse::<usize>().ok());
+    get("diskann.search_list")
+        .or_else(|| get("hnsw.ef_search"))
+        // One probed list of an IVF index is roughly ten graph candidates.
+        .or_else(|| get("ivfflat.probes").map(|p| p.saturating_mul(10)))
+        .unwrap_or(crate::vector_search::DEFAULT_SEARCH_LIST)
 }
 
 /// The result schema with PostgreSQL's names for unaliased columns.

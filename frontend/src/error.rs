@@ -12,7 +12,9 @@ pub fn from_api(e: ApiError) -> SqlError {
         StatusCode::NotNullViolation => sqlstate::NOT_NULL_VIOLATION,
         StatusCode::InvalidData => sqlstate::DATA_EXCEPTION,
         StatusCode::UndefinedTable => sqlstate::UNDEFINED_TABLE,
-        StatusCode::DuplicateTable => "42P07",
+        StatusCode::DuplicateTable | StatusCode::DuplicateObject => "42P07",
+        StatusCode::UndefinedObject => "42704",
+        StatusCode::InvalidRequest => "42809",
         // Retryable: the client may try again (connection_failure class).
         StatusCode::Unavailable => "08006",
         StatusCode::StorageFailure => "58030",

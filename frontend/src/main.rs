@@ -44,9 +44,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(
+                "info,diskann=warn,diskann_disk=warn,diskann_providers=warn,latency_event=warn",
+            )
+        }))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

@@ -54,6 +54,22 @@ pub struct QuiverParser {
     engine: Arc<Engine>,
 }
 
+/// Sends the NOTICE messages a statement raised.
+async fn send_notices<C>(client: &mut C, session: &Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    use futures::SinkExt;
+    for message in session.take_notices() {
+        let info = ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), message);
+        client
+            .send(PgWireBackendMessage::NoticeResponse(info.into()))
+            .await?;
+    }
+    Ok(())
+}
+
 fn session_of<C: ClientInfo + ?Sized>(engine: &Engine, client: &C) -> Arc<Session> {
     client
         .session_extensions()
@@ -211,7 +227,9 @@ impl SimpleQueryHandler for Handlers {
         }
         let mut responses = Vec::with_capacity(statements.len());
         for statement in statements {
-            match self.engine.execute(&session, statement).await {
+            let result = self.engine.execute(&session, statement).await;
+            send_notices(client, &session).await?;
+            match result {
                 Ok(out) => {
                     responses.push(into_response(out, &Format::UnifiedText, options.clone())?)
                 }
@@ -273,6 +291,7 @@ impl ExtendedQueryHandler for Handlers {
                 }
             }
         };
+        send_notices(client, &session).await?;
         match output {
             Ok(out) => into_response(out, &portal.result_column_format, options),
             Err(e) => Err(to_pgwire(e)),

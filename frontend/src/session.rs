@@ -58,6 +58,8 @@ pub struct Session {
     pub settings: Mutex<HashMap<String, String>>,
     /// The `COPY ... FROM STDIN` receiving data, if any.
     pub copy_in: Mutex<Option<crate::copy_in::CopyIn>>,
+    /// NOTICE messages for the client, sent before the statement's result.
+    notices: Mutex<Vec<String>>,
 }
 
 impl Session {
@@ -68,7 +70,21 @@ impl Session {
             last_write: AtomicU64::new(0),
             settings: Mutex::new(HashMap::new()),
             copy_in: Mutex::new(None),
+            notices: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn notice(&self, message: impl Into<String>) {
+        self.notices.lock().push(message.into());
+    }
+
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock())
+    }
+
+    /// `SET` variable value, if set in this session.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        self.settings.lock().get(name).cloned()
     }
 
     pub fn last_write(&self) -> Timestamp {

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
 use quiver_coordinator::{Coordinator, CoordinatorOptions};
+use quiver_data::{DataNode, DataNodeOptions};
 use quiver_meta::{EmbeddedMeta, MetaStore};
-use quiver_query::QueryNode;
+use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::{ObjectStoreConfig, open_object_store};
 use quiver_streaming::{StreamingNode, StreamingOptions};
 use quiver_wal::{LocalWal, LocalWalOptions, Wal};
@@ -29,18 +30,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
         ))
         .await?,
     );
-    let query_node = QueryNode::new(store.clone());
+    let query_node = QueryNode::new(
+        store.clone(),
+        IndexCacheOptions {
+            dir: config.index_cache_dir(),
+            capacity_bytes: config.query.index_cache_mb.saturating_mul(1 << 20),
+            search_threads: config.query.search_threads.max(1),
+        },
+    )?;
     let query_nodes: Vec<Arc<dyn QueryApi>> = vec![query_node];
-    let coordinator: Arc<dyn CoordinatorApi> = Arc::new(
+    let data_node = DataNode::new(
+        store.clone(),
+        DataNodeOptions {
+            scratch_dir: config.data_dir.join("data-node"),
+            build_threads: config.data.build_threads.max(1),
+        },
+    )?;
+    let coordinator = Arc::new(
         Coordinator::open(
             meta.clone(),
+            store.clone(),
             CoordinatorOptions {
                 shards: config.coordinator.shards,
+                min_index_rows: config.coordinator.min_index_rows,
             },
             query_nodes.clone(),
         )
         .await?,
     );
+    coordinator.attach_data_node(Arc::new(data_node));
+    coordinator.start_index_builds();
+    let coordinator: Arc<dyn CoordinatorApi> = coordinator;
     let streaming: Arc<dyn StreamingApi> = StreamingNode::open(
         wal,
         meta,

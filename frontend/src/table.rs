@@ -63,6 +63,16 @@ pub struct QuiverTable {
     backends: Arc<Backends>,
 }
 
+impl QuiverTable {
+    pub fn schema_ref(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.clone()
+    }
+}
+
 #[async_trait]
 impl TableProvider for QuiverTable {
     fn schema(&self) -> SchemaRef {

@@ -13,6 +13,7 @@ pub mod coerce;
 pub mod rewrite;
 pub mod vector;
 pub mod vector_agg;
+pub mod vector_search;
 
 use std::fmt;
 

@@ -6,13 +6,20 @@
 //! role boundary is an [`ApiError`] carrying a [`StatusCode`], which the
 //! frontend turns into a PostgreSQL SQLSTATE.
 
+mod index;
+
 use std::fmt;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use quiver_segment::{DeleteLogEntry, SegmentMeta};
-use quiver_types::{SegmentId, ShardId, TableId, TableSchema, Timestamp};
+use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
+use quiver_types::{IndexId, SegmentId, ShardId, TableId, TableSchema, Timestamp};
+
+pub use index::{
+    BuildState, DataApi, IndexBuildStatus, IndexBuildTask, IndexDef, IndexInfo, IndexParams,
+    SearchStrategy, SegmentSearchResult, VectorSearchRequest,
+};
 use serde::{Deserialize, Serialize};
 
 /// Failure classes that cross role boundaries.
@@ -26,6 +33,11 @@ pub enum StatusCode {
     InvalidData,
     UndefinedTable,
     DuplicateTable,
+    /// An index name is taken (42P07) or absent (42704).
+    DuplicateObject,
+    UndefinedObject,
+    /// A request the catalog cannot satisfy (e.g. index on a non-vector column).
+    InvalidRequest,
     /// The role is not ready, or was reassigned; retrying may succeed.
     Unavailable,
     /// Storage (WAL, meta, object store) failed.
@@ -75,6 +87,21 @@ pub struct TableInfo {
     pub name: String,
     pub schema: TableSchema,
     pub shards: u32,
+    #[serde(default)]
+    pub indexes: Vec<IndexInfo>,
+}
+
+impl TableInfo {
+    /// The index that serves `ORDER BY column <op> q` for this metric.
+    pub fn index_for(
+        &self,
+        column: &str,
+        metric: quiver_types::VectorMetric,
+    ) -> Option<&IndexInfo> {
+        self.indexes
+            .iter()
+            .find(|i| i.def.column == column && i.def.metric == metric)
+    }
 }
 
 /// Catalog, timestamp oracle and segment scheduling.
@@ -101,6 +128,23 @@ pub trait CoordinatorApi: Send + Sync {
     /// store); the coordinator assigns them to query nodes and returns once
     /// they can be served.
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
+    /// A streaming node removed these segments from the manifest (TRUNCATE);
+    /// their indexes go too.
+    async fn segments_dropped(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
+    /// Records an index and schedules builds for the table's sealed
+    /// segments; returns once they are scheduled.
+    async fn create_index(
+        &self,
+        table: &str,
+        def: IndexDef,
+        if_not_exists: bool,
+    ) -> ApiResult<Option<IndexInfo>>;
+    /// Returns the dropped index, or `None` when absent and `if_exists`.
+    async fn drop_index(&self, name: &str, if_exists: bool) -> ApiResult<Option<IndexInfo>>;
+    /// Sealed segments (all tables), for `quiver.segments`.
+    fn sealed_segments(&self) -> Vec<SegmentMeta>;
+    /// Build status per (index, sealed segment), for `quiver.index_builds`.
+    fn index_builds(&self) -> Vec<IndexBuildStatus>;
 }
 
 /// How an insert treats rows whose primary key already exists.
@@ -180,6 +224,18 @@ pub trait StreamingApi: Send + Sync {
 pub trait QueryApi: Send + Sync {
     async fn load_segments(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
     async fn release_segments(&self, segments: Vec<SegmentId>) -> ApiResult<()>;
+    /// A segment index was built; serve searches from it (files are fetched
+    /// into the local cache on first use).
+    async fn load_index(&self, index: SegmentIndexMeta) -> ApiResult<()>;
+    async fn release_index(&self, segment: SegmentId, index: IndexId) -> ApiResult<()>;
+    /// The top-k visible rows of a sealed segment for a vector search.
+    async fn search_segment(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        request: &VectorSearchRequest,
+    ) -> ApiResult<SegmentSearchResult>;
     /// Rows of a sealed segment visible at `ts`, given its deletes.
     async fn scan_segment(
         &self,

@@ -9,7 +9,6 @@ use diskann::utils::ONE;
 use diskann_disk::build::builder::build::DiskIndexBuilder;
 use diskann_disk::data_model::{AdHoc, CachingStrategy};
 use diskann_disk::disk_index_build_parameter::{MemoryBudget, NumPQChunks};
-use diskann_disk::search::provider::aligned_file_reader::AlignedFileReaderFactory;
 use diskann_disk::search::provider::disk_provider::DiskIndexSearcher;
 use diskann_disk::search::provider::disk_vertex_provider_factory::DiskVertexProviderFactory;
 use diskann_disk::search::search_mode::SearchMode;
@@ -21,25 +20,18 @@ use diskann_providers::storage::FileStorageProvider;
 use diskann_vector::distance::Metric;
 
 use crate::IndexError;
+use crate::exact::normalize;
+use crate::reader::PreadReaderFactory;
 
-/// How distances are measured, matching pgvector's operator classes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IndexMetric {
-    /// `vector_l2_ops`, `<->`.
-    L2,
-    /// `vector_ip_ops`, `<#>`.
-    InnerProduct,
-    /// `vector_cosine_ops`, `<=>`.
-    Cosine,
-}
+pub use quiver_types::VectorMetric as IndexMetric;
 
-impl IndexMetric {
-    fn diskann(self) -> Metric {
-        match self {
-            IndexMetric::L2 => Metric::L2,
-            IndexMetric::InnerProduct => Metric::InnerProduct,
-            IndexMetric::Cosine => Metric::Cosine,
-        }
+/// The metric DiskANN builds and searches with. Cosine indexes hold
+/// unit-length vectors and search them by L2, which ranks identically and
+/// keeps DiskANN on its best-tested path.
+fn diskann_metric(metric: IndexMetric) -> Metric {
+    match metric {
+        IndexMetric::L2 | IndexMetric::Cosine => Metric::L2,
+        IndexMetric::InnerProduct => Metric::InnerProduct,
     }
 }
 
@@ -94,15 +86,27 @@ fn path_str(p: &Path) -> Result<String, IndexError> {
 }
 
 /// DiskANN's `.bin` input: `u32 n, u32 dim`, then row-major `f32`s.
-fn write_vectors_bin(path: &Path, vectors: &[f32], dim: usize) -> Result<(), IndexError> {
+fn write_vectors_bin(
+    path: &Path,
+    vectors: &[f32],
+    dim: usize,
+    unit_length: bool,
+) -> Result<(), IndexError> {
     let n = vectors.len() / dim;
     let mut w =
         BufWriter::new(File::create(path).map_err(io(format!("create {}", path.display())))?);
     w.write_all(&(n as u32).to_le_bytes())
         .and_then(|_| w.write_all(&(dim as u32).to_le_bytes()))
         .map_err(io("write vector header"))?;
-    for v in vectors {
-        w.write_all(&v.to_le_bytes()).map_err(io("write vectors"))?;
+    let mut row = vec![0f32; dim];
+    for v in vectors.chunks_exact(dim) {
+        row.copy_from_slice(v);
+        if unit_length {
+            normalize(&mut row);
+        }
+        for x in &row {
+            w.write_all(&x.to_le_bytes()).map_err(io("write vectors"))?;
+        }
     }
     w.flush().map_err(io("flush vectors"))
 }
@@ -123,7 +127,12 @@ pub fn build_disk_index(
     }
     let n = vectors.len() / dim;
     let data_path = dir.join("vectors.bin");
-    write_vectors_bin(&data_path, vectors, dim)?;
+    write_vectors_bin(
+        &data_path,
+        vectors,
+        dim,
+        params.metric == IndexMetric::Cosine,
+    )?;
     let prefix = path_str(&dir.join(PREFIX))?;
 
     let build_params = DiskIndexBuildParameters::new(
@@ -136,7 +145,7 @@ pub fn build_disk_index(
         params.max_degree,
         config::MaxDegree::default_slack(),
         params.build_search_list,
-        params.metric.diskann().into(),
+        diskann_metric(params.metric).into(),
         |b| {
             b.saturate_after_prune(true);
         },
@@ -144,7 +153,7 @@ pub fn build_disk_index(
     .build()
     .map_err(|e| IndexError::Invalid(e.to_string()))?;
     let index_config = IndexConfiguration::new(
-        params.metric.diskann(),
+        diskann_metric(params.metric),
         dim,
         n,
         ONE,
@@ -166,11 +175,13 @@ pub fn build_disk_index(
 }
 
 type Searcher =
-    DiskIndexSearcher<AdHoc<f32>, DiskVertexProviderFactory<AdHoc<f32>, AlignedFileReaderFactory>>;
+    DiskIndexSearcher<AdHoc<f32>, DiskVertexProviderFactory<AdHoc<f32>, PreadReaderFactory>>;
 
 /// An opened disk index: PQ codes in memory, graph and vectors on disk.
 pub struct DiskAnnSearcher {
-    searcher: Searcher,
+    /// Always `Some` until dropped (see the `Drop` impl).
+    searcher: Option<Searcher>,
+    metric: IndexMetric,
     dir: PathBuf,
 }
 
@@ -179,6 +190,20 @@ impl std::fmt::Debug for DiskAnnSearcher {
         f.debug_struct("DiskAnnSearcher")
             .field("dir", &self.dir)
             .finish()
+    }
+}
+
+impl Drop for DiskAnnSearcher {
+    fn drop(&mut self) {
+        // The searcher owns a tokio runtime, which must not be dropped on an
+        // async worker thread (tokio panics); the last owner may well be one.
+        if let Some(searcher) = self.searcher.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(searcher));
+            } else {
+                drop(searcher);
+            }
+        }
     }
 }
 
@@ -192,7 +217,9 @@ impl DiskAnnSearcher {
             &FileStorageProvider,
         )?;
         let factory = DiskVertexProviderFactory::<AdHoc<f32>, _>::new(
-            AlignedFileReaderFactory::new(format!("{prefix}_disk.index")),
+            PreadReaderFactory {
+                path: format!("{prefix}_disk.index"),
+            },
             CachingStrategy::None,
         )?;
         let searcher = DiskIndexSearcher::new(
@@ -200,30 +227,45 @@ impl DiskAnnSearcher {
             u32::MAX as usize,
             &reader,
             factory,
-            metric.diskann(),
+            diskann_metric(metric),
             None,
         )?;
         Ok(DiskAnnSearcher {
-            searcher,
+            searcher: Some(searcher),
+            metric,
             dir: dir.to_path_buf(),
         })
     }
 
     /// The `k` nearest row ids to `query` (nearest first), exploring a
-    /// candidate list of `search_list` (≥ k). Blocking.
+    /// candidate list of `search_list` (raised to k). With `allowed`, only
+    /// rows it accepts are returned, filtered during graph traversal (so the
+    /// list fills with matching rows). Distances are DiskANN's (squared L2 for
+    /// L2 and cosine); callers rank by exact distances. Blocking.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
         search_list: usize,
+        allowed: Option<&(dyn Fn(u32) -> bool + Send + Sync)>,
     ) -> Result<Vec<(u32, f32)>, IndexError> {
-        let result = self.searcher.search(
-            query,
-            k as u32,
-            search_list.max(k) as u32,
-            Some(4),
-            SearchMode::graph(),
-        )?;
+        let mut unit;
+        let query = if self.metric == IndexMetric::Cosine {
+            unit = query.to_vec();
+            normalize(&mut unit);
+            &unit[..]
+        } else {
+            query
+        };
+        let mode = match allowed {
+            None => SearchMode::graph(),
+            Some(f) => SearchMode::inline_filter(move |id: &u32| f(*id), None),
+        };
+        let searcher = self
+            .searcher
+            .as_ref()
+            .ok_or_else(|| IndexError::Invalid("searcher already closed".into()))?;
+        let result = searcher.search(query, k as u32, search_list.max(k) as u32, Some(4), mode)?;
         let valid = result.stats.result_count as usize;
         Ok(result
             .results
@@ -269,18 +311,45 @@ mod tests {
     }
 
     fn exact_top_k(data: &[f32], dim: usize, q: &[f32], k: usize) -> Vec<u32> {
+        exact_filtered(data, dim, q, k, IndexMetric::L2, &|_| true)
+    }
+
+    fn exact_filtered(
+        data: &[f32],
+        dim: usize,
+        q: &[f32],
+        k: usize,
+        metric: IndexMetric,
+        allowed: &dyn Fn(u32) -> bool,
+    ) -> Vec<u32> {
         let mut d: Vec<(f32, u32)> = data
             .chunks_exact(dim)
             .enumerate()
-            .map(|(i, v)| {
-                (
-                    v.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum(),
-                    i as u32,
-                )
-            })
+            .filter(|(i, _)| allowed(*i as u32))
+            .map(|(i, v)| (crate::exact::ordering_distance(metric, v, q), i as u32))
             .collect();
         d.sort_by(|a, b| a.0.total_cmp(&b.0));
         d.into_iter().take(k).map(|(_, i)| i).collect()
+    }
+
+    fn recall(
+        searcher: &DiskAnnSearcher,
+        data: &[f32],
+        queries: &[f32],
+        dim: usize,
+        metric: IndexMetric,
+        l: usize,
+        allowed: Option<&(dyn Fn(u32) -> bool + Send + Sync)>,
+    ) -> f64 {
+        let (mut hits, mut total) = (0, 0);
+        for q in queries.chunks_exact(dim) {
+            let truth = exact_filtered(data, dim, q, 10, metric, &|i| allowed.is_none_or(|f| f(i)));
+            let got = searcher.search(q, 10, l, allowed).unwrap();
+            assert!(allowed.is_none_or(|f| got.iter().all(|(id, _)| f(*id))));
+            hits += got.iter().filter(|(id, _)| truth.contains(id)).count();
+            total += truth.len();
+        }
+        hits as f64 / total as f64
     }
 
     #[test]
@@ -300,7 +369,7 @@ mod tests {
             for q in queries.chunks_exact(dim) {
                 let truth = exact_top_k(&data, dim, q, k);
                 let got: Vec<u32> = searcher
-                    .search(q, k, l)
+                    .search(q, k, l, None)
                     .unwrap()
                     .into_iter()
                     .map(|(id, _)| id)
@@ -321,5 +390,33 @@ mod tests {
             high >= low,
             "recall must not drop with a larger list ({low} -> {high})"
         );
+        let half = |id: u32| id.is_multiple_of(2);
+        let filtered = recall(
+            &searcher,
+            &data,
+            &queries,
+            dim,
+            IndexMetric::L2,
+            100,
+            Some(&half),
+        );
+        eprintln!("filtered (50%) recall@10 at L=100: {filtered:.3}");
+        assert!(filtered >= 0.95, "filtered recall {filtered}");
+    }
+
+    #[test]
+    fn cosine_and_inner_product_indexes() {
+        let (n, dim) = (5_000, 32);
+        let data = clustered(n, dim, 11);
+        let queries = clustered(50, dim, 12);
+        for metric in [IndexMetric::Cosine, IndexMetric::InnerProduct] {
+            let dir = tempfile::tempdir().unwrap();
+            let params = DiskAnnParams::new(metric, dim);
+            build_disk_index(&data, dim, &params, dir.path()).unwrap();
+            let searcher = DiskAnnSearcher::open(dir.path(), metric, 1).unwrap();
+            let r = recall(&searcher, &data, &queries, dim, metric, 100, None);
+            eprintln!("{metric:?} recall@10 at L=100: {r:.3}");
+            assert!(r >= 0.9, "{metric:?} recall {r}");
+        }
     }
 }

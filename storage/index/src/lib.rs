@@ -13,8 +13,11 @@
 //! back onto the segment.
 
 mod disk;
+pub mod exact;
+mod reader;
 
 pub use disk::{DiskAnnParams, DiskAnnSearcher, IndexMetric, build_disk_index, index_files};
+pub use exact::exact_top_k;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {

@@ -1,6 +1,6 @@
 //! The meta-store key layout, in one place so every role agrees on it.
 
-use quiver_types::{SegmentId, TableId};
+use quiver_types::{IndexId, SegmentId, TableId};
 
 pub const TABLES: &str = "/catalog/tables/";
 pub const NEXT_TABLE_ID: &str = "/catalog/next_table_id";
@@ -38,4 +38,24 @@ pub const ABORTED_STATEMENTS: &str = "/aborted/";
 
 pub fn aborted_statement(ts: quiver_types::Timestamp) -> String {
     format!("{ABORTED_STATEMENTS}{:020}", ts.0)
+}
+
+pub const NEXT_INDEX_ID: &str = "/catalog/next_index_id";
+
+/// Built segment indexes: `/segment_indexes/{table}/{segment}/{index}`.
+pub const SEGMENT_INDEXES: &str = "/segment_indexes/";
+
+pub fn table_segment_indexes(table: TableId) -> String {
+    format!("{SEGMENT_INDEXES}{:016}/", table.0)
+}
+
+pub fn segment_indexes(table: TableId, segment: SegmentId) -> String {
+    format!("{SEGMENT_INDEXES}{:016}/{:016}/", table.0, segment.0)
+}
+
+pub fn segment_index(table: TableId, segment: SegmentId, index: IndexId) -> String {
+    format!(
+        "{SEGMENT_INDEXES}{:016}/{:016}/{:016}",
+        table.0, segment.0, index.0
+    )
 }

@@ -10,11 +10,15 @@
 //!   segment, appended on every flush; together they form the segment's
 //!   timestamped delete bitmap.
 //!
+//! * Segment indexes: DiskANN files per (segment, index) beside the
+//!   segment, described by a [`SegmentIndexMeta`] in the meta store.
+//!
 //! The object store itself is `object_store`'s `ObjectStore`;
 //! [`open_object_store`] builds it from configuration.
 
 mod codec;
 mod files;
+mod index_manifest;
 mod wal_record;
 
 pub use codec::{decode_batch, encode_batch};
@@ -23,6 +27,7 @@ pub use files::{
     read_delete_log, read_parquet, read_parquet_columns, segment_path, write_delete_log,
     write_parquet,
 };
+pub use index_manifest::{IndexFile, ROW_MAP_FILE, SegmentIndexMeta, segment_index_prefix};
 pub use wal_record::{WalRecord, WalRecordKind};
 
 #[derive(Debug, thiserror::Error)]

@@ -28,3 +28,13 @@ impl fmt::Display for SegmentId {
         write!(f, "{:016x}", self.0)
     }
 }
+
+/// Catalog identifier of a vector index; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IndexId(pub u64);
+
+impl fmt::Display for IndexId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -8,11 +8,13 @@
 //! these types so that standalone and distributed mode agree byte for byte.
 
 mod ids;
+mod metric;
 mod pk;
 mod schema;
 mod timestamp;
 
-pub use ids::{SegmentId, ShardId, TableId};
+pub use ids::{IndexId, SegmentId, ShardId, TableId};
+pub use metric::VectorMetric;
 pub use pk::{PkEncoder, PrimaryKey, shard_of};
 pub use schema::{
     ColumnDef, ColumnType, INSERT_TS_COLUMN, PG_VECTOR_KEY, SchemaError, TableSchema,

@@ -181,6 +181,12 @@ impl Channel {
         }
         ctx.meta.batch(ops).await?;
 
+        if !dropped.is_empty() {
+            ctx.coordinator
+                .segments_dropped(dropped.clone())
+                .await
+                .map_err(StreamingError::Coordinator)?;
+        }
         if !sealed.is_empty() {
             ctx.coordinator
                 .segments_sealed(sealed.iter().map(|(_, meta, _)| meta.clone()).collect())

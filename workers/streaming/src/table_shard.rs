@@ -311,6 +311,7 @@ mod tests {
             name: "t".into(),
             schema,
             shards: 1,
+            indexes: vec![],
         })
     }
 

@@ -8,7 +8,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use quiver_api::{ConflictPolicy, CoordinatorApi, QueryApi, StreamingApi, WriteRequest};
 use quiver_coordinator::{Coordinator, CoordinatorOptions};
 use quiver_meta::{EmbeddedMeta, MetaStore, keys};
-use quiver_query::QueryNode;
+use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::{ObjectStoreConfig, WalRecord, WalRecordKind, open_object_store};
 use quiver_types::{ColumnDef, ColumnType, PkEncoder, ShardId, TableSchema, shard_of};
 use quiver_wal::{LocalWal, LocalWalOptions, Wal};
@@ -34,11 +34,23 @@ async fn open(dir: &std::path::Path) -> Node {
             .await
             .unwrap(),
     );
-    let query: Arc<dyn QueryApi> = QueryNode::new(store.clone());
+    let query: Arc<dyn QueryApi> = QueryNode::new(
+        store.clone(),
+        IndexCacheOptions {
+            dir: dir.join("index-cache"),
+            capacity_bytes: 1 << 30,
+            search_threads: 1,
+        },
+    )
+    .unwrap();
     let coordinator: Arc<dyn CoordinatorApi> = Arc::new(
         Coordinator::open(
             meta.clone(),
-            CoordinatorOptions { shards: 2 },
+            store.clone(),
+            CoordinatorOptions {
+                shards: 2,
+                min_index_rows: 1000,
+            },
             vec![query.clone()],
         )
         .await
