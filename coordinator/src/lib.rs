@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
-    ApiError, ApiResult, CoordinatorApi, DataApi, IndexBuildStatus, IndexDef, IndexInfo, QueryApi,
-    StatusCode, TableInfo,
+    ApiError, ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, DataApi,
+    IndexBuildStatus, IndexDef, IndexInfo, QueryApi, StatusCode, TableInfo,
 };
 use quiver_meta::{MetaError, MetaStore, keys};
 use quiver_segment::{SegmentIndexMeta, SegmentMeta};
@@ -277,5 +277,13 @@ impl CoordinatorApi for Coordinator {
 
     fn index_builds(&self) -> Vec<IndexBuildStatus> {
         self.build_statuses()
+    }
+
+    async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
+        let node =
+            self.data_nodes.read().first().cloned().ok_or_else(|| {
+                ApiError::new(StatusCode::Unavailable, "no data node is registered")
+            })?;
+        node.compact(task).await
     }
 }

@@ -76,6 +76,11 @@ pub struct StreamingConfig {
     pub seal_rows: usize,
     /// Interval of time ticks on idle shards, in milliseconds.
     pub tick_interval_ms: u64,
+    /// How often shards look for segments to compact, in milliseconds
+    /// (0: only `VACUUM` compacts).
+    pub compaction_interval_ms: u64,
+    /// Fraction of deleted rows at which a sealed segment is rewritten.
+    pub compaction_deleted_ratio: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -153,6 +158,8 @@ impl Default for StreamingConfig {
         StreamingConfig {
             seal_rows: 100_000,
             tick_interval_ms: 50,
+            compaction_interval_ms: 10_000,
+            compaction_deleted_ratio: 0.2,
         }
     }
 }

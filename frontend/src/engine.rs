@@ -339,15 +339,14 @@ impl Engine {
                 if_exists,
                 names,
                 ..
-            } => {
-                crate::index_ddl::drop_index(self, session, if_exists, &names).await
-            }
+            } => crate::index_ddl::drop_index(self, session, if_exists, &names).await,
             Statement::Drop {
                 object_type,
                 if_exists,
                 names,
                 ..
             } => crate::ddl::drop(self, object_type, if_exists, names).await,
+            Statement::Vacuum(vacuum) => self.vacuum(vacuum.table_name.as_ref()).await,
             Statement::CreateIndex(create) => {
                 crate::index_ddl::create_index(self, session, create).await
             }
@@ -396,6 +395,30 @@ impl Engine {
             .await
             .map_err(from_api)?;
         Ok(Output::Command(Tag::new("CHECKPOINT")))
+    }
+
+    /// `VACUUM [table]`: compacts sealed segments now (merges undersized
+    /// ones, rewrites those with deleted rows); background compaction does
+    /// the same by thresholds.
+    async fn vacuum(&self, table: Option<&ObjectName>) -> Result<Output, SqlError> {
+        let info = match table {
+            None => None,
+            Some(name) => {
+                let table = crate::ddl::table_name(name)?;
+                Some(self.backends.coordinator.table(&table).ok_or_else(|| {
+                    SqlError::new(
+                        sqlstate::UNDEFINED_TABLE,
+                        format!("relation \"{table}\" does not exist"),
+                    )
+                })?)
+            }
+        };
+        self.backends
+            .streaming
+            .compact(info.as_ref())
+            .await
+            .map_err(from_api)?;
+        Ok(Output::Command(Tag::new("VACUUM")))
     }
 
     fn set(&self, session: &Session, set: Set) -> Result<Output, SqlError> {

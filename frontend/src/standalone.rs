@@ -69,6 +69,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
         StreamingOptions {
             seal_rows: config.streaming.seal_rows.max(1),
             tick_interval: Duration::from_millis(config.streaming.tick_interval_ms.max(1)),
+            compaction_interval: Duration::from_millis(config.streaming.compaction_interval_ms),
+            compaction_deleted_ratio: config.streaming.compaction_deleted_ratio,
         },
     )
     .await?;

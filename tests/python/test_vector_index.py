@@ -359,3 +359,102 @@ def test_cosine_index_serves_cosine_queries_only(server, data):
         )
         assert "segments_by_index=0," not in plan("<=>")
         assert "index=none" in plan("<->")
+
+
+def test_compaction_merges_segments_and_drops_deleted_rows(server, data):
+    table = "vidx_compact"
+    vecs = data.vectors[:7200]
+    with server.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, cat int, embedding vector({DIM}))")
+        conn.execute(f"CREATE INDEX {table}_idx ON {table} USING diskann (embedding)")
+        # Six small flushes: twelve undersized segments (two shards).
+        for part in range(6):
+            lo, hi = part * 1200, (part + 1) * 1200
+            copy_rows(conn, table, [(i, 0, literal(vecs[i])) for i in range(lo, hi)])
+            conn.execute("CHECKPOINT")
+
+        def segments():
+            return conn.execute(
+                "SELECT segment_id, state, rows, deleted_rows FROM quiver.segments "
+                "WHERE table_name = %s ORDER BY segment_id",
+                (table,),
+            ).fetchall()
+
+        before = segments()
+        assert len(before) == 12 and all(s[1] == "sealed" for s in before), before
+        deleted = list(range(0, 7200, 3))
+        conn.execute(f"DELETE FROM {table} WHERE id % 3 = 0")
+        moved = [1, 2]
+        far = np.full(DIM, 50.0, dtype=np.float32)
+        for i in moved:
+            conn.execute(f"UPDATE {table} SET embedding = %s WHERE id = %s", (literal(far), i))
+        conn.execute("CHECKPOINT")
+        live = np.ones(len(vecs), dtype=bool)
+        live[deleted] = False
+        live[moved] = False
+
+        def check_results():
+            for q in data.queries[:10]:
+                d = np.where(live, ((vecs - q) ** 2).sum(axis=1), np.inf)
+                truth = set(int(i) for i in np.argsort(d)[:K])
+                got = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM {table} ORDER BY embedding <-> %s LIMIT {K}",
+                        (literal(q),),
+                    ).fetchall()
+                ]
+                assert not set(got) & set(deleted), got
+                assert not set(got) & set(moved), got
+                assert len(truth & set(got)) >= 9, (sorted(truth), got)
+            assert set(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM {table} ORDER BY embedding <-> %s LIMIT 2", (literal(far),)
+                ).fetchall()
+            ) == set(moved)
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 7200 - len(deleted)
+
+        check_results()
+        # Deletes older than the retention window are dropped by compaction.
+        time.sleep(6)
+        conn.execute(f"VACUUM {table}")
+        after = segments()
+        assert len(after) < len(before), (before, after)
+        sealed_after = [s for s in after if s[1] != "growing"]
+        assert sum(s[2] - s[3] for s in after) == 7200 - len(deleted)
+        assert all(s[3] == 0 for s in sealed_after), after
+        check_results()
+        builds = wait_for_builds(conn)
+        assert {s[0] for s in sealed_after} <= {b[1] for b in builds if b[0] == f"{table}_idx" and b[2] == "done"}
+        assert all(s[1] == "indexed" for s in segments() if s[1] != "growing")
+        check_results()
+    server.crash_restart()
+    with server.connect() as conn:
+        check_results()
+
+
+def test_background_compaction_merges_small_segments(quiver_factory, tmp_path):
+    config = tmp_path / "quiver.toml"
+    config.write_text("[streaming]\nseal_rows = 4000\ncompaction_interval_ms = 300\n")
+    srv = quiver_factory(["--config", str(config)])
+    rng = np.random.default_rng(3)
+    with srv.connect() as conn:
+        conn.execute("CREATE TABLE small_parts (id bigint PRIMARY KEY, cat int, embedding vector(8))")
+        for part in range(4):
+            copy_rows(
+                conn,
+                "small_parts",
+                [(part * 500 + i, 0, literal(rng.standard_normal(8))) for i in range(500)],
+            )
+            conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            n = conn.execute(
+                "SELECT count(*) FROM quiver.segments WHERE table_name = 'small_parts'"
+            ).fetchone()[0]
+            if n <= 2:
+                break
+            time.sleep(0.3)
+        assert n <= 2, f"{n} segments left"
+        assert conn.execute("SELECT count(*) FROM small_parts").fetchone()[0] == 2000

@@ -99,12 +99,34 @@ pub struct IndexBuildStatus {
     pub error: Option<String>,
 }
 
-/// Builds segment indexes (a data node).
+/// Merging sealed segments of one (table, shard) into one, without the
+/// rows deleted long enough ago that no reader can still see them.
+#[derive(Debug, Clone)]
+pub struct CompactionTask {
+    pub new_segment: SegmentId,
+    pub segments: Vec<SegmentMeta>,
+    /// Per input segment, the rows to leave out (ascending).
+    pub drop_rows: Vec<Vec<u32>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompactionOutput {
+    /// The merged segment, already in the object store (`None` when no row
+    /// survived).
+    pub segment: Option<SegmentMeta>,
+    /// Per input segment: each row's position in the merged segment, or
+    /// `u32::MAX` when it was left out.
+    pub row_maps: Vec<Vec<u32>>,
+}
+
+/// Builds segment indexes and compacts segments (a data node).
 #[async_trait]
 pub trait DataApi: Send + Sync {
     /// Builds the index over the segment's vectors, stores its files in the
     /// object store and returns their manifest (not yet recorded anywhere).
     async fn build_index(&self, task: IndexBuildTask) -> ApiResult<SegmentIndexMeta>;
+    /// Writes the merged segment of a compaction (not yet recorded anywhere).
+    async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput>;
 }
 
 /// A top-k vector search over one segment or one shard's growing rows.

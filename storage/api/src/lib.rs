@@ -17,8 +17,8 @@ use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, ShardId, TableId, TableSchema, Timestamp};
 
 pub use index::{
-    BuildState, DataApi, IndexBuildStatus, IndexBuildTask, IndexDef, IndexInfo, IndexParams,
-    SearchStrategy, SegmentSearchResult, VectorSearchRequest,
+    BuildState, CompactionOutput, CompactionTask, DataApi, IndexBuildStatus, IndexBuildTask,
+    IndexDef, IndexInfo, IndexParams, SearchStrategy, SegmentSearchResult, VectorSearchRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +145,8 @@ pub trait CoordinatorApi: Send + Sync {
     fn sealed_segments(&self) -> Vec<SegmentMeta>;
     /// Build status per (index, sealed segment), for `quiver.index_builds`.
     fn index_builds(&self) -> Vec<IndexBuildStatus>;
+    /// Runs a compaction's merge on a data node.
+    async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput>;
 }
 
 /// How an insert treats rows whose primary key already exists.
@@ -217,6 +219,10 @@ pub trait StreamingApi: Send + Sync {
     ) -> ApiResult<ShardSnapshot>;
     /// Seals and flushes every growing segment (`CHECKPOINT`).
     async fn flush_all(&self) -> ApiResult<()>;
+    /// Compacts the sealed segments of `table` (all tables if `None`):
+    /// merges undersized ones and rewrites those with deleted rows
+    /// (`VACUUM`). Returns the number of segments replaced.
+    async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize>;
 }
 
 /// Serves sealed segments from object storage.

@@ -3,20 +3,26 @@
 //! segment's Parquet object, build the disk index in a scratch directory on
 //! blocking threads, upload the files beside the segment in the object store
 //! and return their manifest. The coordinator decides what to build and
-//! records the result; the data node keeps no state of its own.
+//! records the result. It also does the merge step of compactions: reading
+//! a shard's sealed segments, leaving out long-deleted rows, writing the
+//! merged segment. The data node keeps no state of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, FixedSizeListArray};
+use arrow::array::{Array, BooleanArray, FixedSizeListArray};
+use arrow::compute::{concat_batches, filter_record_batch};
 use async_trait::async_trait;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use quiver_api::{ApiError, ApiResult, DataApi, IndexBuildTask, StatusCode};
+use quiver_api::{
+    ApiError, ApiResult, CompactionOutput, CompactionTask, DataApi, IndexBuildTask, StatusCode,
+};
 use quiver_index::{DiskAnnParams, build_disk_index, index_files};
 use quiver_segment::{
-    IndexFile, ROW_MAP_FILE, SegmentIndexMeta, read_parquet_columns, segment_index_prefix,
+    IndexFile, ROW_MAP_FILE, SegmentIndexMeta, SegmentMeta, read_parquet, read_parquet_columns,
+    segment_index_prefix, segment_path, write_parquet,
 };
 use tokio::io::AsyncReadExt;
 
@@ -40,6 +46,16 @@ pub enum DataNodeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing segment {path}")]
+    WriteSegment {
+        path: String,
+        #[source]
+        source: quiver_segment::SegmentError,
+    },
+    #[error("compaction of no segments")]
+    EmptyCompaction,
+    #[error("merging segments")]
+    Arrow(#[from] arrow::error::ArrowError),
     #[error("uploading index file {path}")]
     Upload {
         path: String,
@@ -51,7 +67,10 @@ pub enum DataNodeError {
 impl From<DataNodeError> for ApiError {
     fn from(e: DataNodeError) -> Self {
         let code = match &e {
-            DataNodeError::NotVector(_) => StatusCode::InvalidRequest,
+            DataNodeError::NotVector(_) | DataNodeError::EmptyCompaction => {
+                StatusCode::InvalidRequest
+            }
+            DataNodeError::Arrow(_) => StatusCode::Internal,
             DataNodeError::Build(_) | DataNodeError::Join(_) => StatusCode::Internal,
             _ => StatusCode::StorageFailure,
         };
@@ -228,8 +247,95 @@ impl DataNode {
     }
 }
 
+impl DataNode {
+    async fn merge(&self, task: CompactionTask) -> Result<CompactionOutput, DataNodeError> {
+        let first = task
+            .segments
+            .first()
+            .ok_or(DataNodeError::EmptyCompaction)?
+            .clone();
+        let mut kept = Vec::with_capacity(task.segments.len());
+        let mut row_maps = Vec::with_capacity(task.segments.len());
+        let mut next = 0u32;
+        let mut schema = None;
+        for (seg, drop) in task.segments.iter().zip(&task.drop_rows) {
+            let batches = read_parquet(self.store.as_ref(), &seg.path)
+                .await
+                .map_err(|source| DataNodeError::ReadSegment {
+                    path: seg.path.clone(),
+                    source,
+                })?;
+            let mut map = Vec::with_capacity(seg.rows as usize);
+            let mut drop = drop.iter().peekable();
+            let mut row = 0u32;
+            for batch in batches {
+                schema.get_or_insert_with(|| batch.schema());
+                let keep: BooleanArray = (0..batch.num_rows())
+                    .map(|_| {
+                        let dropped = drop.next_if_eq(&&row).is_some();
+                        row += 1;
+                        if dropped {
+                            map.push(u32::MAX);
+                        } else {
+                            map.push(next);
+                            next += 1;
+                        }
+                        Some(!dropped)
+                    })
+                    .collect();
+                kept.push(filter_record_batch(&batch, &keep)?);
+            }
+            row_maps.push(map);
+        }
+        let (Some(schema), true) = (schema, next > 0) else {
+            return Ok(CompactionOutput {
+                segment: None,
+                row_maps,
+            });
+        };
+        let merged = concat_batches(&schema, &kept)?;
+        let path = segment_path(first.table, task.new_segment);
+        let bytes = write_parquet(self.store.as_ref(), &path, &merged)
+            .await
+            .map_err(|source| DataNodeError::WriteSegment {
+                path: path.clone(),
+                source,
+            })?;
+        let max_ts = task
+            .segments
+            .iter()
+            .map(|s| s.max_ts)
+            .max()
+            .unwrap_or_default();
+        Ok(CompactionOutput {
+            segment: Some(SegmentMeta {
+                id: task.new_segment,
+                table: first.table,
+                shard: first.shard,
+                rows: merged.num_rows() as u64,
+                bytes,
+                path,
+                max_ts,
+                delete_logs: Vec::new(),
+            }),
+            row_maps,
+        })
+    }
+}
+
 #[async_trait]
 impl DataApi for DataNode {
+    async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
+        let inputs: Vec<String> = task.segments.iter().map(|s| s.id.to_string()).collect();
+        let output = self.merge(task).await?;
+        tracing::info!(
+            inputs = ?inputs,
+            output = ?output.segment.as_ref().map(|s| (s.id.to_string(), s.rows)),
+            "segments compacted"
+        );
+        Ok(output)
+    }
+
     async fn build_index(
         &self,
         task: IndexBuildTask,

@@ -21,6 +21,8 @@ pub(crate) struct Channel {
     pub flush_lock: tokio::sync::Mutex<()>,
     /// A background flush is scheduled or running.
     pub flush_pending: std::sync::atomic::AtomicBool,
+    /// Serialises compactions (background and `VACUUM`); taken first.
+    pub compaction_lock: tokio::sync::Mutex<()>,
     pub data: RwLock<ChannelData>,
     /// Everything with a timestamp ≤ tick has been applied.
     tick: AtomicU64,
@@ -98,6 +100,7 @@ impl Channel {
             write_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_pending: std::sync::atomic::AtomicBool::new(false),
+            compaction_lock: tokio::sync::Mutex::new(()),
             data: RwLock::new(data),
             tick: AtomicU64::new(tick.0),
         }

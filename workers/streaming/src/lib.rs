@@ -14,6 +14,7 @@
 //! their deletes and answers, per snapshot, which segments a read must visit.
 
 mod channel;
+mod compaction;
 mod flush;
 mod recovery;
 mod table_shard;
@@ -69,6 +70,10 @@ pub struct StreamingOptions {
     pub seal_rows: usize,
     /// How often idle shards advance their time tick.
     pub tick_interval: Duration,
+    /// How often shards look for segments to compact (zero: only `VACUUM`).
+    pub compaction_interval: Duration,
+    /// Fraction of deleted rows at which a segment is rewritten.
+    pub compaction_deleted_ratio: f64,
 }
 
 pub struct StreamingNode {
@@ -109,6 +114,7 @@ impl StreamingNode {
             .collect();
         let node = Arc::new(StreamingNode { channels, ctx });
         node.clone().spawn_ticker();
+        node.clone().spawn_compactor();
         Ok(node)
     }
 
@@ -138,6 +144,39 @@ impl StreamingNode {
                             Err(e) => tracing::warn!(error = %e, "time tick failed"),
                         }
                     }
+                }
+            }
+        });
+    }
+
+    /// Compacts every table's segments on every shard, one at a time.
+    async fn compact_all(&self, only: Option<&TableInfo>, vacuum: bool) -> ApiResult<usize> {
+        let tables = match only {
+            Some(t) => vec![t.clone()],
+            None => self.ctx.coordinator.tables(),
+        };
+        let mut replaced = 0;
+        for ch in &self.channels {
+            for table in &tables {
+                replaced += ch.compact_table(&self.ctx, table, vacuum).await?;
+            }
+        }
+        Ok(replaced)
+    }
+
+    fn spawn_compactor(self: Arc<Self>) {
+        let interval = self.ctx.options.compaction_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(node) = weak.upgrade() else { return };
+                if let Err(e) = node.compact_all(None, false).await {
+                    tracing::warn!(error = %e.message, "background compaction failed");
                 }
             }
         });
@@ -381,5 +420,9 @@ impl StreamingApi for StreamingNode {
             ch.flush(&self.ctx).await?;
         }
         Ok(())
+    }
+
+    async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize> {
+        self.compact_all(table, true).await
     }
 }

@@ -64,6 +64,8 @@ async fn open(dir: &std::path::Path) -> Node {
         StreamingOptions {
             seal_rows: 1_000_000,
             tick_interval: Duration::from_millis(10),
+            compaction_interval: Duration::ZERO,
+            compaction_deleted_ratio: 0.2,
         },
     )
     .await
