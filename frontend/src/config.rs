@@ -26,6 +26,9 @@ pub struct QueryConfig {
     pub index_cache_mb: u64,
     /// Concurrent searches one opened index serves.
     pub search_threads: usize,
+    /// Raw vectors of indexed segments, read from disk instead of kept in
+    /// memory (`DATA_DIR/vector-cache` if unset).
+    pub vector_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +44,7 @@ impl Default for QueryConfig {
             index_cache_dir: None,
             index_cache_mb: 10 * 1024,
             search_threads: 8,
+            vector_cache_dir: None,
         }
     }
 }
@@ -212,6 +216,13 @@ impl Config {
             .index_cache_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("index-cache"))
+    }
+
+    pub fn vector_cache_dir(&self) -> PathBuf {
+        self.query
+            .vector_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("vector-cache"))
     }
 
     pub fn object_root(&self) -> PathBuf {

@@ -36,6 +36,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
             dir: config.index_cache_dir(),
             capacity_bytes: config.query.index_cache_mb.saturating_mul(1 << 20),
             search_threads: config.query.search_threads.max(1),
+            vector_dir: config.vector_cache_dir(),
         },
     )?;
     let query_nodes: Vec<Arc<dyn QueryApi>> = vec![query_node];

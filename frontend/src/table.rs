@@ -107,22 +107,34 @@ impl TableProvider for QuiverTable {
                 .snapshot(&self.info, ShardId(shard), ts)
                 .await
                 .map_err(api_err)?;
-            let mut batches = snap.growing;
+            let mut batches = snap
+                .growing
+                .iter()
+                .map(|b| match projection {
+                    Some(p) => b.project(p),
+                    None => Ok(b.clone()),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             for seg in snap.sealed {
                 let node = self.backends.query_node(seg.segment);
                 batches.extend(
-                    node.scan_segment(seg.segment, ts, &seg.deletes)
-                        .await
-                        .map_err(api_err)?,
+                    node.scan_segment(
+                        seg.segment,
+                        ts,
+                        &seg.deletes,
+                        projection.map(|p| p.as_slice()),
+                    )
+                    .await
+                    .map_err(api_err)?,
                 );
             }
             partitions.push(batches);
         }
-        let exec = MemorySourceConfig::try_new_exec(
-            &partitions,
-            self.schema.clone(),
-            projection.cloned(),
-        )?;
+        let schema = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema.clone(),
+        };
+        let exec = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
         Ok(exec)
     }
 }

@@ -84,9 +84,23 @@ impl ExtensionPlanner for VectorSearchPlanner {
                 node.table_name
             )));
         };
+        // The filter is bound to just the columns it reads, so sealed
+        // segments need not materialise the others (vectors above all).
         let table_schema = table.schema_ref();
-        let df_schema = DFSchema::try_from(table_schema.as_ref().clone())?;
-        let filter = conjunction(node.filters.clone())
+        let predicate = conjunction(node.filters.clone());
+        let mut filter_columns: Vec<usize> = predicate
+            .as_ref()
+            .map(|p| {
+                p.column_refs()
+                    .iter()
+                    .filter_map(|c| table_schema.index_of(&c.name).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        filter_columns.sort_unstable();
+        filter_columns.dedup();
+        let df_schema = DFSchema::try_from(table_schema.project(&filter_columns)?)?;
+        let filter = predicate
             .map(|e| planner.create_physical_expr(&e, &df_schema, session_state, planning_ctx))
             .transpose()?;
         let config = session_state.config();
@@ -116,6 +130,7 @@ impl ExtensionPlanner for VectorSearchPlanner {
                 search_list,
                 index,
                 filter,
+                filter_columns,
             },
             description: format!("{node:?}"),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -164,7 +179,8 @@ fn api_err(e: ApiError) -> DataFusionError {
 fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<RecordBatch> {
     let allowed = match &request.filter {
         Some(filter) => {
-            let values = filter.evaluate(batch)?.into_array(batch.num_rows())?;
+            let input = batch.project(&request.filter_columns)?;
+            let values = filter.evaluate(&input)?.into_array(batch.num_rows())?;
             Some(values.as_boolean().clone())
         }
         None => None,

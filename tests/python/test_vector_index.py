@@ -151,6 +151,13 @@ def test_recall_at_default_and_rising_with_search_list(server, data):
         low = recall(conn, data)
         conn.execute("SET diskann.search_list = 300")
         high = recall(conn, data)
+        # Indexed segments keep their vectors on local disk, not in memory;
+        # scans still return them exactly.
+        files = list((server.data_dir / "vector-cache").glob("*.f32"))
+        assert files, "vectors of indexed segments are offloaded to disk"
+        for i in (5, 12_345, N_ROWS - 1):
+            got = conn.execute(f"SELECT embedding FROM {TABLE} WHERE id = %s", (i,)).fetchone()[0]
+            assert np.allclose(np.array(eval(got), dtype=np.float32), data.vectors[i])
     print(f"recall@10: search_list=10 {low:.3f}, default {default:.3f}, 300 {high:.3f}")
     assert default >= 0.95, default
     assert high >= low, (low, high)

@@ -141,8 +141,10 @@ pub struct VectorSearchRequest {
     pub search_list: usize,
     /// The index to use, if one exists for this column and metric.
     pub index: Option<IndexId>,
-    /// Only rows for which this predicate (over the user columns) is true.
+    /// Only rows for which this predicate is true. It is bound to a batch
+    /// of the `filter_columns` user columns, in that order.
     pub filter: Option<Arc<dyn PhysicalExpr>>,
+    pub filter_columns: Vec<usize>,
 }
 
 /// How a segment was searched (shown by `EXPLAIN ANALYZE`).

@@ -242,11 +242,13 @@ pub trait QueryApi: Send + Sync {
         deletes: &[DeleteLogEntry],
         request: &VectorSearchRequest,
     ) -> ApiResult<SegmentSearchResult>;
-    /// Rows of a sealed segment visible at `ts`, given its deletes.
+    /// Rows of a sealed segment visible at `ts`, given its deletes: the
+    /// `projection` user columns, or all.
     async fn scan_segment(
         &self,
         segment: SegmentId,
         ts: Timestamp,
         deletes: &[DeleteLogEntry],
+        projection: Option<&[usize]>,
     ) -> ApiResult<Vec<RecordBatch>>;
 }

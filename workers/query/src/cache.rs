@@ -29,6 +29,8 @@ pub struct IndexCacheOptions {
     pub capacity_bytes: u64,
     /// Search threads per opened index (concurrent searches it serves).
     pub search_threads: usize,
+    /// Raw vector files of indexed segments (emptied at start).
+    pub vector_dir: PathBuf,
 }
 
 /// An opened segment index.

@@ -10,24 +10,24 @@
 
 mod cache;
 mod search;
+mod segment_data;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, UInt64Array};
-use arrow::compute::filter_record_batch;
+use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use object_store::ObjectStore;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use quiver_api::{
     ApiError, ApiResult, QueryApi, SegmentSearchResult, StatusCode, VectorSearchRequest,
 };
 use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta, read_parquet};
 use quiver_types::{IndexId, SegmentId, Timestamp};
-use tokio::sync::OnceCell;
 
 pub use cache::{IndexCache, IndexCacheOptions};
+use segment_data::SegmentData;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryNodeError {
@@ -66,8 +66,10 @@ impl From<QueryNodeError> for ApiError {
 
 pub(crate) struct LoadedSegment {
     pub meta: SegmentMeta,
-    /// All rows, user columns plus the insert timestamp last.
-    batch: OnceCell<Arc<RecordBatch>>,
+    /// The segment's rows once fetched; dropped (and fetched again with its
+    /// vectors moved to disk) when an index for it arrives.
+    data: Mutex<Option<Arc<SegmentData>>>,
+    loading: tokio::sync::Mutex<()>,
 }
 
 pub struct QueryNode {
@@ -75,6 +77,8 @@ pub struct QueryNode {
     segments: RwLock<HashMap<SegmentId, Arc<LoadedSegment>>>,
     indexes: RwLock<HashMap<(SegmentId, IndexId), SegmentIndexMeta>>,
     cache: IndexCache,
+    /// Raw vector files of indexed segments.
+    vector_dir: PathBuf,
 }
 
 impl QueryNode {
@@ -82,11 +86,21 @@ impl QueryNode {
         store: Arc<dyn ObjectStore>,
         cache: IndexCacheOptions,
     ) -> Result<Arc<Self>, QueryNodeError> {
+        let vector_dir = cache.vector_dir.clone();
+        // Files of segments that were compacted or dropped while stopped are
+        // not worth tracking down: start from an empty directory.
+        if vector_dir.exists() {
+            std::fs::remove_dir_all(&vector_dir).map_err(|e| QueryNodeError::Cache {
+                dir: vector_dir.clone(),
+                source: e,
+            })?;
+        }
         Ok(Arc::new(QueryNode {
             cache: IndexCache::open(store.clone(), cache)?,
             store,
             segments: RwLock::new(HashMap::new()),
             indexes: RwLock::new(HashMap::new()),
+            vector_dir,
         }))
     }
 
@@ -103,66 +117,67 @@ impl QueryNode {
         })
     }
 
-    pub(crate) async fn data(&self, seg: &LoadedSegment) -> ApiResult<Arc<RecordBatch>> {
-        seg.batch
-            .get_or_try_init(|| async {
-                let batches = read_parquet(self.store.as_ref(), &seg.meta.path)
-                    .await
-                    .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
-                let schema = match batches.first() {
-                    Some(b) => b.schema(),
-                    None => {
-                        return Err(ApiError::new(
-                            StatusCode::StorageFailure,
-                            format!("segment {} has no data", seg.meta.id),
-                        ));
-                    }
-                };
-                let batch = arrow::compute::concat_batches(&schema, &batches)
-                    .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
-                tracing::debug!(segment = %seg.meta.id, rows = seg.meta.rows, "segment loaded");
-                Ok::<_, ApiError>(Arc::new(batch))
-            })
+    fn has_index(&self, segment: SegmentId) -> bool {
+        self.indexes.read().keys().any(|(s, _)| *s == segment)
+    }
+
+    pub(crate) async fn data(&self, seg: &LoadedSegment) -> ApiResult<Arc<SegmentData>> {
+        if let Some(d) = seg.data.lock().clone() {
+            return Ok(d);
+        }
+        let _loading = seg.loading.lock().await;
+        if let Some(d) = seg.data.lock().clone() {
+            return Ok(d);
+        }
+        let batches = read_parquet(self.store.as_ref(), &seg.meta.path)
             .await
-            .cloned()
+            .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
+            return Err(ApiError::new(
+                StatusCode::StorageFailure,
+                format!("segment {} has no data", seg.meta.id),
+            ));
+        };
+        let offload = self.has_index(seg.meta.id);
+        let meta = seg.meta.clone();
+        let dir = self.vector_dir.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let batch = arrow::compute::concat_batches(&schema, &batches)?;
+            SegmentData::new(&meta, batch, offload.then_some(dir.as_path()))
+        })
+        .await
+        .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
+        .map_err(ApiError::from)?;
+        let data = Arc::new(data);
+        tracing::debug!(segment = %seg.meta.id, rows = seg.meta.rows, vectors_on_disk = offload, "segment loaded");
+        *seg.data.lock() = Some(data.clone());
+        Ok(data)
     }
 }
 
 /// Which rows of a segment are visible at `ts`; `None` when all are.
 pub(crate) fn visibility(
     meta: &SegmentMeta,
-    batch: &RecordBatch,
+    data: &SegmentData,
     ts: Timestamp,
     deletes: &[DeleteLogEntry],
-) -> ApiResult<Option<Vec<bool>>> {
+) -> Option<Vec<bool>> {
     let deleted: HashSet<u32> = deletes
         .iter()
         .filter(|d| d.ts <= ts)
         .map(|d| d.row)
         .collect();
     if meta.max_ts <= ts && deleted.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let inserted = batch
-        .column(batch.num_columns() - 1)
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .ok_or_else(|| ApiError::new(StatusCode::Internal, "segment lacks insert timestamps"))?;
-    Ok(Some(
-        inserted
+    Some(
+        data.insert_ts
             .values()
             .iter()
             .enumerate()
             .map(|(i, &t)| t <= ts.0 && !deleted.contains(&(i as u32)))
             .collect(),
-    ))
-}
-
-pub(crate) fn user_columns(batch: &RecordBatch) -> ApiResult<RecordBatch> {
-    let user: Vec<usize> = (0..batch.num_columns() - 1).collect();
-    batch
-        .project(&user)
-        .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))
+    )
 }
 
 #[async_trait]
@@ -173,7 +188,8 @@ impl QueryApi for QueryNode {
             map.entry(meta.id).or_insert_with(|| {
                 Arc::new(LoadedSegment {
                     meta,
-                    batch: OnceCell::new(),
+                    data: Mutex::new(None),
+                    loading: tokio::sync::Mutex::new(()),
                 })
             });
         }
@@ -181,17 +197,39 @@ impl QueryApi for QueryNode {
     }
 
     async fn release_segments(&self, segments: Vec<SegmentId>) -> ApiResult<()> {
-        let mut map = self.segments.write();
-        for id in segments {
-            map.remove(&id);
+        let released: Vec<Arc<LoadedSegment>> = {
+            let mut map = self.segments.write();
+            segments.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for seg in released {
+            if let Some(data) = seg.data.lock().take() {
+                for (i, c) in data.columns.iter().enumerate() {
+                    if matches!(c, segment_data::ColumnData::Vectors(_)) {
+                        let path = self.vector_dir.join(format!("{}-{i}.f32", seg.meta.id));
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
         }
         Ok(())
     }
 
     async fn load_index(&self, index: SegmentIndexMeta) -> ApiResult<()> {
+        let segment = index.segment;
         self.indexes
             .write()
             .insert((index.segment, index.index), index);
+        // Loaded with its vectors in memory: fetch again with them on disk.
+        if let Some(seg) = self.segments.read().get(&segment).cloned() {
+            let mut data = seg.data.lock();
+            if data.as_ref().is_some_and(|d| {
+                d.columns
+                    .iter()
+                    .all(|c| matches!(c, segment_data::ColumnData::Memory(_)))
+            }) {
+                *data = None;
+            }
+        }
         Ok(())
     }
 
@@ -207,18 +245,20 @@ impl QueryApi for QueryNode {
         segment: SegmentId,
         ts: Timestamp,
         deletes: &[DeleteLogEntry],
+        projection: Option<&[usize]>,
     ) -> ApiResult<Vec<RecordBatch>> {
         let seg = self.segment(segment)?;
-        let batch = self.data(&seg).await?;
-        let projected = user_columns(&batch)?;
-        match visibility(&seg.meta, &batch, ts, deletes)? {
-            None => Ok(vec![projected]),
-            Some(mask) => {
-                let filtered = filter_record_batch(&projected, &BooleanArray::from(mask))
-                    .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
-                Ok(vec![filtered])
-            }
-        }
+        let data = self.data(&seg).await?;
+        let all = data.all_columns();
+        let projection = projection.unwrap_or(&all);
+        let rows: Option<Vec<u32>> = visibility(&seg.meta, &data, ts, deletes).map(|mask| {
+            mask.iter()
+                .enumerate()
+                .filter(|(_, v)| **v)
+                .map(|(i, _)| i as u32)
+                .collect()
+        });
+        Ok(vec![data.project(projection, rows.as_deref())?])
     }
 
     async fn search_segment(

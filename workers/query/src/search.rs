@@ -11,13 +11,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, RecordBatch, UInt32Array};
-use quiver_api::{ApiError, SearchStrategy, SegmentSearchResult, StatusCode, VectorSearchRequest};
+use arrow::array::{Array, AsArray};
+use quiver_api::{ApiError, SearchStrategy, SegmentSearchResult, VectorSearchRequest};
 use quiver_index::exact_top_k;
 use quiver_segment::{DeleteLogEntry, SegmentIndexMeta};
 use quiver_types::Timestamp;
 
-use crate::{LoadedSegment, QueryNode, QueryNodeError, user_columns, visibility};
+use crate::segment_data::SegmentData;
+use crate::{LoadedSegment, QueryNode, QueryNodeError, visibility};
 
 /// A graph search visits about `search_list` nodes; below this many
 /// matching rows per visited node, scanning the matching rows is cheaper.
@@ -27,21 +28,22 @@ const MAX_SEARCH_LIST: usize = 4096;
 
 /// Combines visibility with the query's filter; `None` when every row passes.
 fn allowed_rows(
-    user: &RecordBatch,
+    data: &SegmentData,
     visible: Option<Vec<bool>>,
     request: &VectorSearchRequest,
 ) -> Result<Option<Vec<bool>>, QueryNodeError> {
     let Some(filter) = &request.filter else {
         return Ok(visible);
     };
-    let values = filter.evaluate(user)?.into_array(user.num_rows())?;
+    let input = data.project(&request.filter_columns, None)?;
+    let values = filter.evaluate(&input)?.into_array(data.rows)?;
     let matches = values.as_boolean_opt().ok_or_else(|| {
         QueryNodeError::Arrow(arrow::error::ArrowError::InvalidArgumentError(
             "filter is not a boolean expression".into(),
         ))
     })?;
     Ok(Some(
-        (0..user.num_rows())
+        (0..data.rows)
             .map(|i| {
                 matches.is_valid(i) && matches.value(i) && visible.as_ref().is_none_or(|v| v[i])
             })
@@ -57,18 +59,18 @@ pub(crate) async fn search_segment(
     deletes: &[DeleteLogEntry],
     request: &VectorSearchRequest,
 ) -> Result<SegmentSearchResult, ApiError> {
-    let batch = node.data(seg).await?;
-    let user = user_columns(&batch)?;
-    let rows = user.num_rows();
-    let visible = visibility(&seg.meta, &batch, ts, deletes)?;
-    let allowed = allowed_rows(&user, visible, request)?;
+    let data = node.data(seg).await?;
+    let rows = data.rows;
+    let visible = visibility(&seg.meta, &data, ts, deletes);
+    let allowed = allowed_rows(&data, visible, request)?;
     let matching = allowed
         .as_ref()
         .map_or(rows, |a| a.iter().filter(|x| **x).count());
     let k = request.k.min(matching);
+    let all_columns = data.all_columns();
     if k == 0 {
         return Ok(SegmentSearchResult {
-            rows: user.slice(0, 0),
+            rows: data.project(&all_columns, Some(&[]))?,
             strategy: SearchStrategy::Exact,
             matching: 0,
         });
@@ -130,29 +132,32 @@ pub(crate) async fn search_segment(
     let ids = match found {
         Some(ids) => ids,
         None => {
-            let user = user.clone();
+            let data = data.clone();
             let column = request.column;
             let (metric, query) = (request.metric, request.query.clone());
             tokio::task::spawn_blocking(move || {
-                let vectors = user
-                    .column(column)
-                    .as_any()
-                    .downcast_ref::<FixedSizeListArray>()
-                    .ok_or_else(|| {
-                        ApiError::new(StatusCode::Internal, "search column is not a vector")
-                    })?;
-                let hits = exact_top_k(vectors, metric, &query, k, |r| {
-                    allowed.as_ref().is_none_or(|a| a[r])
-                })
-                .map_err(|e| ApiError::from_error(StatusCode::InvalidData, &e))?;
-                Ok::<_, ApiError>(hits.into_iter().map(|(r, _)| r).collect())
+                // Only the matching rows' vectors are read (from disk when
+                // the segment's vectors live there).
+                let candidates: Option<Vec<u32>> = allowed.as_ref().map(|a| {
+                    a.iter()
+                        .enumerate()
+                        .filter(|(_, x)| **x)
+                        .map(|(i, _)| i as u32)
+                        .collect()
+                });
+                let vectors = data.vectors(column, candidates.as_deref())?;
+                let hits = exact_top_k(&vectors, metric, &query, k, |_| true)?;
+                Ok::<_, QueryNodeError>(
+                    hits.into_iter()
+                        .map(|(r, _)| candidates.as_ref().map_or(r, |c| c[r as usize]))
+                        .collect::<Vec<u32>>(),
+                )
             })
             .await
-            .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))??
+            .map_err(QueryNodeError::from)??
         }
     };
-    let rows = arrow::compute::take_record_batch(&user, &UInt32Array::from(ids))
-        .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
+    let rows = data.project(&all_columns, Some(&ids))?;
     Ok(SegmentSearchResult {
         rows,
         strategy,

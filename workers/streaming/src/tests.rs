@@ -40,6 +40,7 @@ async fn open(dir: &std::path::Path) -> Node {
             dir: dir.join("index-cache"),
             capacity_bytes: 1 << 30,
             search_threads: 1,
+            vector_dir: dir.join("vector-cache"),
         },
     )
     .unwrap();
@@ -98,7 +99,7 @@ async fn visible_ids(node: &Node) -> Vec<i64> {
         for seg in snap.sealed {
             batches.extend(
                 node.query
-                    .scan_segment(seg.segment, ts, &seg.deletes)
+                    .scan_segment(seg.segment, ts, &seg.deletes, None)
                     .await
                     .unwrap(),
             );
