@@ -312,6 +312,13 @@ impl Engine {
         ts: Timestamp,
     ) -> Result<Output, SqlError> {
         self.pin_snapshot(session, ts);
+        let explain = matches!(statement, Statement::Explain { analyze: false, .. });
+        session
+            .ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(crate::vector_search::ExplainSearch(explain)));
         let names = postgres_column_names(&statement);
         let plan = self.plan_query(session, statement).await?;
         let df = session

@@ -44,6 +44,11 @@ pub struct SearchSettings {
     pub search_list: usize,
 }
 
+/// Set while planning a plain `EXPLAIN`: the vector-search node then asks
+/// every segment how it would be searched, and shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ExplainSearch(pub bool);
+
 /// DataFusion's planner plus the vector-search node.
 #[derive(Debug)]
 pub struct QuiverQueryPlanner;
@@ -110,6 +115,23 @@ impl ExtensionPlanner for VectorSearchPlanner {
         let info = table.info.clone();
         let index = info.index_for(&node.column_name, node.metric).map(|i| i.id);
         let schema: SchemaRef = Arc::new(node.projected_schema.as_arrow().clone());
+        let snapshot = config.get_extension::<ReadSnapshot>().map(|s| s.0);
+        let request = VectorSearchRequest {
+            column: node.column,
+            metric: node.metric,
+            query: node.query.clone(),
+            k: node.k,
+            search_list,
+            index,
+            filter,
+            filter_columns,
+        };
+        let explain = config.get_extension::<ExplainSearch>().is_some_and(|e| e.0);
+        let segment_report = if explain {
+            Some(explain_parts(&table.backends(), &info, snapshot, &request).await?)
+        } else {
+            None
+        };
         Ok(Some(Arc::new(VectorSearchExec {
             properties: Arc::new(PlanProperties::new(
                 EquivalenceProperties::new(schema.clone()),
@@ -120,19 +142,11 @@ impl ExtensionPlanner for VectorSearchPlanner {
             schema,
             table: info,
             backends: table.backends(),
-            snapshot: config.get_extension::<ReadSnapshot>().map(|s| s.0),
+            snapshot,
             projection: node.projection.clone(),
-            request: VectorSearchRequest {
-                column: node.column,
-                metric: node.metric,
-                query: node.query.clone(),
-                k: node.k,
-                search_list,
-                index,
-                filter,
-                filter_columns,
-            },
+            request,
             description: format!("{node:?}"),
+            segment_report,
             metrics: ExecutionPlanMetricsSet::new(),
         })))
     }
@@ -147,6 +161,8 @@ pub struct VectorSearchExec {
     projection: Option<Vec<usize>>,
     request: VectorSearchRequest,
     description: String,
+    /// Per part: how it would be searched (plain `EXPLAIN` only).
+    segment_report: Option<Vec<String>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -167,12 +183,63 @@ impl DisplayAs for VectorSearchExec {
                 Some(_) => "diskann",
                 None => "none",
             }
-        )
+        )?;
+        if let Some(report) = &self.segment_report {
+            write!(f, " parts=[{}]", report.join("; "))?;
+        }
+        Ok(())
     }
 }
 
 fn api_err(e: ApiError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
+}
+
+/// How every part of the table would be searched, one line each.
+async fn explain_parts(
+    backends: &Backends,
+    table: &TableInfo,
+    snapshot: Option<Timestamp>,
+    request: &VectorSearchRequest,
+) -> Result<Vec<String>> {
+    let ts = match snapshot {
+        Some(ts) => ts,
+        None => backends.streaming.applied_ts().await.map_err(api_err)?,
+    };
+    let mut lines = Vec::new();
+    for shard in 0..table.shards {
+        let snap = backends
+            .streaming
+            .snapshot(table, ShardId(shard), ts)
+            .await
+            .map_err(api_err)?;
+        let growing: usize = snap.growing.iter().map(|b| b.num_rows()).sum();
+        if growing > 0 {
+            lines.push(format!("shard {shard} growing: exact over {growing} rows"));
+        }
+        for seg in snap.sealed {
+            let plan = backends
+                .query_node(seg.segment)
+                .explain_search(seg.segment, ts, &seg.deletes, request)
+                .await
+                .map_err(api_err)?;
+            let how = match plan.strategy {
+                SearchStrategy::Index {
+                    search_list,
+                    filtered,
+                } => format!(
+                    "diskann {}graph search (search_list={search_list})",
+                    if filtered { "filtered " } else { "" }
+                ),
+                SearchStrategy::Exact | SearchStrategy::IndexThenExact => "exact".to_string(),
+            };
+            lines.push(format!(
+                "shard {shard} segment {}: {how}, {} of {} rows match",
+                seg.segment, plan.matching, plan.rows
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 /// Exact top-k of one batch of growing rows.
@@ -217,33 +284,62 @@ impl VectorSearchExec {
             metric("growing_rows"),
             metric("sealed_rows_matching"),
         );
-        let mut out = Vec::new();
-        for shard in 0..self.table.shards {
-            let snap = self
-                .backends
+        let sealed_time = MetricBuilder::new(&self.metrics).subset_time("sealed_search_time", 0);
+        let growing_time = MetricBuilder::new(&self.metrics).subset_time("growing_search_time", 0);
+        let snapshots = futures::future::try_join_all((0..self.table.shards).map(|shard| {
+            self.backends
                 .streaming
                 .snapshot(&self.table, ShardId(shard), ts)
-                .await
-                .map_err(api_err)?;
-            for batch in &snap.growing {
-                growing_rows.add(batch.num_rows());
-                out.push(search_growing(batch, &self.request)?);
-            }
-            for seg in snap.sealed {
-                let node = self.backends.query_node(seg.segment);
-                let found = node
-                    .search_segment(seg.segment, ts, &seg.deletes, &self.request)
-                    .await
-                    .map_err(api_err)?;
-                matching.add(found.matching as usize);
-                match found.strategy {
-                    SearchStrategy::Index { .. } => by_index.add(1),
-                    SearchStrategy::Exact => exact.add(1),
-                    SearchStrategy::IndexThenExact => fallback.add(1),
-                }
-                out.push(found.rows);
-            }
+        }))
+        .await
+        .map_err(api_err)?;
+        let mut out = Vec::new();
+        let mut growing = Vec::new();
+        let mut sealed = Vec::new();
+        for snap in snapshots {
+            growing.extend(snap.growing);
+            sealed.extend(snap.sealed);
         }
+        // Growing rows on a blocking thread while the query nodes search
+        // their segments, all segments at once (a query node runs each
+        // search on its own blocking thread).
+        let request = self.request.clone();
+        let growing_search = tokio::task::spawn_blocking(move || {
+            growing
+                .iter()
+                .map(|b| Ok((b.num_rows(), search_growing(b, &request)?)))
+                .collect::<Result<Vec<_>>>()
+        });
+        let timer = sealed_time.timer();
+        let found = futures::future::try_join_all(sealed.iter().map(|seg| {
+            let node = self.backends.query_node(seg.segment);
+            let request = &self.request;
+            async move {
+                node.search_segment(seg.segment, ts, &seg.deletes, request)
+                    .await
+            }
+        }))
+        .await
+        .map_err(api_err)?;
+        timer.done();
+        for f in found {
+            matching.add(f.matching as usize);
+            match f.strategy {
+                SearchStrategy::Index { .. } => by_index.add(1),
+                SearchStrategy::Exact => exact.add(1),
+                SearchStrategy::IndexThenExact => fallback.add(1),
+            }
+            out.push(f.rows);
+        }
+        let timer = growing_time.timer();
+        for (rows, batch) in growing_search
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??
+        {
+            growing_rows.add(rows);
+            out.push(batch);
+        }
+        timer.done();
         out.into_iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| match &self.projection {
@@ -298,6 +394,7 @@ impl ExecutionPlan for VectorSearchExec {
             projection: self.projection.clone(),
             request: self.request.clone(),
             description: self.description.clone(),
+            segment_report: None,
             metrics: self.metrics.clone(),
         };
         let stream = futures::stream::once(async move { this.run().await })

@@ -272,7 +272,8 @@ fn search_node(plan: &LogicalPlan) -> Option<VectorSearchNode> {
     if scan.fetch.is_some() || !scan.filters.is_empty() {
         return None;
     }
-    let expr = strip_qualifiers(expr).ok()?;
+    // `q::vector` folds to a literal that keeps its original name as an alias.
+    let expr = strip_qualifiers(expr.unalias_nested().data).ok()?;
     let (metric, column_name, query) = distance_call(&expr)?;
     let schema = scan.source.schema();
     let column = schema.index_of(&column_name).ok()?;

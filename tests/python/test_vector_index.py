@@ -147,6 +147,13 @@ def test_recall_at_default_and_rising_with_search_list(server, data):
         default = recall(conn, data)
         assert "segments_by_index=" in search_metrics(conn, data.queries[0])
         assert "segments_by_index=0," not in search_metrics(conn, data.queries[0])
+        # Casting the query vector (as drivers and ORMs do) keeps the index.
+        for cast in ("%s::vector", "CAST(%s AS vector(64))"):
+            plan = conn.execute(
+                f"EXPLAIN SELECT id, embedding <-> {cast} AS d FROM {TABLE} ORDER BY d LIMIT 5",
+                (literal(data.queries[0]),),
+            ).fetchall()
+            assert "VectorSearch" in "\n".join(str(r[-1]) for r in plan), plan
         conn.execute("SET diskann.search_list = 10")
         low = recall(conn, data)
         conn.execute("SET diskann.search_list = 300")
@@ -169,6 +176,20 @@ def test_filtered_search_returns_k_rows_with_high_recall(server, data):
         one_percent = recall(conn, data, "WHERE cat = 7", data.cats == 7)
         half = recall(conn, data, "WHERE cat < 50", data.cats < 50)
         plan = search_metrics(conn, data.queries[0], "WHERE cat < 50")
+        def explain(where: str) -> str:
+            rows = conn.execute(
+                f"EXPLAIN SELECT id FROM {TABLE} {where} ORDER BY embedding <-> %s LIMIT {K}",
+                (literal(data.queries[0]),),
+            ).fetchall()
+            return "\n".join(str(r[-1]) for r in rows)
+
+        # EXPLAIN shows the choice per segment: 1% of a segment is cheaper
+        # to scan exactly, 50% is a filtered graph search.
+        selective, broad = explain("WHERE cat = 7"), explain("WHERE cat < 50")
+        assert "diskann" not in selective.split("parts=")[1], selective
+        assert "segment" in selective and "exact" in selective, selective
+        assert "diskann filtered graph search" in broad, broad
+        assert "growing: exact" in broad, broad
     print(f"filtered recall@10: 1% {one_percent:.3f}, 50% {half:.3f}")
     assert one_percent >= 0.95, one_percent
     assert half >= 0.95, half

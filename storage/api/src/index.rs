@@ -166,3 +166,12 @@ pub struct SegmentSearchResult {
     /// Rows visible and matching the filter.
     pub matching: u64,
 }
+
+/// What a search of one segment would do (`EXPLAIN`).
+#[derive(Debug, Clone)]
+pub struct SegmentSearchPlan {
+    pub strategy: SearchStrategy,
+    /// Rows visible and matching the filter.
+    pub matching: u64,
+    pub rows: u64,
+}

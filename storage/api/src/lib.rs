@@ -18,7 +18,8 @@ use quiver_types::{IndexId, SegmentId, ShardId, TableId, TableSchema, Timestamp}
 
 pub use index::{
     BuildState, CompactionOutput, CompactionTask, DataApi, IndexBuildStatus, IndexBuildTask,
-    IndexDef, IndexInfo, IndexParams, SearchStrategy, SegmentSearchResult, VectorSearchRequest,
+    IndexDef, IndexInfo, IndexParams, SearchStrategy, SegmentSearchPlan, SegmentSearchResult,
+    VectorSearchRequest,
 };
 use serde::{Deserialize, Serialize};
 
@@ -242,6 +243,14 @@ pub trait QueryApi: Send + Sync {
         deletes: &[DeleteLogEntry],
         request: &VectorSearchRequest,
     ) -> ApiResult<SegmentSearchResult>;
+    /// How `search_segment` would search the segment, without searching.
+    async fn explain_search(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        request: &VectorSearchRequest,
+    ) -> ApiResult<SegmentSearchPlan>;
     /// Rows of a sealed segment visible at `ts`, given its deletes: the
     /// `projection` user columns, or all.
     async fn scan_segment(

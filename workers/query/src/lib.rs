@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
-    ApiError, ApiResult, QueryApi, SegmentSearchResult, StatusCode, VectorSearchRequest,
+    ApiError, ApiResult, QueryApi, SegmentSearchPlan, SegmentSearchResult, StatusCode,
+    VectorSearchRequest,
 };
 use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta, read_parquet};
 use quiver_types::{IndexId, SegmentId, Timestamp};
@@ -273,5 +274,24 @@ impl QueryApi for QueryNode {
             .index
             .and_then(|i| self.indexes.read().get(&(segment, i)).cloned());
         Ok(search::search_segment(self, &seg, index, ts, deletes, request).await?)
+    }
+
+    async fn explain_search(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        request: &VectorSearchRequest,
+    ) -> ApiResult<SegmentSearchPlan> {
+        let seg = self.segment(segment)?;
+        let has_index = request
+            .index
+            .is_some_and(|i| self.indexes.read().contains_key(&(segment, i)));
+        let d = search::decide(self, &seg, has_index, ts, deletes, request).await?;
+        Ok(SegmentSearchPlan {
+            strategy: d.strategy(),
+            matching: d.matching as u64,
+            rows: d.rows as u64,
+        })
     }
 }

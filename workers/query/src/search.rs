@@ -51,6 +51,61 @@ fn allowed_rows(
     ))
 }
 
+/// What a search of one segment will do, decided before searching.
+pub(crate) struct Decision {
+    data: Arc<SegmentData>,
+    allowed: Option<Arc<Vec<bool>>>,
+    pub matching: usize,
+    pub rows: usize,
+    k: usize,
+    /// `Some(candidate list)` for a graph search, `None` for exact.
+    graph: Option<usize>,
+}
+
+impl Decision {
+    pub fn strategy(&self) -> SearchStrategy {
+        match self.graph {
+            Some(search_list) => SearchStrategy::Index {
+                search_list,
+                filtered: self.allowed.is_some(),
+            },
+            None => SearchStrategy::Exact,
+        }
+    }
+}
+
+pub(crate) async fn decide(
+    node: &QueryNode,
+    seg: &LoadedSegment,
+    has_index: bool,
+    ts: Timestamp,
+    deletes: &[DeleteLogEntry],
+    request: &VectorSearchRequest,
+) -> Result<Decision, ApiError> {
+    let data = node.data(seg).await?;
+    let rows = data.rows;
+    let visible = visibility(&seg.meta, &data, ts, deletes);
+    let allowed = allowed_rows(&data, visible, request)?;
+    let matching = allowed
+        .as_ref()
+        .map_or(rows, |a| a.iter().filter(|x| **x).count());
+    let search_list = request.search_list.max(request.k);
+    let widened = if matching < rows && matching > 0 {
+        ((search_list * rows).div_ceil(matching)).min(MAX_SEARCH_LIST)
+    } else {
+        search_list
+    };
+    let graph = (has_index && matching > widened * EXACT_ROWS_PER_LIST_ENTRY).then_some(widened);
+    Ok(Decision {
+        data,
+        allowed: allowed.map(Arc::new),
+        matching,
+        rows,
+        k: request.k.min(matching),
+        graph,
+    })
+}
+
 pub(crate) async fn search_segment(
     node: &QueryNode,
     seg: &LoadedSegment,
@@ -59,14 +114,14 @@ pub(crate) async fn search_segment(
     deletes: &[DeleteLogEntry],
     request: &VectorSearchRequest,
 ) -> Result<SegmentSearchResult, ApiError> {
-    let data = node.data(seg).await?;
-    let rows = data.rows;
-    let visible = visibility(&seg.meta, &data, ts, deletes);
-    let allowed = allowed_rows(&data, visible, request)?;
-    let matching = allowed
-        .as_ref()
-        .map_or(rows, |a| a.iter().filter(|x| **x).count());
-    let k = request.k.min(matching);
+    let Decision {
+        data,
+        allowed,
+        matching,
+        k,
+        graph,
+        ..
+    } = decide(node, seg, index.is_some(), ts, deletes, request).await?;
     let all_columns = data.all_columns();
     if k == 0 {
         return Ok(SegmentSearchResult {
@@ -75,18 +130,9 @@ pub(crate) async fn search_segment(
             matching: 0,
         });
     }
-    let search_list = request.search_list.max(request.k);
-    let widened = if matching < rows {
-        ((search_list * rows).div_ceil(matching)).min(MAX_SEARCH_LIST)
-    } else {
-        search_list
-    };
-    let allowed = allowed.map(Arc::new);
-    let use_index = index.is_some() && matching > widened * EXACT_ROWS_PER_LIST_ENTRY;
-
     let mut found: Option<Vec<u32>> = None;
     let mut strategy = SearchStrategy::Exact;
-    if let (true, Some(manifest)) = (use_index, &index) {
+    if let (Some(widened), Some(manifest)) = (graph, &index) {
         let open = node
             .cache()
             .open_index(manifest, request.metric)
