@@ -264,3 +264,108 @@ impl IndexCache {
         self.entries.lock().values().map(|e| e.bytes).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use quiver_index::{DiskAnnParams, build_disk_index, index_files};
+    use quiver_segment::IndexFile;
+    use quiver_types::{IndexId, SegmentId, TableId};
+
+    /// Builds a small index and stores its files like a data node would.
+    async fn stored_index(store: &Arc<dyn ObjectStore>, segment: u64) -> SegmentIndexMeta {
+        let dim = 8;
+        let vectors: Vec<f32> = (0..2000 * dim)
+            .map(|i| ((i * 7919 + segment as usize * 31) % 1000) as f32 / 1000.0)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            build_disk_index(
+                &vectors,
+                dim,
+                &DiskAnnParams::new(IndexMetric::L2, dim),
+                &path,
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let prefix = format!("tables/1/segments/{segment}/index-1");
+        let mut files = Vec::new();
+        for name in index_files() {
+            let bytes = std::fs::read(dir.path().join(&name)).unwrap();
+            files.push(IndexFile {
+                name: name.clone(),
+                bytes: bytes.len() as u64,
+            });
+            store
+                .put(
+                    &object_store::path::Path::from(format!("{prefix}/{name}")),
+                    bytes.into(),
+                )
+                .await
+                .unwrap();
+        }
+        SegmentIndexMeta {
+            table: TableId(1),
+            segment: SegmentId(segment),
+            index: IndexId(1),
+            prefix,
+            files,
+            rows: 2000,
+            has_row_map: false,
+            build_ms: 0,
+            built_at_ms: 0,
+        }
+    }
+
+    /// Results of a search (the searcher blocks, as in production).
+    async fn hits(open: Arc<OpenIndex>) -> usize {
+        tokio::task::spawn_blocking(move || open.searcher.search(&[0.5f32; 8], 5, 20, None))
+            .await
+            .unwrap()
+            .unwrap()
+            .len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn least_recently_used_index_is_evicted_and_fetched_again() {
+        let root = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(root.path()).unwrap());
+        let a = stored_index(&store, 1).await;
+        let b = stored_index(&store, 2).await;
+        let cache_dir = tempfile::tempdir().unwrap();
+        let options = IndexCacheOptions {
+            dir: cache_dir.path().join("cache"),
+            // Room for one index only.
+            capacity_bytes: a.bytes() + a.bytes() / 2,
+            search_threads: 1,
+            vector_dir: cache_dir.path().join("vectors"),
+        };
+        let cache = IndexCache::open(store.clone(), options.clone()).unwrap();
+        let first = cache.open_index(&a, IndexMetric::L2).await.unwrap();
+        assert_eq!(hits(first.clone()).await, 5);
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 1);
+        cache.open_index(&b, IndexMetric::L2).await.unwrap();
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 2);
+        assert!(cache.local_bytes() <= options.capacity_bytes);
+        assert!(
+            !options.dir.join("0000000000000001-1").exists(),
+            "a was evicted"
+        );
+        // The evicted index still answers searches already holding it, and
+        // comes back from the object store on the next use.
+        assert_eq!(hits(first.clone()).await, 5);
+        drop(first);
+        cache.open_index(&a, IndexMetric::L2).await.unwrap();
+        assert_eq!(cache.fetches.load(Ordering::Relaxed), 3);
+        // A restart keeps what is cached; a hit costs no fetch.
+        drop(cache);
+        let reopened = IndexCache::open(store, options).unwrap();
+        reopened.open_index(&a, IndexMetric::L2).await.unwrap();
+        assert_eq!(reopened.fetches.load(Ordering::Relaxed), 0);
+    }
+}
