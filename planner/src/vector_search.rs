@@ -264,7 +264,17 @@ fn search_node(plan: &LogicalPlan) -> Option<VectorSearchNode> {
                 filters.push(f.predicate.clone());
                 node = f.input.as_ref();
             }
-            LogicalPlan::SubqueryAlias(a) => node = a.input.as_ref(),
+            LogicalPlan::SubqueryAlias(a) => {
+                // The alias renames the relation; below it, columns carry
+                // the input's qualifier.
+                expr = strip_qualifiers(expr).ok()?;
+                filters = filters
+                    .into_iter()
+                    .map(strip_qualifiers)
+                    .collect::<Result<Vec<_>>>()
+                    .ok()?;
+                node = a.input.as_ref();
+            }
             LogicalPlan::TableScan(scan) => break scan,
             _ => return None,
         }
@@ -317,4 +327,99 @@ fn search_node(plan: &LogicalPlan) -> Option<VectorSearchNode> {
         k,
         filters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::prelude::SessionContext;
+
+    use crate::vector::{VectorOperatorPlanner, udfs};
+
+    async fn optimized(sql: &str) -> String {
+        let item = Arc::new(Field::new("item", DataType::Float32, false));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("cat", DataType::Int32, true),
+            Field::new("emb", DataType::FixedSizeList(item.clone(), 2), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])),
+                Arc::new(Int32Array::from(vec![1, 2])),
+                Arc::new(FixedSizeListArray::new(
+                    item,
+                    2,
+                    Arc::new(Float32Array::from(vec![0.0, 0.0, 1.0, 1.0])),
+                    None,
+                )),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new()
+                .set_str("datafusion.sql_parser.dialect", "postgres"),
+        );
+        for udf in udfs() {
+            ctx.register_udf(udf);
+        }
+        ctx.register_table(
+            "t",
+            Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap()),
+        )
+        .unwrap();
+        ctx.register_table("u", ctx.table_provider("t").await.unwrap())
+            .unwrap();
+        let state = ctx.state();
+        let mut planners = state.expr_planners().to_vec();
+        planners.insert(0, Arc::new(VectorOperatorPlanner::new(&state).unwrap()));
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_expr_planners(planners)
+            .with_optimizer_rule(Arc::new(VectorSearchRule))
+            .build();
+        let sql = crate::rewrite::normalize_operators(sql);
+        let plan = state.create_logical_plan(&sql).await.unwrap();
+        state.optimize(&plan).unwrap().display_indent().to_string()
+    }
+
+    #[tokio::test]
+    async fn rewrites_nearest_neighbour_queries() {
+        for sql in [
+            "SELECT id FROM t ORDER BY emb <-> '[1,1]' LIMIT 3",
+            "SELECT id, emb <=> '[1,1]' AS d FROM t ORDER BY d LIMIT 3",
+            "SELECT x.id FROM t AS x WHERE x.cat > 1 ORDER BY x.emb <#> '[1,1]' LIMIT 2 OFFSET 1",
+            "SELECT * FROM (SELECT id, emb FROM t WHERE cat = 1) s ORDER BY l2_distance(s.emb, '[1,1]') LIMIT 1",
+        ] {
+            let plan = optimized(sql).await;
+            assert!(plan.contains("VectorSearch"), "{sql}\n{plan}");
+        }
+        let plan =
+            optimized("SELECT id FROM t WHERE cat > 1 ORDER BY emb <-> '[1,1]' LIMIT 2 OFFSET 1")
+                .await;
+        assert!(
+            plan.contains("k=3") && plan.contains("filter=[cat > Int32(1)]"),
+            "{plan}"
+        );
+    }
+
+    #[tokio::test]
+    async fn leaves_other_orderings_alone() {
+        for sql in [
+            "SELECT id FROM t ORDER BY emb <-> '[1,1]'",
+            "SELECT id FROM t ORDER BY emb <-> '[1,1]' DESC LIMIT 3",
+            "SELECT id FROM t ORDER BY emb <-> '[1,1]', id LIMIT 3",
+            "SELECT id FROM t ORDER BY inner_product(emb, emb) LIMIT 3",
+            "SELECT id FROM t ORDER BY emb <-> '[1,1,1]' LIMIT 3",
+            "SELECT t.id FROM t JOIN u ON t.id = u.id ORDER BY t.emb <-> '[1,1]' LIMIT 3",
+            "SELECT cat, count(*) AS n FROM t GROUP BY cat ORDER BY n LIMIT 1",
+        ] {
+            let plan = optimized(sql).await;
+            assert!(!plan.contains("VectorSearch"), "{sql}\n{plan}");
+        }
+    }
 }
