@@ -519,8 +519,8 @@ def bench_quiver(args, data, texts, gt, payloads, tmp_root, out):
             try:
                 c.execute(f"CREATE INDEX ON items USING diskann (embedding vector_l2_ops){with_opts}")
             except psycopg.errors.FeatureNotSupported as e:
-                raise BenchError(f"{binary} rejects CREATE INDEX ({e}); it predates DiskANN indexes "
-                                 "(commit 95470b3): rebuild it or point QUIVER_BIN / --quiver-bin at a newer build")
+                raise BenchError(f"{binary} rejects CREATE INDEX ({e}); it predates DiskANN indexes: "
+                                 "rebuild it or point QUIVER_BIN / --quiver-bin at a newer build")
         builds = wait_builds(server.port, args.build_timeout)
         out["build_s"] = time.perf_counter() - t
         out["build_sum_duration_ms"] = sum(b["duration_ms"] or 0 for b in builds)
@@ -872,10 +872,11 @@ def default_quiver_bin():
     env = os.environ.get("QUIVER_BIN")
     if env:
         return env
-    for p in ("/work/target-release/release/quiver", os.path.join(ROOT, "target/debug/quiver")):
+    release = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release/quiver")
+    for p in (release, os.path.join(ROOT, "target/debug/quiver")):
         if os.path.exists(p):
             return p
-    return "/work/target-release/release/quiver"
+    return release
 
 
 def main():

@@ -135,6 +135,7 @@ impl Engine {
             ctx.register_udf(udf);
         }
         ctx.register_udf(quiver_planner::catalog_functions::to_regtype_udf());
+        ctx.register_udf(quiver_planner::catalog_functions::version_udf());
         // avg/sum also accept vectors (element-wise), as in pgvector.
         let state = ctx.state();
         for (name, average) in [("avg", true), ("sum", false)] {
@@ -473,7 +474,7 @@ impl Engine {
             .join(".");
         let value = match name.as_str() {
             "quiver.consistency" => session.consistency.lock().name().to_string(),
-            "server_version" => "16.6".to_string(),
+            "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
             "server_encoding" | "client_encoding" => "UTF8".to_string(),
             "standard_conforming_strings" => "on".to_string(),
             "timezone" => "UTC".to_string(),

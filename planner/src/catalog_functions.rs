@@ -1,6 +1,7 @@
 //! PostgreSQL catalog functions drivers call that the pg_catalog emulation
 //! lacks: `to_regtype(text)`, which psycopg's `TypeInfo.fetch` (and so
-//! pgvector-python's `register_vector`) uses to find the `vector` type.
+//! pgvector-python's `register_vector`) uses to find the `vector` type, and
+//! `version()`, which ORMs parse for the PostgreSQL version.
 
 use std::sync::Arc;
 
@@ -62,6 +63,30 @@ pub fn to_regtype_udf() -> ScalarUDF {
                 .collect();
             let out: ArrayRef = Arc::new(oids);
             Ok(ColumnarValue::Array(out))
+        }),
+    )
+}
+
+/// The PostgreSQL version Quiver speaks (also `server_version`).
+pub const POSTGRES_VERSION: &str = "16.6";
+
+/// `version()`: PostgreSQL's format (drivers match `PostgreSQL (\d+)\.(\d+)`),
+/// naming Quiver.
+pub fn version_udf() -> ScalarUDF {
+    let text = format!(
+        "PostgreSQL {POSTGRES_VERSION} (Quiver {}) on {}-linux, compiled by rustc, 64-bit",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    );
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::Utf8(Some(text.clone())),
+            ))
         }),
     )
 }

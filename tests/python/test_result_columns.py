@@ -51,3 +51,12 @@ def test_distance_and_vector_types(server):
         # distances are double precision, dims integer; vector reports pgvector's type
         assert type_names[1] == "float8"
         assert type_names[2] == "int4"
+
+
+def test_version_names_quiver_in_postgres_format(server):
+    with server.connect() as conn:
+        version = conn.execute("SELECT version()").fetchone()[0]
+        assert version.startswith("PostgreSQL 16."), version
+        assert "Quiver" in version
+        assert conn.execute("SHOW server_version").fetchone()[0] == version.split()[1]
+        assert conn.info.server_version >= 160000
