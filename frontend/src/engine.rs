@@ -263,8 +263,9 @@ impl Engine {
     pub async fn plan(
         &self,
         session: &Session,
-        statement: Statement,
+        mut statement: Statement,
     ) -> Result<LogicalPlan, SqlError> {
+        bind_current_setting(&mut statement, session)?;
         session
             .ctx
             .state()
@@ -472,21 +473,7 @@ impl Engine {
             .map(|i| i.value.to_ascii_lowercase())
             .collect::<Vec<_>>()
             .join(".");
-        let value = match name.as_str() {
-            "quiver.consistency" => session.consistency.lock().name().to_string(),
-            "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
-            "server_encoding" | "client_encoding" => "UTF8".to_string(),
-            "standard_conforming_strings" => "on".to_string(),
-            "timezone" => "UTC".to_string(),
-            "datestyle" => "ISO, MDY".to_string(),
-            "transaction_isolation" | "transaction isolation level" => "read committed".to_string(),
-            other => session.settings.lock().get(other).cloned().ok_or_else(|| {
-                SqlError::new(
-                    sqlstate::UNDEFINED_OBJECT,
-                    format!("unrecognized configuration parameter \"{other}\""),
-                )
-            })?,
-        };
+        let value = setting(session, &name)?;
         let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
         let batch = RecordBatch::try_new(
             schema.clone(),
@@ -538,6 +525,61 @@ impl Engine {
             _ => Ok((vec![Type::UNKNOWN; count_placeholders(statement)], None)),
         }
     }
+}
+
+/// A configuration parameter's value for `SHOW` and `current_setting`.
+fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
+    Ok(match name {
+        "quiver.consistency" => session.consistency.lock().name().to_string(),
+        "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
+        "server_version_num" => "160006".to_string(),
+        "server_encoding" | "client_encoding" => "UTF8".to_string(),
+        "standard_conforming_strings" => "on".to_string(),
+        "timezone" => "UTC".to_string(),
+        "datestyle" => "ISO, MDY".to_string(),
+        "search_path" => "\"$user\", public".to_string(),
+        "transaction_isolation" | "transaction isolation level" => "read committed".to_string(),
+        other => session.settings.lock().get(other).cloned().ok_or_else(|| {
+            SqlError::new(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{other}\""),
+            )
+        })?,
+    })
+}
+
+/// Replaces `current_setting('name' [, missing_ok])` by the session's value
+/// (settings live in the session, which DataFusion functions cannot see).
+fn bind_current_setting(statement: &mut Statement, session: &Session) -> Result<(), SqlError> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let mut failure = None;
+    let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let Expr::Function(f) = e
+            && f.name.to_string().eq_ignore_ascii_case("current_setting")
+            && let FunctionArguments::List(list) = &f.args
+        {
+            let arg = |i: usize| match list.args.get(i) {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
+                    Some(v.value.clone())
+                }
+                _ => None,
+            };
+            let missing_ok = matches!(arg(1), Some(Value::Boolean(true)));
+            if let Some(Value::SingleQuotedString(name)) = arg(0) {
+                let value = match setting(session, &name.to_ascii_lowercase()) {
+                    Ok(v) => Value::SingleQuotedString(v),
+                    Err(_) if missing_ok => Value::Null,
+                    Err(err) => {
+                        failure = Some(err);
+                        return std::ops::ControlFlow::Break(());
+                    }
+                };
+                *e = Expr::value(value);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    failure.map_or(Ok(()), Err)
 }
 
 /// Settings that size graph searches: Quiver's own and pgvector's, which

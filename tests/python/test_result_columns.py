@@ -60,3 +60,16 @@ def test_version_names_quiver_in_postgres_format(server):
         assert "Quiver" in version
         assert conn.execute("SHOW server_version").fetchone()[0] == version.split()[1]
         assert conn.info.server_version >= 160000
+
+
+def test_current_setting_reads_the_session(server):
+    with server.connect() as conn:
+        conn.execute("SET diskann.search_list = 77")
+        row = conn.execute(
+            "SELECT current_setting('diskann.search_list'), current_setting('server_version'), "
+            "current_setting('no.such', true)"
+        ).fetchone()
+        assert row == ("77", "16.6", None)
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("SELECT current_setting('no.such')")
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
