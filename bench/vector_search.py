@@ -417,8 +417,9 @@ def explain(port, setup, text, analyze=False):
 
 
 class QuiverServer:
-    def __init__(self, binary, data_dir, seal_rows, log_path):
+    def __init__(self, binary, data_dir, seal_rows, log_path, config=None):
         self.binary, self.data_dir, self.seal_rows, self.log_path = binary, data_dir, seal_rows, log_path
+        self.config = config
         self.proc = None
         self.port = None
 
@@ -427,6 +428,8 @@ class QuiverServer:
         logf = open(self.log_path, "ab")
         cmd = [self.binary, "standalone", "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}",
                "--seal-rows", str(self.seal_rows)]
+        if self.config:
+            cmd += ["--config", self.config]
         log(f"quiver: starting {' '.join(cmd)}")
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logf.close()
@@ -494,7 +497,8 @@ def bench_quiver(args, data, texts, gt, payloads, tmp_root, out):
     out["binary"] = binary
     data_dir = os.path.join(tmp_root, "quiver-data")
     os.makedirs(data_dir)
-    server = QuiverServer(binary, data_dir, args.seal_rows, os.path.join(tmp_root, "quiver.log"))
+    server = QuiverServer(binary, data_dir, args.seal_rows, os.path.join(tmp_root, "quiver.log"),
+                          args.quiver_config)
     try:
         server.start()
         log(f"quiver: loading {args.rows} rows with binary COPY ({len(payloads)} COPYs)")
@@ -894,6 +898,8 @@ def main():
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--quiver-bin", default=default_quiver_bin(),
                     help="QUIVER_BIN, else the release build, else target/debug/quiver")
+    ap.add_argument("--quiver-config", default=None,
+                    help="TOML config passed to quiver standalone (e.g. [data] build_threads = 2)")
     ap.add_argument("--diskann-options", default="", help="WITH (...) options of the diskann index, "
                     "e.g. 'max_degree = 64, build_search_list = 128'")
     ap.add_argument("--hnsw-m", type=int, default=16)

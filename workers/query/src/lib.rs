@@ -150,9 +150,24 @@ impl QueryNode {
         .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
         .map_err(ApiError::from)?;
         let data = Arc::new(data);
+        if offload {
+            release_freed_memory();
+        }
         tracing::debug!(segment = %seg.meta.id, rows = seg.meta.rows, vectors_on_disk = offload, "segment loaded");
         *seg.data.lock() = Some(data.clone());
         Ok(data)
+    }
+}
+
+/// Loading a segment decodes all of it before its vectors move to disk;
+/// glibc keeps such freed memory in its arenas, where it would count as the
+/// node's RSS indefinitely. Hand it back to the kernel.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has
+    // no preconditions and does not touch live allocations.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
