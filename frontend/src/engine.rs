@@ -74,6 +74,19 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
+    /// The snapshot a scan reads at: the statement's pinned one, else the
+    /// newest every shard has applied.
+    pub async fn read_ts(&self, pinned: Option<Timestamp>) -> datafusion::error::Result<Timestamp> {
+        match pinned {
+            Some(ts) => Ok(ts),
+            None => self
+                .streaming
+                .applied_ts()
+                .await
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))),
+        }
+    }
+
     pub fn query_node(&self, segment: SegmentId) -> Arc<dyn QueryApi> {
         let idx = self.coordinator.segment_owner(segment);
         self.query_nodes[idx.min(self.query_nodes.len().saturating_sub(1))].clone()

@@ -90,15 +90,8 @@ impl TableProvider for QuiverTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let ts = match state.config().get_extension::<ReadSnapshot>() {
-            Some(s) => s.0,
-            None => self
-                .backends
-                .streaming
-                .applied_ts()
-                .await
-                .map_err(api_err)?,
-        };
+        let pinned = state.config().get_extension::<ReadSnapshot>().map(|s| s.0);
+        let ts = self.backends.read_ts(pinned).await?;
         let mut partitions = Vec::with_capacity(self.info.shards as usize);
         for shard in 0..self.info.shards {
             let snap = self

@@ -202,10 +202,7 @@ async fn explain_parts(
     snapshot: Option<Timestamp>,
     request: &VectorSearchRequest,
 ) -> Result<Vec<String>> {
-    let ts = match snapshot {
-        Some(ts) => ts,
-        None => backends.streaming.applied_ts().await.map_err(api_err)?,
-    };
+    let ts = backends.read_ts(snapshot).await?;
     let mut lines = Vec::new();
     for shard in 0..table.shards {
         let snap = backends
@@ -267,15 +264,7 @@ fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<
 
 impl VectorSearchExec {
     async fn run(&self) -> Result<Vec<RecordBatch>> {
-        let ts = match self.snapshot {
-            Some(ts) => ts,
-            None => self
-                .backends
-                .streaming
-                .applied_ts()
-                .await
-                .map_err(api_err)?,
-        };
+        let ts = self.backends.read_ts(self.snapshot).await?;
         let metric = |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, 0);
         let (by_index, exact, fallback, growing_rows, matching) = (
             metric("segments_by_index"),

@@ -11,32 +11,7 @@ use quiver_types::VectorMetric;
 
 use crate::IndexError;
 
-/// Sums `f(a[i], b[i])` in independent lanes so the compiler vectorises it.
-#[inline]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
-            acc[i] += f(ca[i], cb[i]);
-        }
-    }
-    let mut total: f32 = acc.iter().sum();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        total += f(*x, *y);
-    }
-    total
-}
-
-pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    lane_sum(a, b, |x, y| (x - y) * (x - y))
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    lane_sum(a, b, |x, y| x * y)
-}
+pub use quiver_types::distance::{dot, l2_squared};
 
 /// A distance that orders rows like the metric's SQL operator (`<->` is
 /// compared squared, which preserves the order).

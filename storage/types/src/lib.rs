@@ -15,6 +15,10 @@ mod timestamp;
 
 pub use ids::{IndexId, SegmentId, ShardId, TableId};
 pub use metric::VectorMetric;
+/// Distance kernels over `f32` slices.
+pub mod distance {
+    pub use crate::metric::{dot, l1, l2_squared};
+}
 pub use pk::{PkEncoder, PrimaryKey, shard_of};
 pub use schema::{
     ColumnDef, ColumnType, INSERT_TS_COLUMN, PG_VECTOR_KEY, SchemaError, TableSchema,

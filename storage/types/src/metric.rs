@@ -50,3 +50,38 @@ impl VectorMetric {
         }
     }
 }
+
+/// Sums `f(a[i], b[i])` with independent accumulators. A plain
+/// `iter().sum()` is a serial dependency chain the compiler may not reorder
+/// (float addition is not associative); separate lanes let it use SIMD.
+#[inline]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += f(ca[i], cb[i]);
+        }
+    }
+    let mut total: f32 = acc.iter().sum();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        total += f(*x, *y);
+    }
+    total
+}
+
+/// Squared Euclidean distance (the kernels every distance is built from;
+/// shared by SQL functions and exact search so both rank alike).
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| (x - y) * (x - y))
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| x * y)
+}
+
+pub fn l1(a: &[f32], b: &[f32]) -> f32 {
+    lane_sum(a, b, |x, y| (x - y).abs())
+}
