@@ -34,6 +34,10 @@ use quiver_types::{ShardId, Timestamp};
 use crate::engine::Backends;
 use crate::table::{QuiverTable, ReadSnapshot};
 
+/// Growing rows up to this many are searched on the calling task (a
+/// blocking-thread hand-off costs more than the distances).
+const INLINE_GROWING_ROWS: usize = 2048;
+
 /// Candidate list of graph searches when the session sets none.
 pub const DEFAULT_SEARCH_LIST: usize = 100;
 
@@ -292,13 +296,21 @@ impl VectorSearchExec {
         // Growing rows on a blocking thread while the query nodes search
         // their segments, all segments at once (a query node runs each
         // search on its own blocking thread).
+        // Few growing rows are searched inline; many on a blocking thread
+        // while the query nodes search their segments.
+        let growing_rows_total: usize = growing.iter().map(|b| b.num_rows()).sum();
         let request = self.request.clone();
-        let growing_search = tokio::task::spawn_blocking(move || {
+        let search_all_growing = move || {
             growing
                 .iter()
                 .map(|b| Ok((b.num_rows(), search_growing(b, &request)?)))
                 .collect::<Result<Vec<_>>>()
-        });
+        };
+        let growing_search = if growing_rows_total <= INLINE_GROWING_ROWS {
+            futures::future::Either::Left(futures::future::ready(Ok(search_all_growing())))
+        } else {
+            futures::future::Either::Right(tokio::task::spawn_blocking(search_all_growing))
+        };
         let timer = sealed_time.timer();
         let found = futures::future::try_join_all(sealed.iter().map(|seg| {
             let node = self.backends.query_node(seg.segment);
