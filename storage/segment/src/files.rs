@@ -116,6 +116,44 @@ pub async fn read_parquet_columns(
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// A segment object fetched once, decoded column by column in batches, so a
+/// reader can handle a large column piecewise instead of decoding it whole.
+pub struct ParquetObject {
+    bytes: Bytes,
+}
+
+impl ParquetObject {
+    pub async fn fetch(store: &dyn ObjectStore, path: &str) -> Result<Self, SegmentError> {
+        Ok(ParquetObject {
+            bytes: store.get(&Path::from(path)).await?.bytes().await?,
+        })
+    }
+
+    /// The given top-level columns, `batch_rows` rows at a time.
+    pub fn columns(
+        &self,
+        columns: &[usize],
+        batch_rows: usize,
+    ) -> Result<impl Iterator<Item = Result<RecordBatch, SegmentError>>, SegmentError> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1))
+            .build()?;
+        Ok(reader.map(|b| b.map_err(SegmentError::from)))
+    }
+
+    /// The Arrow schema stored in the object.
+    pub fn schema(&self) -> Result<arrow::datatypes::SchemaRef, SegmentError> {
+        Ok(
+            ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())?
+                .schema()
+                .clone(),
+        )
+    }
+}
+
 /// A row of a sealed segment deleted at a timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeleteLogEntry {

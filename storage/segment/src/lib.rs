@@ -23,9 +23,9 @@ mod wal_record;
 
 pub use codec::{decode_batch, encode_batch};
 pub use files::{
-    DeleteLogEntry, ObjectStoreConfig, SegmentMeta, delete_log_path, open_object_store,
-    read_delete_log, read_parquet, read_parquet_columns, segment_path, write_delete_log,
-    write_parquet,
+    DeleteLogEntry, ObjectStoreConfig, ParquetObject, SegmentMeta, delete_log_path,
+    open_object_store, read_delete_log, read_parquet, read_parquet_columns, segment_path,
+    write_delete_log, write_parquet,
 };
 pub use index_manifest::{IndexFile, ROW_MAP_FILE, SegmentIndexMeta, segment_index_prefix};
 pub use wal_record::{WalRecord, WalRecordKind};

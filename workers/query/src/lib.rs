@@ -24,7 +24,7 @@ use quiver_api::{
     ApiError, ApiResult, QueryApi, SegmentSearchPlan, SegmentSearchResult, StatusCode,
     VectorSearchRequest,
 };
-use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta, read_parquet};
+use quiver_segment::{DeleteLogEntry, ParquetObject, SegmentIndexMeta, SegmentMeta, read_parquet};
 use quiver_types::{IndexId, SegmentId, Timestamp};
 
 pub use cache::{IndexCache, IndexCacheOptions};
@@ -48,6 +48,8 @@ pub enum QueryNodeError {
     Join(#[from] tokio::task::JoinError),
     #[error("vector search")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("reading the segment")]
+    Segment(#[source] quiver_segment::SegmentError),
     #[error("evaluating the filter")]
     Filter(#[from] datafusion_common::DataFusionError),
 }
@@ -130,25 +132,35 @@ impl QueryNode {
         if let Some(d) = seg.data.lock().clone() {
             return Ok(d);
         }
-        let batches = read_parquet(self.store.as_ref(), &seg.meta.path)
-            .await
-            .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
-        let Some(schema) = batches.first().map(|b| b.schema()) else {
-            return Err(ApiError::new(
-                StatusCode::StorageFailure,
-                format!("segment {} has no data", seg.meta.id),
-            ));
-        };
         let offload = self.has_index(seg.meta.id);
         let meta = seg.meta.clone();
-        let dir = self.vector_dir.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let batch = arrow::compute::concat_batches(&schema, &batches)?;
-            SegmentData::new(&meta, batch, offload.then_some(dir.as_path()))
-        })
-        .await
-        .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
-        .map_err(ApiError::from)?;
+        let data = if offload {
+            let object = ParquetObject::fetch(self.store.as_ref(), &seg.meta.path)
+                .await
+                .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
+            let dir = self.vector_dir.clone();
+            tokio::task::spawn_blocking(move || SegmentData::load_offloaded(&meta, &object, &dir))
+                .await
+                .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
+                .map_err(ApiError::from)?
+        } else {
+            let batches = read_parquet(self.store.as_ref(), &seg.meta.path)
+                .await
+                .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
+            let Some(schema) = batches.first().map(|b| b.schema()) else {
+                return Err(ApiError::new(
+                    StatusCode::StorageFailure,
+                    format!("segment {} has no data", seg.meta.id),
+                ));
+            };
+            tokio::task::spawn_blocking(move || {
+                let batch = arrow::compute::concat_batches(&schema, &batches)?;
+                SegmentData::new(batch)
+            })
+            .await
+            .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
+            .map_err(ApiError::from)?
+        };
         let data = Arc::new(data);
         if offload {
             release_freed_memory();

@@ -36,29 +36,53 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> QueryNodeError + '_ {
 }
 
 impl VectorFile {
-    /// Writes `column` to `path` (unless a complete copy is there already).
-    fn create(path: &Path, column: &FixedSizeListArray) -> Result<Self, QueryNodeError> {
-        let (values, dim) = quiver_index::exact::vector_values(column)?;
-        let bytes = (values.len() * 4) as u64;
-        let complete = std::fs::metadata(path).is_ok_and(|m| m.len() == bytes);
-        if !complete {
-            let tmp = path.with_extension("partial");
+    /// Writes a vector column arriving in batches to `path`, holding one
+    /// batch at a time.
+    fn stream(
+        path: &Path,
+        item: FieldRef,
+        dim: usize,
+        batches: impl Iterator<Item = Result<RecordBatch, quiver_segment::SegmentError>>,
+    ) -> Result<Self, QueryNodeError> {
+        use std::io::Write;
+        let tmp = path.with_extension("partial");
+        let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
+        let mut validity = arrow::array::BooleanBufferBuilder::new(0);
+        let mut any_null = false;
+        let mut rows = 0usize;
+        for batch in batches {
+            let batch = batch.map_err(QueryNodeError::Segment)?;
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .ok_or_else(|| {
+                    QueryNodeError::Arrow(arrow::error::ArrowError::SchemaError(
+                        "vector column is not a fixed-size list".into(),
+                    ))
+                })?;
+            let (values, _) = quiver_index::exact::vector_values(column)?;
             let mut raw = Vec::with_capacity(values.len() * 4);
             for v in values {
                 raw.extend_from_slice(&v.to_le_bytes());
             }
-            std::fs::write(&tmp, &raw).map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, path).map_err(io_err(path))?;
+            out.write_all(&raw).map_err(io_err(&tmp))?;
+            for i in 0..column.len() {
+                let valid = column.is_valid(i);
+                any_null |= !valid;
+                validity.append(valid);
+            }
+            rows += column.len();
         }
-        let DataType::FixedSizeList(item, _) = column.data_type() else {
-            unreachable!("vector_values accepted a non-list column")
-        };
+        out.flush().map_err(io_err(&tmp))?;
+        drop(out);
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
         Ok(VectorFile {
             file: File::open(path).map_err(io_err(path))?,
             dim,
-            rows: column.len(),
-            item: item.clone(),
-            nulls: column.nulls().cloned(),
+            rows,
+            item,
+            nulls: any_null.then(|| NullBuffer::new(validity.finish())),
         })
     }
 
@@ -133,13 +157,9 @@ pub(crate) struct SegmentData {
 }
 
 impl SegmentData {
-    /// Takes a segment's stored batch (user columns + insert timestamps);
-    /// with `offload_dir`, vector columns go to files there.
-    pub fn new(
-        meta: &SegmentMeta,
-        batch: RecordBatch,
-        offload_dir: Option<&Path>,
-    ) -> Result<Self, QueryNodeError> {
+    /// Takes a segment's stored batch (user columns + insert timestamps),
+    /// all kept in memory.
+    pub fn new(batch: RecordBatch) -> Result<Self, QueryNodeError> {
         let n = batch.num_columns() - 1;
         let stored = batch.schema();
         let schema = Arc::new(Schema::new(stored.fields()[..n].to_vec()));
@@ -153,23 +173,81 @@ impl SegmentData {
                     "segment lacks insert timestamps".into(),
                 ))
             })?;
-        let mut columns = Vec::with_capacity(n);
-        for (i, column) in batch.columns()[..n].iter().enumerate() {
-            let vectors = column.as_any().downcast_ref::<FixedSizeListArray>();
-            match (vectors, offload_dir) {
-                (Some(v), Some(dir)) => {
-                    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-                    let path = dir.join(format!("{}-{i}.f32", meta.id));
-                    columns.push(ColumnData::Vectors(VectorFile::create(&path, v)?));
-                }
-                _ => columns.push(ColumnData::Memory(column.clone())),
-            }
-        }
+        let columns = batch.columns()[..n]
+            .iter()
+            .map(|c| ColumnData::Memory(c.clone()))
+            .collect();
         Ok(SegmentData {
             schema,
             columns,
             insert_ts,
             rows: batch.num_rows(),
+        })
+    }
+
+    /// Loads a segment with its vector columns streamed to files in `dir`
+    /// batch by batch (the segment is never decoded whole).
+    pub fn load_offloaded(
+        meta: &SegmentMeta,
+        object: &quiver_segment::ParquetObject,
+        dir: &Path,
+    ) -> Result<Self, QueryNodeError> {
+        const VECTOR_BATCH_ROWS: usize = 8192;
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let stored = object.schema().map_err(QueryNodeError::Segment)?;
+        let n = stored.fields().len() - 1;
+        let schema = Arc::new(Schema::new(stored.fields()[..n].to_vec()));
+        let vector_item = |i: usize| match stored.field(i).data_type() {
+            DataType::FixedSizeList(item, dim) if item.data_type() == &DataType::Float32 => {
+                Some((item.clone(), *dim as usize))
+            }
+            _ => None,
+        };
+        let in_memory: Vec<usize> = (0..=n).filter(|&i| vector_item(i).is_none()).collect();
+        let scalar_batches = object
+            .columns(&in_memory, 64 * 1024)
+            .map_err(QueryNodeError::Segment)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(QueryNodeError::Segment)?;
+        let scalars = arrow::compute::concat_batches(
+            &Arc::new(stored.project(&in_memory)?),
+            &scalar_batches,
+        )?;
+        drop(scalar_batches);
+        let mut columns = Vec::with_capacity(n);
+        for i in 0..n {
+            match vector_item(i) {
+                Some((item, dim)) => {
+                    let path = dir.join(format!("{}-{i}.f32", meta.id));
+                    let wanted = [i];
+                    let batches = object
+                        .columns(&wanted, VECTOR_BATCH_ROWS)
+                        .map_err(QueryNodeError::Segment)?;
+                    columns.push(ColumnData::Vectors(VectorFile::stream(
+                        &path, item, dim, batches,
+                    )?));
+                }
+                None => {
+                    let pos = in_memory.iter().position(|&c| c == i).unwrap_or(0);
+                    columns.push(ColumnData::Memory(scalars.column(pos).clone()));
+                }
+            }
+        }
+        let insert_ts = scalars
+            .column(in_memory.len() - 1)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| {
+                QueryNodeError::Arrow(arrow::error::ArrowError::SchemaError(
+                    "segment lacks insert timestamps".into(),
+                ))
+            })?;
+        Ok(SegmentData {
+            schema,
+            columns,
+            insert_ts,
+            rows: scalars.num_rows(),
         })
     }
 
