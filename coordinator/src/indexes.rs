@@ -123,15 +123,18 @@ impl Coordinator {
         }
     }
 
-    /// Queues builds for every sealed segment of the table.
-    pub(crate) fn schedule_index(&self, table: &TableInfo, index: &IndexInfo) {
-        let segments: Vec<SegmentMeta> = self
-            .segments
+    fn table_segments(&self, table: &TableInfo) -> Vec<SegmentMeta> {
+        self.segments
             .read()
             .values()
             .filter(|s| s.table == table.id)
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Queues builds for every sealed segment of the table.
+    pub(crate) fn schedule_index(&self, table: &TableInfo, index: &IndexInfo) {
+        let segments = self.table_segments(table);
         for s in &segments {
             self.schedule(s, index);
         }
@@ -227,13 +230,7 @@ impl Coordinator {
     }
 
     pub(crate) async fn forget_table(&self, table: &TableInfo) -> ApiResult<()> {
-        let segments: Vec<SegmentMeta> = self
-            .segments
-            .read()
-            .values()
-            .filter(|s| s.table == table.id)
-            .cloned()
-            .collect();
+        let segments = self.table_segments(table);
         self.forget_segments(&segments).await
     }
 

@@ -143,6 +143,19 @@ impl VectorFile {
     }
 }
 
+/// The hidden insert-timestamp column, stored last in every segment.
+fn insert_timestamps(column: &ArrayRef) -> Result<UInt64Array, QueryNodeError> {
+    column
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .cloned()
+        .ok_or_else(|| {
+            QueryNodeError::Arrow(arrow::error::ArrowError::SchemaError(
+                "segment lacks insert timestamps".into(),
+            ))
+        })
+}
+
 pub(crate) enum ColumnData {
     Memory(ArrayRef),
     Vectors(VectorFile),
@@ -163,16 +176,7 @@ impl SegmentData {
         let n = batch.num_columns() - 1;
         let stored = batch.schema();
         let schema = Arc::new(Schema::new(stored.fields()[..n].to_vec()));
-        let insert_ts = batch
-            .column(n)
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .cloned()
-            .ok_or_else(|| {
-                QueryNodeError::Arrow(arrow::error::ArrowError::SchemaError(
-                    "segment lacks insert timestamps".into(),
-                ))
-            })?;
+        let insert_ts = insert_timestamps(batch.column(n))?;
         let columns = batch.columns()[..n]
             .iter()
             .map(|c| ColumnData::Memory(c.clone()))
@@ -233,16 +237,7 @@ impl SegmentData {
                 }
             }
         }
-        let insert_ts = scalars
-            .column(in_memory.len() - 1)
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .cloned()
-            .ok_or_else(|| {
-                QueryNodeError::Arrow(arrow::error::ArrowError::SchemaError(
-                    "segment lacks insert timestamps".into(),
-                ))
-            })?;
+        let insert_ts = insert_timestamps(scalars.column(in_memory.len() - 1))?;
         Ok(SegmentData {
             schema,
             columns,
