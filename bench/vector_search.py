@@ -41,7 +41,6 @@ import pwd
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,11 @@ import traceback
 
 import numpy as np
 import psycopg
+
+# Shared with the ingest benchmark (same directory): port picking and
+# pgvector's binary COPY layout.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ingest_knn import binary_copy_payload, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
@@ -71,12 +75,6 @@ class BenchError(Exception):
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vec_text(v):
@@ -273,21 +271,6 @@ def load_data(args):
         np.save(tmp, arr)
         os.replace(tmp, paths[key])
     return data, queries, gt
-
-
-def binary_copy_payload(data, start, end):
-    """pgvector-python's binary COPY layout for (id bigint, embedding vector),
-    as in bench/ingest_knn.py; rendered before timing."""
-    dim = data.shape[1]
-    header = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-    vec_len = 4 + 4 * dim
-    parts = [header]
-    be = data[start:end].astype(">f4")
-    for i in range(start, end):
-        parts.append(struct.pack("!hiqiHH", 2, 8, i, vec_len, dim, 0))
-        parts.append(be[i - start].tobytes())
-    parts.append(struct.pack("!h", -1))
-    return b"".join(parts)
 
 
 def copy_load(port, payloads, dim):

@@ -83,7 +83,7 @@ impl Backends {
                 .streaming
                 .applied_ts()
                 .await
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))),
+                .map_err(crate::error::api_err),
         }
     }
 

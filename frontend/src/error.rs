@@ -5,6 +5,12 @@ use pgwire::error::{ErrorInfo, PgWireError};
 use quiver_api::{ApiError, StatusCode};
 use quiver_planner::{SqlError, find_cause, sqlstate};
 
+/// Carries a role-boundary error through DataFusion (scans, plan nodes);
+/// [`from_datafusion`] recovers it with its SQLSTATE.
+pub fn api_err(e: ApiError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
 /// Maps a role-boundary error onto a SQLSTATE.
 pub fn from_api(e: ApiError) -> SqlError {
     let code = match e.code {

@@ -17,13 +17,14 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use quiver_api::{BuildState, IndexBuildStatus};
 use quiver_types::ShardId;
 
 use crate::engine::Backends;
+use crate::error::api_err;
 
 pub const SCHEMA: &str = "quiver";
 
@@ -107,10 +108,6 @@ struct SystemView {
     backends: Arc<Backends>,
 }
 
-fn external(e: quiver_api::ApiError) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
-}
-
 /// The combined state of a segment's index builds (the least advanced one).
 fn summarize(states: &[BuildState]) -> Option<String> {
     let order = [
@@ -130,7 +127,7 @@ impl SystemView {
     async fn segments(&self) -> Result<RecordBatch> {
         let coordinator = &self.backends.coordinator;
         let streaming = &self.backends.streaming;
-        let ts = streaming.applied_ts().await.map_err(external)?;
+        let ts = streaming.applied_ts().await.map_err(api_err)?;
         let sealed = coordinator.sealed_segments();
         let builds = coordinator.index_builds();
         let (mut table, mut shard, mut id, mut state, mut rows, mut deleted, mut bytes, mut index) = (
@@ -148,7 +145,7 @@ impl SystemView {
                 let snap = streaming
                     .snapshot(&info, ShardId(s), ts)
                     .await
-                    .map_err(external)?;
+                    .map_err(api_err)?;
                 let growing: usize = snap.growing.iter().map(|b| b.num_rows()).sum();
                 if growing > 0 {
                     table.push(info.name.clone());

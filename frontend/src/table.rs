@@ -9,21 +9,18 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use quiver_api::{ApiError, TableInfo};
+use quiver_api::TableInfo;
 use quiver_types::{ShardId, Timestamp};
 
 use crate::engine::Backends;
+use crate::error::api_err;
 
 /// The snapshot a statement reads at, passed to scans via the session config.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadSnapshot(pub Timestamp);
-
-fn api_err(e: ApiError) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
-}
 
 #[derive(Debug)]
 pub struct QuiverSchema {

@@ -26,12 +26,13 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use quiver_api::{ApiError, SearchStrategy, TableInfo, VectorSearchRequest};
+use quiver_api::{SearchStrategy, TableInfo, VectorSearchRequest};
 use quiver_index::exact_top_k;
 use quiver_planner::vector_search::VectorSearchNode;
 use quiver_types::{ShardId, Timestamp};
 
 use crate::engine::Backends;
+use crate::error::api_err;
 use crate::table::{QuiverTable, ReadSnapshot};
 
 /// Growing rows up to this many are searched on the calling task (a
@@ -193,10 +194,6 @@ impl DisplayAs for VectorSearchExec {
         }
         Ok(())
     }
-}
-
-fn api_err(e: ApiError) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
 }
 
 /// How every part of the table would be searched, one line each.

@@ -120,6 +120,16 @@ impl QueryNode {
         })
     }
 
+    /// The built index a search request can use on this segment.
+    fn index_for(
+        &self,
+        segment: SegmentId,
+        request: &VectorSearchRequest,
+    ) -> Option<SegmentIndexMeta> {
+        let index = request.index?;
+        self.indexes.read().get(&(segment, index)).cloned()
+    }
+
     fn has_index(&self, segment: SegmentId) -> bool {
         self.indexes.read().keys().any(|(s, _)| *s == segment)
     }
@@ -297,9 +307,7 @@ impl QueryApi for QueryNode {
         request: &VectorSearchRequest,
     ) -> ApiResult<SegmentSearchResult> {
         let seg = self.segment(segment)?;
-        let index = request
-            .index
-            .and_then(|i| self.indexes.read().get(&(segment, i)).cloned());
+        let index = self.index_for(segment, request);
         Ok(search::search_segment(self, &seg, index, ts, deletes, request).await?)
     }
 
@@ -311,9 +319,7 @@ impl QueryApi for QueryNode {
         request: &VectorSearchRequest,
     ) -> ApiResult<SegmentSearchPlan> {
         let seg = self.segment(segment)?;
-        let has_index = request
-            .index
-            .is_some_and(|i| self.indexes.read().contains_key(&(segment, i)));
+        let has_index = self.index_for(segment, request).is_some();
         let d = search::decide(self, &seg, has_index, ts, deletes, request).await?;
         Ok(SegmentSearchPlan {
             strategy: d.strategy(),
