@@ -11,6 +11,7 @@
 mod catalog;
 mod index_builds;
 mod indexes;
+mod sequences;
 mod tso;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use quiver_api::{
 };
 use quiver_meta::{MetaError, MetaStore, keys};
 use quiver_segment::{SegmentIndexMeta, SegmentMeta};
-use quiver_types::{IndexId, SegmentId, TableSchema, Timestamp};
+use quiver_types::{IndexId, SegmentId, TableId, TableSchema, Timestamp};
 
 pub use catalog::Catalog;
 pub use tso::Tso;
@@ -40,6 +41,8 @@ pub enum CoordinatorError {
     UndefinedTable(String),
     #[error("index \"{0}\" does not exist")]
     UndefinedIndex(String),
+    #[error("sequence of column \"{0}\" reached its maximum value")]
+    SequenceExhausted(String),
 }
 
 impl From<CoordinatorError> for ApiError {
@@ -49,6 +52,7 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::DuplicateTable(_) => StatusCode::DuplicateTable,
             CoordinatorError::UndefinedTable(_) => StatusCode::UndefinedTable,
             CoordinatorError::UndefinedIndex(_) => StatusCode::UndefinedObject,
+            CoordinatorError::SequenceExhausted(_) => StatusCode::InvalidData,
         };
         ApiError::from_error(code, &e)
     }
@@ -68,6 +72,7 @@ pub struct Coordinator {
     tso: Tso,
     catalog: Catalog,
     segment_ids: Mutex<IdWindow>,
+    sequences: sequences::Sequences,
     query_nodes: Vec<Arc<dyn QueryApi>>,
     data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
     /// Where index files live, for removing those of dropped indexes.
@@ -104,11 +109,13 @@ impl Coordinator {
         let next = quiver_meta::get_json::<u64>(meta.as_ref(), keys::SEGMENT_ID_LIMIT)
             .await?
             .unwrap_or(1);
+        let sequences = sequences::Sequences::new(meta.clone());
         let coordinator = Coordinator {
             meta,
             tso,
             catalog,
             segment_ids: Mutex::new(IdWindow { next, limit: next }),
+            sequences,
             query_nodes,
             data_nodes: RwLock::new(Vec::new()),
             store,
@@ -220,8 +227,13 @@ impl CoordinatorApi for Coordinator {
         let dropped = self.catalog.drop(name, if_exists).await?;
         if let Some(table) = &dropped {
             self.forget_table(table).await?;
+            self.sequences.drop_table(table.id).await?;
         }
         Ok(dropped)
+    }
+
+    async fn next_serial_values(&self, table: TableId, column: &str, count: u64) -> ApiResult<i64> {
+        Ok(self.sequences.next_values(table, column, count).await?)
     }
 
     fn table(&self, name: &str) -> Option<TableInfo> {

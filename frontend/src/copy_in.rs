@@ -252,10 +252,20 @@ pub async fn finish(engine: &Engine, session: &Session, copy: CopyIn) -> Result<
     if rows == 0 {
         return Ok(Output::Command(Tag::new("COPY").with_rows(0)));
     }
+    let (mut targets, mut columns) = (copy.targets.clone(), columns);
+    crate::defaults::fill(
+        engine,
+        session,
+        &copy.table,
+        &mut targets,
+        &mut columns,
+        rows,
+    )
+    .await?;
     let batch = build_rows(
         &copy.table.schema,
         &copy.table.name,
-        &copy.targets,
+        &targets,
         &columns,
         rows,
     )?;

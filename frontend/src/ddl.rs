@@ -3,7 +3,7 @@
 use pgwire::api::results::Tag;
 use quiver_planner::coerce::column_type;
 use quiver_planner::{SqlError, sqlstate};
-use quiver_types::{ColumnDef, TableSchema};
+use quiver_types::{ColumnDef, ColumnDefault, ColumnType, TableSchema};
 use sqlparser::ast::{
     ColumnOption, CreateExtension, CreateTable, Expr, ObjectName, ObjectType, TableConstraint,
     Truncate,
@@ -37,6 +37,17 @@ pub fn table_name(name: &ObjectName) -> Result<String, SqlError> {
     }
 }
 
+/// `serial` and friends: PostgreSQL's shorthand for an integer column
+/// filled from its own sequence.
+fn serial_type(data_type: &sqlparser::ast::DataType) -> Option<ColumnType> {
+    match data_type.to_string().to_ascii_lowercase().as_str() {
+        "smallserial" | "serial2" => Some(ColumnType::SmallInt),
+        "serial" | "serial4" => Some(ColumnType::Integer),
+        "bigserial" | "serial8" => Some(ColumnType::BigInt),
+        _ => None,
+    }
+}
+
 fn key_column_name(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Identifier(i) => Some(i.value.to_ascii_lowercase()),
@@ -49,23 +60,34 @@ pub async fn create_table(engine: &Engine, create: CreateTable) -> Result<Output
     let mut columns = Vec::with_capacity(create.columns.len());
     let mut key: Vec<String> = Vec::new();
     for col in &create.columns {
-        let ty = column_type(&col.data_type)?;
+        let serial = serial_type(&col.data_type);
+        let ty = match serial {
+            Some(ty) => ty,
+            None => column_type(&col.data_type)?,
+        };
         let col_name = if col.name.quote_style.is_some() {
             col.name.value.clone()
         } else {
             col.name.value.to_ascii_lowercase()
         };
-        let mut nullable = true;
+        // serial is integer NOT NULL DEFAULT nextval(its own sequence).
+        let mut nullable = serial.is_none();
+        let mut default = serial.map(|_| ColumnDefault::Serial);
         for opt in &col.options {
             match &opt.option {
                 ColumnOption::NotNull => nullable = false,
                 ColumnOption::Null => nullable = true,
                 ColumnOption::PrimaryKey(_) => key.push(col_name.clone()),
-                ColumnOption::Default(_) => {
-                    return Err(SqlError::new(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "column DEFAULT values are not supported yet",
-                    ));
+                ColumnOption::Default(expr) => {
+                    if serial.is_some() {
+                        return Err(SqlError::new(
+                            sqlstate::SYNTAX_ERROR,
+                            format!(
+                                "multiple default values specified for column \"{col_name}\" of table \"{name}\""
+                            ),
+                        ));
+                    }
+                    default = Some(crate::defaults::column_default(engine, expr, ty).await?);
                 }
                 _ => {}
             }
@@ -74,6 +96,7 @@ pub async fn create_table(engine: &Engine, create: CreateTable) -> Result<Output
             name: col_name,
             ty,
             nullable,
+            default,
         });
     }
     for constraint in &create.constraints {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::MemorySchemaProvider;
@@ -180,14 +180,23 @@ pub async fn insert(
         ));
     };
     let info = lookup(engine, &table_name(name)?)?;
-    let targets = target_columns(&info, &insert.columns)?;
-    let source = insert.source.clone().ok_or_else(|| {
-        SqlError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "INSERT without VALUES or SELECT",
-        )
-    })?;
-    let (width, columns, row_count) = match crate::literal_values::literal_columns(&source.body) {
+    let mut targets = target_columns(&info, &insert.columns)?;
+    let Some(mut source) = insert.source.clone() else {
+        // INSERT ... DEFAULT VALUES: one row of defaults.
+        return write_insert(engine, session, &info, &insert, vec![], vec![], 1).await;
+    };
+    // Without a column list, a shorter row fills the leading columns and
+    // the rest take their defaults, as in PostgreSQL.
+    if insert.columns.is_empty()
+        && let SetExpr::Values(values) = source.body.as_ref()
+        && let Some(width) = values.rows.first().map(|r| r.len())
+        && width < targets.len()
+    {
+        targets.truncate(width);
+    }
+    let markers = crate::defaults::strip_default_keywords(&mut source.body, &mut targets)?;
+    let (width, mut columns, row_count) = match crate::literal_values::literal_columns(&source.body)
+    {
         Some((columns, rows)) => (columns.len(), columns, rows),
         None => {
             let (schema, values) =
@@ -205,12 +214,39 @@ pub async fn insert(
             "INSERT has more expressions than target columns",
         ));
     }
+    if width < targets.len() && insert.columns.is_empty() {
+        targets.truncate(width);
+    }
     if width < targets.len() {
         return Err(SqlError::new(
             sqlstate::SYNTAX_ERROR,
             "INSERT has more target columns than expressions",
         ));
     }
+    crate::defaults::fill_marked(engine, session, &info, markers, &targets, &mut columns).await?;
+    write_insert(engine, session, &info, &insert, targets, columns, row_count).await
+}
+
+/// Fills defaults, writes the rows and evaluates RETURNING.
+async fn write_insert(
+    engine: &Engine,
+    session: &Session,
+    info: &TableInfo,
+    insert: &Insert,
+    mut targets: Vec<usize>,
+    mut columns: Vec<ArrayRef>,
+    row_count: usize,
+) -> Result<Output, SqlError> {
+    let info = info.clone();
+    crate::defaults::fill(
+        engine,
+        session,
+        &info,
+        &mut targets,
+        &mut columns,
+        row_count,
+    )
+    .await?;
     let mut rows = build_rows(&info.schema, &info.name, &targets, &columns, row_count)?;
     let policy = match &insert.on {
         None => ConflictPolicy::Error,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy_in;
 pub mod copy_out;
 pub mod ddl;
+pub mod defaults;
 pub mod dml;
 pub mod engine;
 pub mod error;

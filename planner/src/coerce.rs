@@ -234,6 +234,7 @@ mod tests {
 
     fn def(ty: ColumnType, nullable: bool) -> ColumnDef {
         ColumnDef {
+            default: None,
             name: "c".into(),
             ty,
             nullable,

@@ -122,6 +122,9 @@ pub trait CoordinatorApi: Send + Sync {
     /// Returns the dropped table, or `None` when it did not exist and `if_exists`.
     async fn drop_table(&self, name: &str, if_exists: bool) -> ApiResult<Option<TableInfo>>;
     fn table(&self, name: &str) -> Option<TableInfo>;
+    /// `count` consecutive values of a serial column's sequence (never
+    /// handed out before, also across restarts); returns the first.
+    async fn next_serial_values(&self, table: TableId, column: &str, count: u64) -> ApiResult<i64>;
     /// Which query node (index into the registered list) serves a segment.
     fn segment_owner(&self, segment: SegmentId) -> usize;
     fn tables(&self) -> Vec<TableInfo>;

@@ -59,3 +59,15 @@ pub fn segment_index(table: TableId, segment: SegmentId, index: IndexId) -> Stri
         table.0, segment.0, index.0
     )
 }
+
+/// Serial columns' sequences: `/sequences/{table}/{column}` holds the value
+/// below which every number may already have been handed out.
+pub const SEQUENCES: &str = "/sequences/";
+
+pub fn table_sequences(table: TableId) -> String {
+    format!("{SEQUENCES}{:016}/", table.0)
+}
+
+pub fn sequence(table: TableId, column: &str) -> String {
+    format!("{SEQUENCES}{:016}/{column}", table.0)
+}

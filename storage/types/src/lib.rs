@@ -21,7 +21,7 @@ pub mod distance {
 }
 pub use pk::{PkEncoder, PrimaryKey, shard_of};
 pub use schema::{
-    ColumnDef, ColumnType, INSERT_TS_COLUMN, PG_VECTOR_KEY, SchemaError, TableSchema,
-    vector_data_type,
+    ColumnDef, ColumnDefault, ColumnType, INSERT_TS_COLUMN, PG_VECTOR_KEY, SchemaError,
+    TableSchema, vector_data_type,
 };
 pub use timestamp::Timestamp;

@@ -106,11 +106,24 @@ impl ColumnType {
     }
 }
 
+/// What an INSERT (or COPY) that leaves a column out stores in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ColumnDefault {
+    /// `serial`/`bigserial`/`smallserial` (or `DEFAULT nextval(...)`): the
+    /// next values of the column's own sequence, kept by the coordinator.
+    Serial,
+    /// `DEFAULT expr`: the expression's SQL text, evaluated once per row.
+    Expr { sql: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDef {
     pub name: String,
     pub ty: ColumnType,
     pub nullable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<ColumnDefault>,
 }
 
 impl ColumnDef {
@@ -202,6 +215,7 @@ mod tests {
 
     fn col(name: &str, ty: ColumnType) -> ColumnDef {
         ColumnDef {
+            default: None,
             name: name.into(),
             ty,
             nullable: true,

@@ -299,6 +299,7 @@ mod tests {
     fn shard() -> TableShard {
         let schema = TableSchema::try_new(
             vec![ColumnDef {
+                default: None,
                 name: "id".into(),
                 ty: ColumnType::BigInt,
                 nullable: false,

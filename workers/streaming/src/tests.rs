@@ -137,6 +137,7 @@ async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good()
         let node = open(dir.path()).await;
         let schema = TableSchema::try_new(
             vec![ColumnDef {
+                default: None,
                 name: "id".into(),
                 ty: ColumnType::BigInt,
                 nullable: false,
