@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for everything the test suite needs beyond the Rust
 # toolchain: system packages (only the missing ones) and a Python virtualenv at
-# .venv with psycopg 3, pgvector-python, numpy and pytest (only if they are not importable yet).
+# .venv with psycopg 3, asyncpg, SQLAlchemy 2, pgvector-python, numpy and pytest (only if they are not importable yet).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,7 +65,7 @@ fi
 # Python virtualenv
 # ---------------------------------------------------------------------------
 VENV="$ROOT/.venv"
-PY_IMPORTS="import psycopg, numpy, pytest, pgvector"
+PY_IMPORTS="import psycopg, numpy, pytest, pgvector, asyncpg, sqlalchemy"
 
 if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1; then
     log "python venv ready ($VENV)"
@@ -89,6 +89,6 @@ fi
 
 log "installing python packages into $VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "psycopg[binary]" numpy pytest pgvector
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "psycopg[binary]" numpy pytest pgvector asyncpg "sqlalchemy>=2"
 "$VENV/bin/python" -c "$PY_IMPORTS"
 log "python venv ready ($VENV)"

@@ -24,7 +24,6 @@ use sqlparser::ast::{
 
 use crate::ddl::table_name;
 use crate::engine::{Engine, Output};
-use crate::error::from_api;
 use crate::session::Session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,17 +269,16 @@ pub async fn finish(engine: &Engine, session: &Session, copy: CopyIn) -> Result<
         rows,
     )?;
     let result = engine
-        .backends
-        .streaming
-        .write(WriteRequest {
-            table: copy.table.clone(),
-            delete_keys: None,
-            insert: Some(batch),
-            on_conflict: ConflictPolicy::Error,
-        })
-        .await
-        .map_err(from_api)?;
-    session.record_write(result.ts);
+        .write(
+            session,
+            WriteRequest {
+                table: copy.table.clone(),
+                delete_keys: None,
+                insert: Some(batch),
+                on_conflict: ConflictPolicy::Error,
+            },
+        )
+        .await?;
     Ok(Output::Command(
         Tag::new("COPY").with_rows(result.inserted_rows.len()),
     ))

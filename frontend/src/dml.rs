@@ -48,9 +48,7 @@ fn rows_of(output: Output) -> Result<(SchemaRef, RecordBatch), SqlError> {
                 .map_err(|e| SqlError::new("XX000", e.to_string()))?;
             Ok((schema, batch))
         }
-        Output::Command(_) | Output::CopyIn(..) | Output::CopyOut(..) => {
-            Err(SqlError::new("XX000", "expected rows"))
-        }
+        _ => Err(SqlError::new("XX000", "expected rows")),
     }
 }
 
@@ -273,17 +271,16 @@ async fn write_insert(
         }
     };
     let result = engine
-        .backends
-        .streaming
-        .write(WriteRequest {
-            table: info.clone(),
-            delete_keys: None,
-            insert: Some(rows.clone()),
-            on_conflict: policy,
-        })
-        .await
-        .map_err(from_api)?;
-    session.record_write(result.ts);
+        .write(
+            session,
+            WriteRequest {
+                table: info.clone(),
+                delete_keys: None,
+                insert: Some(rows.clone()),
+                on_conflict: policy,
+            },
+        )
+        .await?;
     if let Some(items) = &insert.returning {
         let inserted = take(&rows, &result.inserted_rows)?;
         return returning(engine, session, &info, items, inserted).await;
@@ -327,10 +324,13 @@ async fn merge_upsert(
         .iter()
         .map(|c| {
             let q = quote(&c.name);
-            let updated = set
-                .get(&c.name)
-                .cloned()
-                .unwrap_or_else(|| format!("{table}.{q}"));
+            let updated = match set.get(&c.name) {
+                // A literal's type (bigint for `6`) must not leak into the
+                // column's: DataFusion would build the CASE with mixed types.
+                Some(expr) if c.ty.is_numeric() => format!("CAST(({expr}) AS {})", c.ty.pg_name()),
+                Some(expr) => expr.clone(),
+                None => format!("{table}.{q}"),
+            };
             let keep = if guard.is_empty() {
                 String::new()
             } else {
@@ -438,18 +438,17 @@ pub async fn update(
         .map_err(|e| SqlError::new("XX000", e.to_string()))?;
     let matched = batch.num_rows();
     if matched > 0 {
-        let result = engine
-            .backends
-            .streaming
-            .write(WriteRequest {
-                table: info.clone(),
-                delete_keys: Some(old_keys),
-                insert: Some(new_rows.clone()),
-                on_conflict: ConflictPolicy::Error,
-            })
-            .await
-            .map_err(from_api)?;
-        session.record_write(result.ts);
+        engine
+            .write(
+                session,
+                WriteRequest {
+                    table: info.clone(),
+                    delete_keys: Some(old_keys),
+                    insert: Some(new_rows.clone()),
+                    on_conflict: ConflictPolicy::Error,
+                },
+            )
+            .await?;
     }
     if let Some(items) = &update.returning {
         return returning(engine, session, &info, items, new_rows).await;
@@ -497,17 +496,16 @@ pub async fn delete(
     let mut deleted = 0;
     if rows.num_rows() > 0 {
         let result = engine
-            .backends
-            .streaming
-            .write(WriteRequest {
-                table: info.clone(),
-                delete_keys: Some(keys),
-                insert: None,
-                on_conflict: ConflictPolicy::Error,
-            })
-            .await
-            .map_err(from_api)?;
-        session.record_write(result.ts);
+            .write(
+                session,
+                WriteRequest {
+                    table: info.clone(),
+                    delete_keys: Some(keys),
+                    insert: None,
+                    on_conflict: ConflictPolicy::Error,
+                },
+            )
+            .await?;
         deleted = result.deleted as usize;
     }
     if let Some(items) = &delete.returning {
@@ -616,7 +614,7 @@ pub async fn describe(
             let empty = RecordBatch::new_empty(info.schema.arrow_schema());
             match returning(engine, session, &info, &items, empty).await? {
                 Output::Rows(schema, _) => Some(schema),
-                Output::Command(_) | Output::CopyIn(..) | Output::CopyOut(..) => None,
+                _ => None,
             }
         }
         None => None,

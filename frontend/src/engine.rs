@@ -25,7 +25,7 @@ use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
 
 use crate::column_names::{alias_computed_expressions, postgres_column_names};
 use crate::error::{from_api, from_datafusion};
-use crate::session::{Consistency, Session};
+use crate::session::{Consistency, Session, TransactionState};
 use crate::table::{QuiverSchema, ReadSnapshot};
 use crate::vector_search::SearchSettings;
 
@@ -101,6 +101,10 @@ pub enum Output {
     CopyIn(crate::copy_in::CopyFormat, usize),
     /// `COPY ... TO STDOUT`: rows to send as CopyData.
     CopyOut(crate::copy_in::CopyOptions, SchemaRef, Vec<RecordBatch>),
+    /// `BEGIN`: the session is now in a transaction block.
+    TransactionStart(Tag),
+    /// `COMMIT` / `ROLLBACK`: the block ended.
+    TransactionEnd(Tag),
 }
 
 pub struct Engine {
@@ -266,11 +270,36 @@ impl Engine {
         let settings = SearchSettings {
             search_list: search_list(session),
         };
+        // A transaction's own writes overlay what its statements read.
+        let pending = session.overlay().ok().flatten().unwrap_or_default();
         let state = session.ctx.state_ref();
         let mut state = state.write();
         let config = state.config_mut();
         config.set_extension(Arc::new(ReadSnapshot(ts)));
         config.set_extension(Arc::new(settings));
+        config.set_extension(pending);
+    }
+
+    /// Writes one statement's change: at once in autocommit, into the
+    /// transaction's buffer inside a block.
+    pub async fn write(
+        &self,
+        session: &Session,
+        request: quiver_api::WriteRequest,
+    ) -> Result<quiver_api::WriteResult, SqlError> {
+        if let Some(mut txn) = session.take_open_transaction() {
+            let result = txn.apply(self.backends.streaming.as_ref(), request).await;
+            session.set_transaction(TransactionState::Open(txn));
+            return result;
+        }
+        let result = self
+            .backends
+            .streaming
+            .write(request)
+            .await
+            .map_err(from_api)?;
+        session.record_write(result.ts);
+        Ok(result)
     }
 
     pub async fn plan(
@@ -351,6 +380,30 @@ impl Engine {
         session: &Session,
         statement: Statement,
     ) -> Result<Output, SqlError> {
+        let ends_block = matches!(
+            statement,
+            Statement::Commit { .. } | Statement::Rollback { .. }
+        );
+        if session.transaction_failed() && !ends_block {
+            return Err(SqlError::new(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        let in_block = session.in_transaction_block();
+        let result = self.execute_statement(session, statement).await;
+        if result.is_err() && in_block && !ends_block {
+            // PostgreSQL aborts the whole transaction on any error.
+            session.set_transaction(TransactionState::Failed);
+        }
+        result
+    }
+
+    async fn execute_statement(
+        &self,
+        session: &Session,
+        statement: Statement,
+    ) -> Result<Output, SqlError> {
         match statement {
             Statement::Query(_) | Statement::Explain { .. } => {
                 self.run_query(session, statement).await
@@ -368,7 +421,15 @@ impl Engine {
                 names,
                 ..
             } => crate::ddl::drop(self, object_type, if_exists, names).await,
+            Statement::Vacuum(_) if session.in_transaction_block() => Err(SqlError::new(
+                sqlstate::ACTIVE_TRANSACTION,
+                "VACUUM cannot run inside a transaction block",
+            )),
             Statement::Vacuum(vacuum) => self.vacuum(vacuum.table_name.as_ref()).await,
+            Statement::Truncate(_) if session.in_transaction_block() => Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "TRUNCATE inside a transaction block is not supported",
+            )),
             Statement::CreateIndex(create) => {
                 crate::index_ddl::create_index(self, session, create).await
             }
@@ -396,9 +457,19 @@ impl Engine {
                 Ok(out)
             }
             Statement::ShowVariable { variable } => self.show(session, &variable),
-            Statement::StartTransaction { .. } => Ok(Output::Command(Tag::new("BEGIN"))),
-            Statement::Commit { .. } => Ok(Output::Command(Tag::new("COMMIT"))),
-            Statement::Rollback { .. } => Ok(Output::Command(Tag::new("ROLLBACK"))),
+            Statement::StartTransaction { modes, .. } => self.begin(session, &modes),
+            Statement::Commit { chain: false, .. } => self.commit(session).await,
+            Statement::Rollback {
+                chain: false,
+                savepoint: None,
+            } => Ok(self.rollback(session)),
+            Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Rollback { .. }
+            | Statement::Commit { .. } => Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "savepoints and chained transactions are not supported",
+            )),
             other => Err(SqlError::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!(
@@ -407,6 +478,69 @@ impl Engine {
                 ),
             )),
         }
+    }
+
+    /// `BEGIN` / `START TRANSACTION`: READ COMMITTED, as PostgreSQL's
+    /// default; stronger levels are refused rather than silently weakened.
+    fn begin(
+        &self,
+        session: &Session,
+        modes: &[sqlparser::ast::TransactionMode],
+    ) -> Result<Output, SqlError> {
+        use sqlparser::ast::{TransactionIsolationLevel as Level, TransactionMode};
+        for mode in modes {
+            if let TransactionMode::IsolationLevel(
+                level @ (Level::RepeatableRead | Level::Serializable | Level::Snapshot),
+            ) = mode
+            {
+                return Err(SqlError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "transaction isolation level {level} is not supported (Quiver transactions are READ COMMITTED)"
+                    ),
+                ));
+            }
+        }
+        if session.in_transaction_block() {
+            session.warning("25001", "there is already a transaction in progress");
+        } else {
+            session.set_transaction(TransactionState::Open(Box::default()));
+        }
+        Ok(Output::TransactionStart(Tag::new("BEGIN")))
+    }
+
+    /// `COMMIT`: writes the transaction's buffer atomically. A failed
+    /// block ends as a rollback, as in PostgreSQL.
+    async fn commit(&self, session: &Session) -> Result<Output, SqlError> {
+        match session.set_transaction(TransactionState::Idle) {
+            TransactionState::Open(txn) => {
+                match txn.commit(self.backends.streaming.as_ref()).await {
+                    Ok(Some(ts)) => session.record_write(ts),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Nothing was written. The block stays failed until
+                        // the client's ROLLBACK, so the session agrees with
+                        // the transaction status the protocol reports after
+                        // an error (PostgreSQL itself would be idle here).
+                        session.set_transaction(TransactionState::Failed);
+                        return Err(e);
+                    }
+                }
+                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
+            }
+            TransactionState::Failed => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
+            TransactionState::Idle => {
+                session.warning("25P01", "there is no transaction in progress");
+                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
+            }
+        }
+    }
+
+    fn rollback(&self, session: &Session) -> Output {
+        if let TransactionState::Idle = session.set_transaction(TransactionState::Idle) {
+            session.warning("25P01", "there is no transaction in progress");
+        }
+        Output::TransactionEnd(Tag::new("ROLLBACK"))
     }
 
     /// `CHECKPOINT`: seal and flush every growing segment.
@@ -551,7 +685,7 @@ fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
         "timezone" => "UTC".to_string(),
         "datestyle" => "ISO, MDY".to_string(),
         "search_path" => "\"$user\", public".to_string(),
-        "transaction_isolation" | "transaction isolation level" => "read committed".to_string(),
+        "transaction_isolation" | "transaction.isolation.level" => "read committed".to_string(),
         other => session.settings.lock().get(other).cloned().ok_or_else(|| {
             SqlError::new(
                 sqlstate::UNDEFINED_OBJECT,

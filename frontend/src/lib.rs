@@ -26,4 +26,5 @@ pub mod standalone;
 pub mod system_views;
 pub mod table;
 pub mod text_format;
+pub mod transaction;
 pub mod vector_search;

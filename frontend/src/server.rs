@@ -61,8 +61,12 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     use futures::SinkExt;
-    for message in session.take_notices() {
-        let info = ErrorInfo::new("NOTICE".to_string(), "00000".to_string(), message);
+    for notice in session.take_notices() {
+        let info = ErrorInfo::new(
+            notice.severity.to_string(),
+            notice.code.to_string(),
+            notice.message,
+        );
         client
             .send(PgWireBackendMessage::NoticeResponse(info.into()))
             .await?;
@@ -99,6 +103,8 @@ fn into_response(
 ) -> PgWireResult<Response> {
     match output {
         Output::Command(tag) => Ok(Response::Execution(tag)),
+        Output::TransactionStart(tag) => Ok(Response::TransactionStart(tag)),
+        Output::TransactionEnd(tag) => Ok(Response::TransactionEnd(tag)),
         Output::CopyIn(format, columns) => {
             let format = match format {
                 crate::copy_in::CopyFormat::Binary => 1,
@@ -336,7 +342,12 @@ impl CopyHandler for Handlers {
                 Ok(())
             }
             Ok(_) => Err(to_pgwire(SqlError::new("XX000", "COPY produced rows"))),
-            Err(e) => Err(to_pgwire(e)),
+            Err(e) => {
+                if session.in_transaction_block() {
+                    session.set_transaction(crate::session::TransactionState::Failed);
+                }
+                Err(to_pgwire(e))
+            }
         }
     }
 

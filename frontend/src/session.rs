@@ -1,12 +1,15 @@
 //! Per-connection state.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::prelude::SessionContext;
 use parking_lot::Mutex;
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::Timestamp;
+
+use crate::transaction::{PendingWrites, Transaction};
 
 /// `SET quiver.consistency`: which writes a read is guaranteed to see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +62,29 @@ pub struct Session {
     /// The `COPY ... FROM STDIN` receiving data, if any.
     pub copy_in: Mutex<Option<crate::copy_in::CopyIn>>,
     /// NOTICE messages for the client, sent before the statement's result.
-    notices: Mutex<Vec<String>>,
+    notices: Mutex<Vec<Notice>>,
+    transaction: Mutex<TransactionState>,
+}
+
+/// A NOTICE or WARNING for the client.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub severity: &'static str,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Where the session is in PostgreSQL's transaction state machine.
+#[derive(Debug, Default)]
+pub enum TransactionState {
+    /// Autocommit: every statement commits on its own.
+    #[default]
+    Idle,
+    /// Inside `BEGIN`: writes are buffered.
+    Open(Box<Transaction>),
+    /// A statement failed inside the block: everything but COMMIT/ROLLBACK
+    /// is refused until the block ends (its writes are already dropped).
+    Failed,
 }
 
 impl Session {
@@ -71,14 +96,61 @@ impl Session {
             settings: Mutex::new(HashMap::new()),
             copy_in: Mutex::new(None),
             notices: Mutex::new(Vec::new()),
+            transaction: Mutex::new(TransactionState::Idle),
+        }
+    }
+
+    pub fn in_transaction_block(&self) -> bool {
+        !matches!(*self.transaction.lock(), TransactionState::Idle)
+    }
+
+    pub fn transaction_failed(&self) -> bool {
+        matches!(*self.transaction.lock(), TransactionState::Failed)
+    }
+
+    /// Replaces the transaction state, returning the old one.
+    pub fn set_transaction(&self, state: TransactionState) -> TransactionState {
+        std::mem::replace(&mut *self.transaction.lock(), state)
+    }
+
+    /// Takes the open transaction out (to work on it across awaits); the
+    /// caller puts it back with [`Session::set_transaction`].
+    pub fn take_open_transaction(&self) -> Option<Box<Transaction>> {
+        let mut state = self.transaction.lock();
+        match std::mem::take(&mut *state) {
+            TransactionState::Open(txn) => Some(txn),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    /// The pending-writes overlay of the open transaction, if it wrote.
+    pub fn overlay(&self) -> Result<Option<Arc<PendingWrites>>, SqlError> {
+        match &mut *self.transaction.lock() {
+            TransactionState::Open(txn) => txn.overlay(),
+            _ => Ok(None),
         }
     }
 
     pub fn notice(&self, message: impl Into<String>) {
-        self.notices.lock().push(message.into());
+        self.notices.lock().push(Notice {
+            severity: "NOTICE",
+            code: "00000",
+            message: message.into(),
+        });
     }
 
-    pub fn take_notices(&self) -> Vec<String> {
+    pub fn warning(&self, code: &'static str, message: impl Into<String>) {
+        self.notices.lock().push(Notice {
+            severity: "WARNING",
+            code,
+            message: message.into(),
+        });
+    }
+
+    pub fn take_notices(&self) -> Vec<Notice> {
         std::mem::take(&mut *self.notices.lock())
     }
 

@@ -17,6 +17,7 @@ use quiver_types::{ShardId, Timestamp};
 
 use crate::engine::Backends;
 use crate::error::api_err;
+use crate::transaction::PendingWrites;
 
 /// The snapshot a statement reads at, passed to scans via the session config.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +90,16 @@ impl TableProvider for QuiverTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let pinned = state.config().get_extension::<ReadSnapshot>().map(|s| s.0);
         let ts = self.backends.read_ts(pinned).await?;
+        // Inside a transaction that wrote this table, whole rows are read
+        // (the overlay matches them by primary key) and projected after.
+        let overlay = state
+            .config()
+            .get_extension::<PendingWrites>()
+            .and_then(|p| p.0.get(&self.info.id).cloned());
+        let (projection, final_projection) = match overlay {
+            Some(_) => (None, projection),
+            None => (projection, None),
+        };
         let mut partitions = Vec::with_capacity(self.info.shards as usize);
         for shard in 0..self.info.shards {
             let snap = self
@@ -119,6 +130,29 @@ impl TableProvider for QuiverTable {
                 );
             }
             partitions.push(batches);
+        }
+        if let Some(overlay) = overlay {
+            for partition in &mut partitions {
+                for batch in partition.iter_mut() {
+                    *batch = overlay.without_hidden(batch)?;
+                }
+            }
+            if let (Some(rows), Some(first)) = (&overlay.rows, partitions.first_mut()) {
+                first.push(rows.clone());
+            }
+            if let Some(p) = final_projection {
+                for partition in &mut partitions {
+                    for batch in partition.iter_mut() {
+                        *batch = batch.project(p)?;
+                    }
+                }
+            }
+            let projection = final_projection;
+            let schema = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(MemorySourceConfig::try_new_exec(&partitions, schema, None)?);
         }
         let schema = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),

@@ -34,6 +34,7 @@ use quiver_types::{ShardId, Timestamp};
 use crate::engine::Backends;
 use crate::error::api_err;
 use crate::table::{QuiverTable, ReadSnapshot};
+use crate::transaction::{PendingWrites, TableOverlay};
 
 /// Growing rows up to this many are searched on the calling task (a
 /// blocking-thread hand-off costs more than the distances).
@@ -121,6 +122,9 @@ impl ExtensionPlanner for VectorSearchPlanner {
         let index = info.index_for(&node.column_name, node.metric).map(|i| i.id);
         let schema: SchemaRef = Arc::new(node.projected_schema.as_arrow().clone());
         let snapshot = config.get_extension::<ReadSnapshot>().map(|s| s.0);
+        let overlay = config
+            .get_extension::<PendingWrites>()
+            .and_then(|p| p.0.get(&info.id).cloned());
         let request = VectorSearchRequest {
             column: node.column,
             metric: node.metric,
@@ -152,6 +156,7 @@ impl ExtensionPlanner for VectorSearchPlanner {
             request,
             description: format!("{node:?}"),
             segment_report,
+            overlay,
             metrics: ExecutionPlanMetricsSet::new(),
         })))
     }
@@ -168,6 +173,8 @@ pub struct VectorSearchExec {
     description: String,
     /// Per part: how it would be searched (plain `EXPLAIN` only).
     segment_report: Option<Vec<String>>,
+    /// The open transaction's writes to this table, if any.
+    overlay: Option<Arc<TableOverlay>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -290,6 +297,17 @@ impl VectorSearchExec {
             growing.extend(snap.growing);
             sealed.extend(snap.sealed);
         }
+        // A transaction's writes: committed rows it rewrote or deleted are
+        // dropped from every part (which therefore returns that many more
+        // candidates), and its own rows are searched like growing ones.
+        let mut sealed_request = self.request.clone();
+        if let Some(overlay) = &self.overlay {
+            sealed_request.k += overlay.hidden_count();
+            for batch in &mut growing {
+                *batch = overlay.without_hidden(batch)?;
+            }
+            growing.extend(overlay.rows.clone());
+        }
         // Growing rows on a blocking thread while the query nodes search
         // their segments, all segments at once (a query node runs each
         // search on its own blocking thread).
@@ -311,7 +329,7 @@ impl VectorSearchExec {
         let timer = sealed_time.timer();
         let found = futures::future::try_join_all(sealed.iter().map(|seg| {
             let node = self.backends.query_node(seg.segment);
-            let request = &self.request;
+            let request = &sealed_request;
             async move {
                 node.search_segment(seg.segment, ts, &seg.deletes, request)
                     .await
@@ -327,7 +345,10 @@ impl VectorSearchExec {
                 SearchStrategy::Exact => exact.add(1),
                 SearchStrategy::IndexThenExact => fallback.add(1),
             }
-            out.push(f.rows);
+            match &self.overlay {
+                Some(overlay) => out.push(overlay.without_hidden(&f.rows)?),
+                None => out.push(f.rows),
+            }
         }
         let timer = growing_time.timer();
         for (rows, batch) in growing_search
@@ -393,6 +414,7 @@ impl ExecutionPlan for VectorSearchExec {
             request: self.request.clone(),
             description: self.description.clone(),
             segment_report: None,
+            overlay: self.overlay.clone(),
             metrics: self.metrics.clone(),
         };
         let stream = futures::stream::once(async move { this.run().await })

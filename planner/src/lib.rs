@@ -78,4 +78,9 @@ pub mod sqlstate {
     pub const NOT_NULL_VIOLATION: &str = "23502";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    /// A statement inside a transaction block that already failed.
+    pub const IN_FAILED_TRANSACTION: &str = "25P02";
+    /// A statement that cannot run inside a transaction block (VACUUM).
+    pub const ACTIVE_TRANSACTION: &str = "25001";
 }

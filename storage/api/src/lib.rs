@@ -208,6 +208,14 @@ pub trait StreamingApi: Send + Sync {
     /// Validates, timestamps, logs durably and applies one write; returns
     /// after the WAL append is durable.
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult>;
+    /// A transaction's writes (at most one request per table) at one
+    /// commit timestamp: all become visible together, and after a crash all
+    /// or none of them are there. Returns the commit timestamp.
+    async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp>;
+    /// For each key (key columns only), whether a live row has it now:
+    /// lets a transaction report a duplicate key at the INSERT that makes
+    /// it rather than at COMMIT.
+    async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>>;
     /// Removes every row of the table (TRUNCATE); returns the commit timestamp.
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp>;
     /// Waits until every shard has applied everything up to `ts`, then

@@ -98,6 +98,18 @@ impl ColumnType {
         }
     }
 
+    /// Integer and floating-point types.
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            ColumnType::SmallInt
+                | ColumnType::Integer
+                | ColumnType::BigInt
+                | ColumnType::Real
+                | ColumnType::Double
+        )
+    }
+
     fn can_be_key(self) -> bool {
         !matches!(
             self,

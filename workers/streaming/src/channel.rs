@@ -218,31 +218,49 @@ impl Channel {
         })
     }
 
-    /// Appends a record durably, without applying it. Caller holds `write_lock`.
+    /// Appends records durably and in order, without applying them; returns
+    /// the LSN of the first. Caller holds `write_lock`.
     pub async fn append(
         &self,
         ctx: &NodeContext,
-        record: &WalRecord,
+        records: &[&WalRecord],
     ) -> Result<Lsn, StreamingError> {
-        let bytes = record.encode()?;
-        Ok(ctx.wal.append(self.id, vec![bytes]).await?)
+        let bytes = records
+            .iter()
+            .map(|r| r.encode())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ctx.wal.append(self.id, bytes).await?)
     }
 
-    /// Applies a record that is durable at `lsn`. Caller holds `write_lock`.
+    /// Applies records (of one commit timestamp) that are durable from
+    /// `first_lsn` on, all under one data lock, so no snapshot sees some of
+    /// them without the others. Caller holds `write_lock`.
     pub fn apply_logged(
         &self,
-        info: &TableInfo,
-        record: &WalRecord,
-        lsn: Lsn,
+        records: &[(&TableInfo, &WalRecord)],
+        first_lsn: Lsn,
     ) -> Result<(), StreamingError> {
         let mut data = self.data.write();
-        data.apply(info, record)?;
-        data.last_lsn = Some(lsn);
+        for (i, (info, record)) in records.iter().enumerate() {
+            data.apply(info, record)?;
+            data.last_lsn = Some(first_lsn + i as u64);
+        }
         // Under the data lock, so a flush freezing the data sees a tick at
         // least as new as every record it seals (recovery relies on it).
-        self.advance_tick(record.ts);
+        if let Some(ts) = records.iter().map(|(_, r)| r.ts).max() {
+            self.advance_tick(ts);
+        }
         drop(data);
         Ok(())
+    }
+
+    /// Whether a live row has this primary key (at the latest state).
+    pub fn contains_key(&self, info: &TableInfo, key: &quiver_types::PrimaryKey) -> bool {
+        self.data
+            .read()
+            .tables
+            .get(&info.id)
+            .is_some_and(|t| t.contains(key))
     }
 
     /// Whether the growing segments reached the seal threshold.

@@ -182,30 +182,38 @@ impl StreamingNode {
         });
     }
 
-    /// Makes one statement's records durable on every shard, then applies
-    /// them; nothing is applied unless every append succeeded. A statement
+    /// Makes one commit's records durable on every shard, then applies
+    /// them; nothing is applied unless every append succeeded. A commit
     /// that failed on some shard is recorded as aborted in the meta store, so
     /// no recovery replays the parts that did reach other shards' logs.
     /// Caller holds the write locks of all shards.
-    async fn commit_all(
-        &self,
-        table: &TableInfo,
-        records: Vec<(usize, WalRecord)>,
-    ) -> ApiResult<()> {
+    async fn commit_all(&self, records: Vec<(usize, &TableInfo, WalRecord)>) -> ApiResult<()> {
         if records.is_empty() {
             // Nothing changed; the statement still happened at `ts`.
             return Ok(());
         }
-        let appends = futures::future::join_all(
-            records
-                .iter()
-                .map(|(s, record)| self.channels[*s].append(&self.ctx, record)),
-        )
+        let mut shards: Vec<usize> = records.iter().map(|(s, _, _)| *s).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let per_shard: Vec<Vec<(&TableInfo, &WalRecord)>> = shards
+            .iter()
+            .map(|&s| {
+                records
+                    .iter()
+                    .filter(|(r, _, _)| *r == s)
+                    .map(|(_, info, record)| (*info, record))
+                    .collect()
+            })
+            .collect();
+        let appends = futures::future::join_all(shards.iter().zip(&per_shard).map(|(&s, recs)| {
+            let recs: Vec<&WalRecord> = recs.iter().map(|(_, r)| *r).collect();
+            async move { self.channels[s].append(&self.ctx, &recs).await }
+        }))
         .await;
         if let Some(failure) = appends.iter().find_map(|a| a.as_ref().err()) {
             let error = ApiError::from_error(StatusCode::StorageFailure, failure);
             if records.len() > 1 {
-                let ts = records[0].1.ts;
+                let ts = records[0].2.ts;
                 if let Err(e) = self
                     .ctx
                     .meta
@@ -217,12 +225,12 @@ impl StreamingNode {
             }
             return Err(error);
         }
-        for ((s, record), append) in records.iter().zip(appends) {
-            let lsn = append?;
-            self.channels[*s].apply_logged(table, record, lsn)?;
+        for ((&s, recs), append) in shards.iter().zip(&per_shard).zip(appends) {
+            let first_lsn = append?;
+            self.channels[s].apply_logged(recs, first_lsn)?;
         }
-        for (s, _) in &records {
-            self.schedule_seal(*s);
+        for &s in &shards {
+            self.schedule_seal(s);
         }
         Ok(())
     }
@@ -255,6 +263,101 @@ impl StreamingNode {
         Ok(())
     }
 
+    /// Writes requests (at most one per table) at one commit timestamp: all
+    /// of them become visible together and recovery replays all or none.
+    /// Returns one result per request.
+    async fn write_atomically(&self, requests: &[WriteRequest]) -> ApiResult<Vec<WriteResult>> {
+        for (i, r) in requests.iter().enumerate() {
+            if requests[..i].iter().any(|o| o.table.id == r.table.id) {
+                return Err(ApiError::new(
+                    StatusCode::Internal,
+                    format!("two writes of table {} in one commit", r.table.name),
+                ));
+            }
+        }
+        let mut splits = Vec::with_capacity(requests.len());
+        for request in requests {
+            let table = &request.table;
+            let shards = table.shards.min(self.channels.len() as u32);
+            let deletes = Self::split(&request.delete_keys, &key_only_columns(table), shards)?;
+            let inserts = Self::split(&request.insert, &table.schema.primary_key, shards)?;
+            splits.push((deletes, inserts));
+        }
+        // Lock every touched channel in ascending order (no deadlock), so the
+        // conflict checks, the timestamp and the appends form one unit.
+        let mut touched: Vec<usize> = splits
+            .iter()
+            .flat_map(|(deletes, inserts)| {
+                (0..deletes.len()).filter(|&s| !is_empty(&deletes[s].0) || !is_empty(&inserts[s].0))
+            })
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut guards = Vec::with_capacity(touched.len());
+        for &s in &touched {
+            guards.push((s, self.channels[s].write_lock.lock().await));
+        }
+        let mut plans = Vec::new();
+        for (r, (request, (deletes, inserts))) in requests.iter().zip(&splits).enumerate() {
+            for s in 0..deletes.len() {
+                if is_empty(&deletes[s].0) && is_empty(&inserts[s].0) {
+                    continue;
+                }
+                let plan = self.channels[s].plan_write(
+                    &request.table,
+                    deletes[s].0.clone(),
+                    inserts[s].0.clone(),
+                    &inserts[s].1,
+                    request.on_conflict,
+                )?;
+                plans.push((r, s, plan));
+            }
+        }
+        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        let mut results = vec![
+            WriteResult {
+                ts,
+                ..WriteResult::default()
+            };
+            requests.len()
+        ];
+        for (r, _, plan) in &plans {
+            results[*r].deleted += plan.deleted_existing;
+            results[*r]
+                .inserted_rows
+                .extend(plan.inserted_rows.iter().copied());
+        }
+        // Every record names the shard of every record of the commit (a
+        // shard once per record it holds), so recovery can tell whether
+        // all of them are durable.
+        let changed: Vec<(usize, &TableInfo, WalRecord)> = {
+            let participants: Vec<u32> = plans
+                .iter()
+                .filter(|(_, _, p)| p.delete_keys.is_some() || p.insert.is_some())
+                .map(|(_, s, _)| *s as u32)
+                .collect();
+            let participants = if participants.len() > 1 {
+                participants
+            } else {
+                vec![]
+            };
+            plans
+                .into_iter()
+                .filter_map(|(r, s, plan)| {
+                    let table = &requests[r].table;
+                    Channel::record_for(table, plan, ts, &participants).map(|rec| (s, table, rec))
+                })
+                .collect()
+        };
+        self.commit_all(changed).await?;
+        for result in &mut results {
+            result.inserted_rows.sort_unstable();
+        }
+        drop(guards);
+        self.throttle(&touched).await?;
+        Ok(results)
+    }
+
     /// Splits a batch into per-shard batches by primary key.
     fn split(
         batch: &Option<RecordBatch>,
@@ -283,66 +386,26 @@ impl StreamingNode {
 #[async_trait]
 impl StreamingApi for StreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
-        let table = &request.table;
+        let mut results = self
+            .write_atomically(std::slice::from_ref(&request))
+            .await?;
+        Ok(results.pop().unwrap_or_default())
+    }
+
+    async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp> {
+        let results = self.write_atomically(&requests).await?;
+        Ok(results.first().map(|r| r.ts).unwrap_or(Timestamp::ZERO))
+    }
+
+    async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
         let shards = table.shards.min(self.channels.len() as u32);
-        let deletes = Self::split(&request.delete_keys, &key_only_columns(table), shards)?;
-        let inserts = Self::split(&request.insert, &table.schema.primary_key, shards)?;
-        // Lock every touched channel in ascending order (no deadlock), so the
-        // conflict checks, the timestamp and the appends form one unit.
-        let touched: Vec<usize> = (0..shards as usize)
-            .filter(|&s| !is_empty(&deletes[s].0) || !is_empty(&inserts[s].0))
-            .collect();
-        let mut guards = Vec::with_capacity(touched.len());
-        for &s in &touched {
-            guards.push((s, self.channels[s].write_lock.lock().await));
-        }
-        let mut plans = Vec::with_capacity(touched.len());
-        for &(s, _) in &guards {
-            let plan = self.channels[s].plan_write(
-                table,
-                deletes[s].0.clone(),
-                inserts[s].0.clone(),
-                &inserts[s].1,
-                request.on_conflict,
-            )?;
-            plans.push((s, plan));
-        }
-        let ts = self.ctx.coordinator.allocate_timestamp().await?;
-        let mut result = WriteResult {
-            ts,
-            ..WriteResult::default()
-        };
-        let mut records = Vec::with_capacity(plans.len());
-        for (s, plan) in plans {
-            result.deleted += plan.deleted_existing;
-            result
-                .inserted_rows
-                .extend(plan.inserted_rows.iter().copied());
-            records.push((s, plan));
-        }
-        let changed: Vec<(usize, WalRecord)> = {
-            let participants: Vec<u32> = records
-                .iter()
-                .filter(|(_, p)| p.delete_keys.is_some() || p.insert.is_some())
-                .map(|(s, _)| *s as u32)
-                .collect();
-            let participants = if participants.len() > 1 {
-                participants
-            } else {
-                vec![]
-            };
-            records
-                .into_iter()
-                .filter_map(|(s, plan)| {
-                    Channel::record_for(table, plan, ts, &participants).map(|r| (s, r))
-                })
-                .collect()
-        };
-        self.commit_all(table, changed).await?;
-        result.inserted_rows.sort_unstable();
-        drop(guards);
-        self.throttle(&touched).await?;
-        Ok(result)
+        Ok(keys_of(&keys, &key_only_columns(table))
+            .iter()
+            .map(|key| {
+                let shard = shard_of(key, shards) as usize;
+                self.channels[shard].contains_key(table, key)
+            })
+            .collect())
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
@@ -366,6 +429,7 @@ impl StreamingApi for StreamingNode {
             .map(|s| {
                 (
                     s,
+                    table,
                     WalRecord {
                         table: table.id,
                         ts,
@@ -375,7 +439,7 @@ impl StreamingApi for StreamingNode {
                 )
             })
             .collect();
-        self.commit_all(table, records).await?;
+        self.commit_all(records).await?;
         // Flush so the truncated segments leave the manifest at once.
         for ch in &self.channels {
             ch.flush_holding_flush_lock(&self.ctx).await?;

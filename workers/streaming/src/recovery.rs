@@ -2,8 +2,8 @@
 //! store (their keys and delete logs, for the primary-key index), then every
 //! WAL record after each channel's checkpoint.
 //!
-//! A statement that wrote several shards has one record per shard, each
-//! naming all participants. Such a record is replayed only if every
+//! A statement (or transaction) that wrote several shards or tables has one
+//! record per (shard, table), each naming the shard of every record. Such a record is replayed only if every
 //! participant's part is durable: present in that channel's log tail, or
 //! already sealed (the channel's flushed timestamp is past the statement).
 //! Incomplete statements (the process died between the appends; they were
@@ -120,15 +120,27 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
     for id in 0..ctx.wal.channel_count() {
         logs.push(read_channel(ctx, id, &tables, &segments).await?);
     }
-    let in_tail: Vec<HashSet<Timestamp>> = logs
+    // Records per commit timestamp in each channel's tail.
+    let in_tail: Vec<HashMap<Timestamp, usize>> = logs
         .iter()
-        .map(|l| l.records.iter().map(|(_, r)| r.ts).collect())
+        .map(|l| {
+            let mut counts = HashMap::new();
+            for (_, r) in &l.records {
+                *counts.entry(r.ts).or_insert(0) += 1;
+            }
+            counts
+        })
         .collect();
     let flushed: Vec<Timestamp> = logs.iter().map(|l| l.flushed_ts).collect();
+    // A channel appears in `participants` once per record it holds (a
+    // transaction can write several tables on one shard).
     let durable_everywhere = |record: &WalRecord| {
         record.participants.iter().all(|&p| {
+            let expected = record.participants.iter().filter(|&&q| q == p).count();
             let p = p as usize;
-            p < in_tail.len() && (in_tail[p].contains(&record.ts) || flushed[p] >= record.ts)
+            p < in_tail.len()
+                && (in_tail[p].get(&record.ts).copied().unwrap_or(0) >= expected
+                    || flushed[p] >= record.ts)
         })
     };
 

@@ -207,3 +207,80 @@ async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good()
     let node = open(dir.path()).await;
     assert_eq!(visible_ids(&node).await, expected);
 }
+
+async fn create(node: &Node, name: &str) -> quiver_api::TableInfo {
+    let schema = TableSchema::try_new(
+        vec![ColumnDef {
+            default: None,
+            name: "id".into(),
+            ty: ColumnType::BigInt,
+            nullable: false,
+        }],
+        &["id".into()],
+    )
+    .unwrap();
+    node.coordinator
+        .create_table(name, schema, false)
+        .await
+        .unwrap()
+}
+
+async fn table_ids(node: &Node, name: &str) -> Vec<i64> {
+    let info = node.coordinator.table(name).unwrap();
+    let ts = node.streaming.applied_ts().await.unwrap();
+    let mut ids = Vec::new();
+    for shard in 0..2 {
+        let snap = node
+            .streaming
+            .snapshot(&info, ShardId(shard), ts)
+            .await
+            .unwrap();
+        for b in snap.growing {
+            let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.extend(col.values().iter().copied());
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_two_tables_of_one_shard_is_replayed_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard0, _) = ids_by_shard();
+    {
+        let node = open(dir.path()).await;
+        let a = create(&node, "a").await;
+        let b = create(&node, "b").await;
+        // An acknowledged commit: one record per table, both on shard 0.
+        let write = |info: &quiver_api::TableInfo, id: i64| WriteRequest {
+            table: info.clone(),
+            delete_keys: None,
+            insert: Some(rows(&[id])),
+            on_conflict: ConflictPolicy::Error,
+        };
+        node.streaming
+            .commit(vec![write(&a, shard0[0]), write(&b, shard0[0])])
+            .await
+            .unwrap();
+        // A commit that died after only its first record reached the log.
+        let ts = node.coordinator.allocate_timestamp().await.unwrap();
+        let torn = WalRecord {
+            table: a.id,
+            ts,
+            kind: WalRecordKind::Mutate {
+                delete_keys: None,
+                insert: Some(rows(&[shard0[1]])),
+            },
+            participants: vec![0, 0],
+        };
+        node.wal
+            .append(0, vec![torn.encode().unwrap()])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let node = open(dir.path()).await;
+    assert_eq!(table_ids(&node, "a").await, vec![shard0[0]]);
+    assert_eq!(table_ids(&node, "b").await, vec![shard0[0]]);
+}

@@ -1,0 +1,353 @@
+//! Explicit transactions (`BEGIN` ... `COMMIT` / `ROLLBACK`).
+//!
+//! A transaction's writes are buffered in its session, per table and
+//! primary key, as the net change against committed data: the new version
+//! of each row it wrote, and which committed rows it deletes or replaces.
+//! Its own statements read committed data (a fresh snapshot per statement,
+//! PostgreSQL's READ COMMITTED) overlaid with that buffer, so they see
+//! their own writes; nobody else does. `COMMIT` hands every table's net
+//! change to the streaming nodes as one atomic write at one commit
+//! timestamp; `ROLLBACK` drops the buffer.
+//!
+//! Buffering at the proxy (rather than locking rows on the streaming
+//! nodes) keeps proxies the only place a session lives and costs nothing
+//! for the autocommit statements most vector workloads send. The price is
+//! optimistic concurrency: a duplicate key is caught at the INSERT when the
+//! committed row already exists, or at COMMIT when another transaction
+//! committed it meanwhile; concurrent UPDATE/DELETE of the same row is not
+//! detected (the last commit wins).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{interleave_record_batch, take_record_batch};
+use quiver_api::{ConflictPolicy, StreamingApi, TableInfo, WriteRequest, WriteResult};
+use quiver_planner::{SqlError, sqlstate};
+use quiver_types::{PkEncoder, PrimaryKey, TableId, Timestamp};
+
+use crate::error::from_api;
+
+/// Where one row sits: (batch, row) in a [`PendingTable`]'s batches.
+type Loc = (usize, usize);
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The key, in `PendingTable::keys`.
+    key: Loc,
+    /// The row's new version, in `PendingTable::rows`; `None` = deleted.
+    row: Option<Loc>,
+    /// Whether the committed row with this key (if it still exists at
+    /// COMMIT) is deleted or replaced by this transaction.
+    deletes_committed: bool,
+}
+
+#[derive(Debug)]
+struct PendingTable {
+    info: TableInfo,
+    entries: HashMap<PrimaryKey, Entry>,
+    /// Key-only batches.
+    keys: Vec<RecordBatch>,
+    /// Full rows.
+    rows: Vec<RecordBatch>,
+}
+
+/// A table's pending changes as reads see them: committed rows with a
+/// hidden key are replaced by (or removed in favour of) `rows`.
+#[derive(Debug)]
+pub struct TableOverlay {
+    pub hidden: HashSet<PrimaryKey>,
+    /// The transaction's live rows of the table (all columns).
+    pub rows: Option<RecordBatch>,
+    key_columns: Vec<usize>,
+}
+
+impl TableOverlay {
+    /// `batch` (all table columns) without the rows this transaction
+    /// deleted or rewrote.
+    pub fn without_hidden(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        if self.hidden.is_empty() || batch.num_rows() == 0 {
+            return Ok(batch.clone());
+        }
+        let enc = PkEncoder::new(batch, &self.key_columns);
+        let keep: Vec<u32> = (0..batch.num_rows())
+            .filter(|&i| !self.hidden.contains(&enc.key(i)))
+            .map(|i| i as u32)
+            .collect();
+        if keep.len() == batch.num_rows() {
+            return Ok(batch.clone());
+        }
+        take_record_batch(batch, &UInt32Array::from(keep))
+    }
+
+    /// How many committed rows this overlay can hide (a vector search asks
+    /// every part for that many extra candidates).
+    pub fn hidden_count(&self) -> usize {
+        self.hidden.len()
+    }
+}
+
+/// Every table's overlay, handed to scans through the session config.
+#[derive(Debug, Default)]
+pub struct PendingWrites(pub HashMap<TableId, Arc<TableOverlay>>);
+
+#[derive(Debug, Default)]
+pub struct Transaction {
+    tables: BTreeMap<TableId, PendingTable>,
+    overlay: Option<Arc<PendingWrites>>,
+}
+
+fn duplicate_key(info: &TableInfo) -> SqlError {
+    SqlError::new(
+        sqlstate::UNIQUE_VIOLATION,
+        format!(
+            "duplicate key value violates unique constraint \"{}_pkey\"",
+            info.name
+        ),
+    )
+}
+
+fn arrow_err(e: arrow::error::ArrowError) -> SqlError {
+    SqlError::new("XX000", e.to_string())
+}
+
+/// What one inserted row does to the buffer.
+enum RowState {
+    /// The transaction holds a live version of the key.
+    LivePending,
+    /// The transaction deleted the key.
+    DeletedPending,
+    /// Untouched by the transaction; committed row exists (or not).
+    Committed(bool),
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.tables.values().all(|t| t.entries.is_empty())
+    }
+
+    /// Buffers one statement's write; returns what the statement did as if
+    /// it had been written (deleted rows, inserted row indexes). Nothing is
+    /// buffered if it fails.
+    pub async fn apply(
+        &mut self,
+        streaming: &dyn StreamingApi,
+        request: WriteRequest,
+    ) -> Result<WriteResult, SqlError> {
+        let info = request.table.clone();
+        let pending = self.tables.entry(info.id).or_insert_with(|| PendingTable {
+            info: info.clone(),
+            entries: HashMap::new(),
+            keys: Vec::new(),
+            rows: Vec::new(),
+        });
+        // Decide everything before changing anything.
+        let mut states = Vec::new();
+        let mut insert_keys = Vec::new();
+        if let Some(rows) = &request.insert {
+            let enc = PkEncoder::new(rows, &info.schema.primary_key);
+            insert_keys = (0..rows.num_rows()).map(|i| enc.key(i)).collect::<Vec<_>>();
+            let deleting: HashSet<PrimaryKey> = match &request.delete_keys {
+                Some(keys) => {
+                    let key_columns: Vec<usize> = (0..keys.num_columns()).collect();
+                    let enc = PkEncoder::new(keys, &key_columns);
+                    (0..keys.num_rows()).map(|i| enc.key(i)).collect()
+                }
+                None => HashSet::new(),
+            };
+            let unknown: Vec<u32> = insert_keys
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !pending.entries.contains_key(*k) && !deleting.contains(*k))
+                .map(|(i, _)| i as u32)
+                .collect();
+            let committed = if unknown.is_empty() {
+                Vec::new()
+            } else {
+                let keys = take_record_batch(
+                    &rows.project(&info.schema.primary_key).map_err(arrow_err)?,
+                    &UInt32Array::from(unknown.clone()),
+                )
+                .map_err(arrow_err)?;
+                streaming
+                    .existing_keys(&info, keys)
+                    .await
+                    .map_err(from_api)?
+            };
+            let committed: HashMap<u32, bool> = unknown.into_iter().zip(committed).collect();
+            for (i, key) in insert_keys.iter().enumerate() {
+                let state = if deleting.contains(key) {
+                    RowState::DeletedPending
+                } else {
+                    match pending.entries.get(key) {
+                        Some(e) if e.row.is_some() => RowState::LivePending,
+                        Some(_) => RowState::DeletedPending,
+                        None => RowState::Committed(
+                            committed.get(&(i as u32)).copied().unwrap_or(false),
+                        ),
+                    }
+                };
+                states.push(state);
+            }
+        }
+        let mut inserted_rows = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, (key, state)) in insert_keys.iter().zip(&states).enumerate() {
+            let exists = matches!(state, RowState::LivePending | RowState::Committed(true));
+            if !seen.insert(key) {
+                match request.on_conflict {
+                    ConflictPolicy::Skip => continue,
+                    _ => return Err(duplicate_key(&info)),
+                }
+            }
+            match (request.on_conflict, exists) {
+                (ConflictPolicy::Error, true) => return Err(duplicate_key(&info)),
+                (ConflictPolicy::Skip, true) => continue,
+                _ => inserted_rows.push(i as u32),
+            }
+        }
+        let result = WriteResult {
+            ts: Timestamp::ZERO,
+            deleted: request
+                .delete_keys
+                .as_ref()
+                .map_or(0, |k| k.num_rows() as u64),
+            inserted_rows: inserted_rows.clone(),
+        };
+        // Apply: deletes first, then the inserted rows.
+        if let Some(keys) = &request.delete_keys {
+            let batch = pending.keys.len();
+            pending.keys.push(
+                RecordBatch::try_new(info.schema.key_schema(), keys.columns().to_vec())
+                    .map_err(arrow_err)?,
+            );
+            let key_columns: Vec<usize> = (0..keys.num_columns()).collect();
+            let enc = PkEncoder::new(keys, &key_columns);
+            for row in 0..keys.num_rows() {
+                let key = enc.key(row);
+                match pending.entries.get_mut(&key) {
+                    Some(e) if e.deletes_committed => e.row = None,
+                    Some(_) => {
+                        pending.entries.remove(&key);
+                    }
+                    None => {
+                        pending.entries.insert(
+                            key,
+                            Entry {
+                                key: (batch, row),
+                                row: None,
+                                deletes_committed: true,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(rows) = &request.insert
+            && !inserted_rows.is_empty()
+        {
+            // One schema per list, whichever statement the batch came from.
+            let rows_batch = pending.rows.len();
+            pending.rows.push(
+                RecordBatch::try_new(info.schema.arrow_schema(), rows.columns().to_vec())
+                    .map_err(arrow_err)?,
+            );
+            let keys_batch = pending.keys.len();
+            let key_columns = rows.project(&info.schema.primary_key).map_err(arrow_err)?;
+            pending.keys.push(
+                RecordBatch::try_new(info.schema.key_schema(), key_columns.columns().to_vec())
+                    .map_err(arrow_err)?,
+            );
+            for &i in &inserted_rows {
+                let i = i as usize;
+                let key = insert_keys[i].clone();
+                let replaces = matches!(states[i], RowState::Committed(true));
+                let entry = pending.entries.entry(key).or_insert(Entry {
+                    key: (keys_batch, i),
+                    row: None,
+                    deletes_committed: replaces,
+                });
+                entry.row = Some((rows_batch, i));
+            }
+        }
+        self.overlay = None;
+        Ok(result)
+    }
+
+    /// The overlay reads of this transaction apply (cached until the next write).
+    pub fn overlay(&mut self) -> Result<Option<Arc<PendingWrites>>, SqlError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        if let Some(o) = &self.overlay {
+            return Ok(Some(o.clone()));
+        }
+        let mut tables = HashMap::new();
+        for (id, t) in &self.tables {
+            if t.entries.is_empty() {
+                continue;
+            }
+            tables.insert(
+                *id,
+                Arc::new(TableOverlay {
+                    hidden: t.entries.keys().cloned().collect(),
+                    rows: t.live_rows()?,
+                    key_columns: t.info.schema.primary_key.clone(),
+                }),
+            );
+        }
+        let overlay = Arc::new(PendingWrites(tables));
+        self.overlay = Some(overlay.clone());
+        Ok(Some(overlay))
+    }
+
+    /// Writes every table's net change atomically; returns the commit
+    /// timestamp (`None` if the transaction wrote nothing).
+    pub async fn commit(self, streaming: &dyn StreamingApi) -> Result<Option<Timestamp>, SqlError> {
+        let mut requests = Vec::new();
+        for t in self.tables.into_values() {
+            if t.entries.is_empty() {
+                continue;
+            }
+            let deleted: Vec<Loc> = t
+                .entries
+                .values()
+                .filter(|e| e.deletes_committed)
+                .map(|e| e.key)
+                .collect();
+            let delete_keys = if deleted.is_empty() {
+                None
+            } else {
+                let batches: Vec<&RecordBatch> = t.keys.iter().collect();
+                Some(interleave_record_batch(&batches, &deleted).map_err(arrow_err)?)
+            };
+            requests.push(WriteRequest {
+                insert: t.live_rows()?,
+                delete_keys,
+                table: t.info,
+                on_conflict: ConflictPolicy::Error,
+            });
+        }
+        if requests.is_empty() {
+            return Ok(None);
+        }
+        let ts = streaming.commit(requests).await.map_err(from_api)?;
+        Ok(Some(ts))
+    }
+}
+
+impl PendingTable {
+    fn live_rows(&self) -> Result<Option<RecordBatch>, SqlError> {
+        let live: Vec<Loc> = self.entries.values().filter_map(|e| e.row).collect();
+        if live.is_empty() {
+            return Ok(None);
+        }
+        let batches: Vec<&RecordBatch> = self.rows.iter().collect();
+        interleave_record_batch(&batches, &live)
+            .map(Some)
+            .map_err(arrow_err)
+    }
+}
