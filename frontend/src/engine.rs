@@ -166,6 +166,14 @@ impl Engine {
         }
         datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, DATABASE, InitdbRoles)
             .map_err(|e| from_datafusion(*e))?;
+        if let Some(inner) = catalog.schema("pg_catalog") {
+            catalog
+                .register_schema(
+                    "pg_catalog",
+                    Arc::new(crate::pg_catalog::PgCatalog { inner }),
+                )
+                .map_err(from_datafusion)?;
+        }
         let state = ctx.state();
         let operator_planner = VectorOperatorPlanner::new(&state).map_err(from_datafusion)?;
         let mut planners = state.expr_planners().to_vec();
@@ -390,11 +398,10 @@ impl Engine {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
-        let in_block = session.in_transaction_block();
         let result = self.execute_statement(session, statement).await;
-        if result.is_err() && in_block && !ends_block {
+        if result.is_err() {
             // PostgreSQL aborts the whole transaction on any error.
-            session.set_transaction(TransactionState::Failed);
+            session.fail_transaction();
         }
         result
     }
@@ -463,12 +470,15 @@ impl Engine {
                 chain: false,
                 savepoint: None,
             } => Ok(self.rollback(session)),
-            Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. }
-            | Statement::Rollback { .. }
-            | Statement::Commit { .. } => Err(SqlError::new(
+            Statement::Savepoint { name } => self.savepoint(session, &name, "SAVEPOINT"),
+            Statement::ReleaseSavepoint { name } => self.savepoint(session, &name, "RELEASE"),
+            Statement::Rollback {
+                chain: false,
+                savepoint: Some(name),
+            } => self.rollback_to_savepoint(session, &name),
+            Statement::Rollback { .. } | Statement::Commit { .. } => Err(SqlError::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
-                "savepoints and chained transactions are not supported",
+                "chained transactions (AND CHAIN) are not supported",
             )),
             other => Err(SqlError::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -519,19 +529,76 @@ impl Engine {
                     Ok(None) => {}
                     Err(e) => {
                         // Nothing was written. The block stays failed until
-                        // the client's ROLLBACK, so the session agrees with
-                        // the transaction status the protocol reports after
-                        // an error (PostgreSQL itself would be idle here).
-                        session.set_transaction(TransactionState::Failed);
+                        // the client's ROLLBACK (PostgreSQL itself would be
+                        // idle here; pgwire reports an error inside a block
+                        // as a failed block).
+                        session.set_transaction(TransactionState::Failed(Box::default()));
                         return Err(e);
                     }
                 }
                 Ok(Output::TransactionEnd(Tag::new("COMMIT")))
             }
-            TransactionState::Failed => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
+            TransactionState::Failed(_) => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
             TransactionState::Idle => {
                 session.warning("25P01", "there is no transaction in progress");
                 Ok(Output::TransactionEnd(Tag::new("COMMIT")))
+            }
+        }
+    }
+
+    /// `SAVEPOINT name` / `RELEASE SAVEPOINT name`.
+    fn savepoint(
+        &self,
+        session: &Session,
+        name: &sqlparser::ast::Ident,
+        tag: &str,
+    ) -> Result<Output, SqlError> {
+        let name = identifier(name);
+        let Some(mut txn) = session.take_open_transaction() else {
+            return Err(SqlError::new(
+                "25P01",
+                format!("{tag} can only be used in transaction blocks"),
+            ));
+        };
+        let result = if tag == "SAVEPOINT" {
+            txn.savepoint(name);
+            Ok(())
+        } else {
+            txn.release(&name)
+        };
+        session.set_transaction(TransactionState::Open(txn));
+        result.map(|()| Output::Command(Tag::new(tag)))
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: also revives a failed block.
+    fn rollback_to_savepoint(
+        &self,
+        session: &Session,
+        name: &sqlparser::ast::Ident,
+    ) -> Result<Output, SqlError> {
+        let name = identifier(name);
+        let (mut txn, failed) = match session.set_transaction(TransactionState::Idle) {
+            TransactionState::Open(txn) => (txn, false),
+            TransactionState::Failed(txn) => (txn, true),
+            TransactionState::Idle => {
+                return Err(SqlError::new(
+                    "25P01",
+                    "ROLLBACK TO SAVEPOINT can only be used in transaction blocks",
+                ));
+            }
+        };
+        match txn.rollback_to(&name) {
+            Ok(()) => {
+                session.set_transaction(TransactionState::Open(txn));
+                Ok(Output::Command(Tag::new("ROLLBACK")))
+            }
+            Err(e) => {
+                session.set_transaction(if failed {
+                    TransactionState::Failed(txn)
+                } else {
+                    TransactionState::Open(txn)
+                });
+                Err(e)
             }
         }
     }
@@ -758,6 +825,15 @@ fn with_postgres_names(schema: &Schema, names: Option<Vec<Option<String>>>) -> S
             schema.metadata().clone(),
         )),
         _ => Arc::new(schema.clone()),
+    }
+}
+
+/// An identifier as PostgreSQL folds it: quoted kept, unquoted lower-cased.
+fn identifier(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
     }
 }
 

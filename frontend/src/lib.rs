@@ -20,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod index_ddl;
 pub mod literal_values;
+pub mod pg_catalog;
 pub mod server;
 pub mod session;
 pub mod standalone;

@@ -19,6 +19,9 @@ use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use quiver_planner::SqlError;
@@ -206,8 +209,32 @@ impl QueryParser for QuiverParser {
     }
 }
 
+/// pgwire derives the status byte of ReadyForQuery from the status before
+/// a query plus what the query returned; the session's transaction block
+/// is the truth. Before a simple query the status starts from the block
+/// (a failed block counts as open: an error keeps it failed, ROLLBACK TO
+/// SAVEPOINT revives it, COMMIT/ROLLBACK end it).
+fn status_before_query(session: &Session) -> TransactionStatus {
+    match session.transaction_status() {
+        TransactionStatus::Error => TransactionStatus::Transaction,
+        status => status,
+    }
+}
+
 #[async_trait]
 impl SimpleQueryHandler for Handlers {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(&self.engine, client);
+        client.set_transaction_status(status_before_query(&session));
+        self._on_query(client, query).await
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -257,6 +284,29 @@ impl ExtendedQueryHandler for Handlers {
 
     fn query_parser(&self) -> Arc<QuiverParser> {
         self.parser.clone()
+    }
+
+    /// Sync ends an extended-protocol exchange with ReadyForQuery, whose
+    /// status byte is the session's transaction block.
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        use futures::SinkExt;
+        let session = session_of(&self.engine, client);
+        let status = session.transaction_status();
+        client.set_transaction_status(status);
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        client.flush().await?;
+        Ok(())
     }
 
     async fn do_query<C>(
@@ -344,7 +394,7 @@ impl CopyHandler for Handlers {
             Ok(_) => Err(to_pgwire(SqlError::new("XX000", "COPY produced rows"))),
             Err(e) => {
                 if session.in_transaction_block() {
-                    session.set_transaction(crate::session::TransactionState::Failed);
+                    session.fail_transaction();
                 }
                 Err(to_pgwire(e))
             }

@@ -83,8 +83,8 @@ pub enum TransactionState {
     /// Inside `BEGIN`: writes are buffered.
     Open(Box<Transaction>),
     /// A statement failed inside the block: everything but COMMIT/ROLLBACK
-    /// is refused until the block ends (its writes are already dropped).
-    Failed,
+    /// (or ROLLBACK TO SAVEPOINT, which revives the block) is refused.
+    Failed(Box<Transaction>),
 }
 
 impl Session {
@@ -105,7 +105,27 @@ impl Session {
     }
 
     pub fn transaction_failed(&self) -> bool {
-        matches!(*self.transaction.lock(), TransactionState::Failed)
+        matches!(*self.transaction.lock(), TransactionState::Failed(_))
+    }
+
+    /// After an error: an open block fails (PostgreSQL aborts it whole).
+    pub fn fail_transaction(&self) {
+        let mut state = self.transaction.lock();
+        if let TransactionState::Open(_) = &*state
+            && let TransactionState::Open(txn) = std::mem::take(&mut *state)
+        {
+            *state = TransactionState::Failed(txn);
+        }
+    }
+
+    /// The status byte of ReadyForQuery: idle, in a block, or in a failed one.
+    pub fn transaction_status(&self) -> pgwire::messages::response::TransactionStatus {
+        use pgwire::messages::response::TransactionStatus;
+        match &*self.transaction.lock() {
+            TransactionState::Idle => TransactionStatus::Idle,
+            TransactionState::Open(_) => TransactionStatus::Transaction,
+            TransactionState::Failed(_) => TransactionStatus::Error,
+        }
     }
 
     /// Replaces the transaction state, returning the old one.

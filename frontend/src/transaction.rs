@@ -42,7 +42,7 @@ struct Entry {
     deletes_committed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct PendingTable {
     info: TableInfo,
     entries: HashMap<PrimaryKey, Entry>,
@@ -98,6 +98,12 @@ pub struct PendingWrites(pub HashMap<TableId, Arc<TableOverlay>>);
 pub struct Transaction {
     tables: BTreeMap<TableId, PendingTable>,
     overlay: Option<Arc<PendingWrites>>,
+    /// `SAVEPOINT`s, oldest first, with the buffer as it was then.
+    savepoints: Vec<(String, BTreeMap<TableId, PendingTable>)>,
+}
+
+fn no_savepoint(name: &str) -> SqlError {
+    SqlError::new("3B001", format!("savepoint \"{name}\" does not exist"))
 }
 
 fn duplicate_key(info: &TableInfo) -> SqlError {
@@ -125,6 +131,37 @@ enum RowState {
 }
 
 impl Transaction {
+    /// `SAVEPOINT name`: remembers the buffer (cheap: batches are shared).
+    pub fn savepoint(&mut self, name: String) {
+        self.savepoints.push((name, self.tables.clone()));
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: the buffer as it was at the newest
+    /// savepoint of that name, which stays defined.
+    pub fn rollback_to(&mut self, name: &str) -> Result<(), SqlError> {
+        let at = self
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| no_savepoint(name))?;
+        self.savepoints.truncate(at + 1);
+        self.tables = self.savepoints[at].1.clone();
+        self.overlay = None;
+        Ok(())
+    }
+
+    /// `RELEASE SAVEPOINT name`: forgets it and every later one; the
+    /// writes since stay.
+    pub fn release(&mut self, name: &str) -> Result<(), SqlError> {
+        let at = self
+            .savepoints
+            .iter()
+            .rposition(|(n, _)| n == name)
+            .ok_or_else(|| no_savepoint(name))?;
+        self.savepoints.truncate(at);
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tables.values().all(|t| t.entries.is_empty())
     }

@@ -141,10 +141,6 @@ def test_errors_abort_the_block_until_rollback(server):
         conn.execute("ROLLBACK")
         assert ids(conn, "tx_e") == [1]
         # Unsupported pieces fail clearly.
-        conn.execute("BEGIN")
-        with pytest.raises(errors.FeatureNotSupported):
-            conn.execute("SAVEPOINT s1")
-        conn.execute("ROLLBACK")
         with pytest.raises(errors.FeatureNotSupported):
             conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
         conn.execute("BEGIN")
@@ -239,3 +235,41 @@ def test_acknowledged_commit_survives_kill9_whole(quiver_factory):
         to_ids = set(ids(conn, "tx_to"))
         assert from_ids == to_ids, "a transaction was applied to one table only"
         assert set(acked) <= from_ids
+
+
+def test_savepoints(server):
+    """psycopg's nested transaction() blocks are savepoints; a failed
+    statement inside one is undone by ROLLBACK TO SAVEPOINT and the outer
+    block goes on (this is how SQLAlchemy and psycopg probe types too)."""
+    with server.connect() as conn:
+        reset(conn, "tx_s")
+        conn.execute("CREATE TABLE tx_s (id int PRIMARY KEY, n int)")
+        conn.execute("INSERT INTO tx_s VALUES (1, 1)")
+        with conn.transaction():
+            conn.execute("INSERT INTO tx_s VALUES (2, 2)")
+            with pytest.raises(errors.UniqueViolation):
+                with conn.transaction():
+                    conn.execute("INSERT INTO tx_s VALUES (3, 3)")
+                    conn.execute("INSERT INTO tx_s VALUES (1, 9)")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            with conn.transaction():
+                conn.execute("UPDATE tx_s SET n = 20 WHERE id = 2")
+            assert ids(conn, "tx_s") == [1, 2]
+        assert conn.execute("SELECT id, n FROM tx_s ORDER BY id").fetchall() == [(1, 1), (2, 20)]
+        # Explicit statements, names folded like identifiers.
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO tx_s VALUES (4, 4)")
+        conn.execute("SAVEPOINT a")
+        conn.execute("INSERT INTO tx_s VALUES (5, 5)")
+        conn.execute("SAVEPOINT B")
+        conn.execute("INSERT INTO tx_s VALUES (6, 6)")
+        conn.execute("ROLLBACK TO SAVEPOINT a")
+        assert ids(conn, "tx_s") == [1, 2, 4]
+        conn.execute("INSERT INTO tx_s VALUES (7, 7)")
+        conn.execute("RELEASE SAVEPOINT a")
+        with pytest.raises(errors.InvalidSavepointSpecification):
+            conn.execute("ROLLBACK TO SAVEPOINT b")
+        conn.execute("ROLLBACK")
+        with pytest.raises(errors.NoActiveSqlTransaction):
+            conn.execute("SAVEPOINT c")
+        assert ids(conn, "tx_s") == [1, 2]
