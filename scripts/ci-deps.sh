@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for everything the test suite needs beyond the Rust
-# toolchain: system packages (only the missing ones) and a Python virtualenv at
+# toolchain: system packages (only the missing ones), Node.js packages for
+# tests/node, and a Python virtualenv at
 # .venv with psycopg 3, asyncpg, SQLAlchemy 2, pgvector-python, numpy and pytest (only if they are not importable yet).
 set -euo pipefail
 
@@ -59,6 +60,22 @@ if ((${#missing[@]} > 0)); then
     fi
 else
     log "system packages present"
+fi
+
+# ---------------------------------------------------------------------------
+# Node.js client tests (tests/node): node-postgres + pgvector-node
+# ---------------------------------------------------------------------------
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+if [[ ! -d "$ROOT/tests/node/node_modules/pg" || ! -d "$ROOT/tests/node/node_modules/pgvector" ]]; then
+    log "installing node packages into tests/node"
+    (cd "$ROOT/tests/node" && npm ci --no-audit --no-fund --loglevel=error)
+else
+    log "node packages ready (tests/node)"
 fi
 
 # ---------------------------------------------------------------------------

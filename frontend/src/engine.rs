@@ -166,11 +166,31 @@ impl Engine {
         }
         datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, DATABASE, InitdbRoles)
             .map_err(|e| from_datafusion(*e))?;
+        if let Ok(format_type) =
+            datafusion::execution::FunctionRegistry::udf(&ctx.state(), "format_type")
+        {
+            ctx.register_udf(
+                quiver_planner::catalog_functions::VectorAwareFormatType::wrap(format_type),
+            );
+        }
+        if let Ok(pg_get_expr) =
+            datafusion::execution::FunctionRegistry::udf(&ctx.state(), "pg_get_expr")
+        {
+            ctx.register_udf(quiver_planner::catalog_functions::PgGetExpr::wrap(
+                pg_get_expr,
+            ));
+        }
+        ctx.register_udf(crate::pg_catalog::pg_get_serial_sequence_udf(
+            backends.clone(),
+        ));
         if let Some(inner) = catalog.schema("pg_catalog") {
             catalog
                 .register_schema(
                     "pg_catalog",
-                    Arc::new(crate::pg_catalog::PgCatalog { inner }),
+                    Arc::new(crate::pg_catalog::PgCatalog {
+                        inner,
+                        backends: backends.clone(),
+                    }),
                 )
                 .map_err(from_datafusion)?;
         }

@@ -7,11 +7,22 @@
 //!   (asyncpg's `register_vector` asks for `public.vector`). Namespace OIDs
 //!   are assigned by the crate at run time, so the row is corrected at scan
 //!   time from the current `pg_namespace`.
+//! - `pg_attribute`: the crate reports columns it cannot map as `text`;
+//!   vector columns get pgvector's type OID with their dimension as type
+//!   modifier (so `format_type` and psql's `\d` say `vector(384)`), and
+//!   columns with a DEFAULT (serial included) get `atthasdef`.
+//! - `pg_attrdef`: one row per column DEFAULT (the crate has none), so
+//!   psql's `\d` and ORM reflection show them.
+//! - `format_type(oid, typmod)` knows `vector(n)`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int32Array, RecordBatch};
-use arrow::datatypes::{Int32Type, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int16Array, Int32Array, RecordBatch};
+use arrow::datatypes::{Int16Type, Int32Type, SchemaRef};
+use quiver_types::{ColumnDef, ColumnDefault};
+
+use crate::engine::Backends;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::datasource::TableType;
@@ -27,6 +38,7 @@ const VECTOR_TYPE_OID: i32 = arrow_pg::datatypes::PG_VECTOR_TYPE_OID as i32;
 #[derive(Debug)]
 pub struct PgCatalog {
     pub inner: Arc<dyn SchemaProvider>,
+    pub backends: Arc<Backends>,
 }
 
 #[async_trait]
@@ -39,18 +51,31 @@ impl SchemaProvider for PgCatalog {
         let Some(table) = self.inner.table(name).await? else {
             return Ok(None);
         };
-        if name != "pg_type" {
-            return Ok(Some(table));
+        let inner_table = |name: &'static str| async move {
+            self.inner
+                .table(name)
+                .await?
+                .ok_or_else(|| DataFusionError::Plan(format!("pg_catalog.{name} missing")))
+        };
+        match name {
+            "pg_type" => Ok(Some(Arc::new(PgType {
+                inner: table,
+                namespaces: inner_table("pg_namespace").await?,
+            }))),
+            "pg_attribute" => Ok(Some(Arc::new(PgAttribute {
+                inner: table,
+                classes: inner_table("pg_class").await?,
+                namespaces: inner_table("pg_namespace").await?,
+                backends: self.backends.clone(),
+            }))),
+            "pg_attrdef" => Ok(Some(Arc::new(PgAttrdef {
+                inner: table,
+                classes: inner_table("pg_class").await?,
+                namespaces: inner_table("pg_namespace").await?,
+                backends: self.backends.clone(),
+            }))),
+            _ => Ok(Some(table)),
         }
-        let namespaces = self
-            .inner
-            .table("pg_namespace")
-            .await?
-            .ok_or_else(|| DataFusionError::Plan("pg_namespace missing".into()))?;
-        Ok(Some(Arc::new(PgType {
-            inner: table,
-            namespaces,
-        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -147,4 +172,273 @@ impl TableProvider for PgType {
             projection.cloned(),
         )?)
     }
+}
+
+#[derive(Debug)]
+struct PgAttribute {
+    inner: Arc<dyn TableProvider>,
+    classes: Arc<dyn TableProvider>,
+    namespaces: Arc<dyn TableProvider>,
+    backends: Arc<Backends>,
+}
+
+/// `pg_class` OID → name of the relations in `public`.
+fn public_relations(classes: &[RecordBatch], public: i32) -> HashMap<i32, String> {
+    let mut out = HashMap::new();
+    for batch in classes {
+        let (Some(oids), Some(names), Some(namespaces)) = (
+            batch
+                .column_by_name("oid")
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+            batch
+                .column_by_name("relname")
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name("relnamespace")
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+        ) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            if namespaces.value(i) == public {
+                out.insert(oids.value(i), names.value(i).to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites one Int32 column row by row.
+fn map_i32(
+    batch: &RecordBatch,
+    name: &str,
+    f: impl Fn(usize, i32) -> i32,
+) -> Result<Option<(usize, ArrayRef)>> {
+    let Ok(idx) = batch.schema().index_of(name) else {
+        return Ok(None);
+    };
+    let Some(values) = batch.column(idx).as_primitive_opt::<Int32Type>() else {
+        return Ok(None);
+    };
+    let out: Int32Array = (0..batch.num_rows())
+        .map(|i| f(i, values.value(i)))
+        .collect();
+    Ok(Some((idx, Arc::new(out))))
+}
+
+impl PgAttribute {
+    fn correct(
+        &self,
+        batch: &RecordBatch,
+        relations: &HashMap<i32, String>,
+        tables: &HashMap<String, quiver_api::TableInfo>,
+    ) -> Result<RecordBatch> {
+        let (Some(relids), Some(names)) = (
+            batch
+                .column_by_name("attrelid")
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+            batch
+                .column_by_name("attname")
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) else {
+            return Ok(batch.clone());
+        };
+        let column_of = |row: usize| {
+            let table = tables.get(relations.get(&relids.value(row))?)?;
+            let idx = table.schema.column_index(names.value(row))?;
+            Some(table.schema.columns[idx].clone())
+        };
+        let columns: Vec<Option<ColumnDef>> = (0..batch.num_rows()).map(column_of).collect();
+        let dim = |row: usize| columns[row].as_ref().and_then(|c| c.ty.vector_dim());
+        let mut out = batch.columns().to_vec();
+        for (name, f) in [
+            (
+                "atttypid",
+                Box::new(|row, v| dim(row).map_or(v, |_| VECTOR_TYPE_OID))
+                    as Box<dyn Fn(usize, i32) -> i32>,
+            ),
+            (
+                "atttypmod",
+                Box::new(|row, v| dim(row).map_or(v, |d| d as i32)),
+            ),
+        ] {
+            if let Some((idx, column)) = map_i32(batch, name, f)? {
+                out[idx] = column;
+            }
+        }
+        if let Ok(idx) = batch.schema().index_of("attlen")
+            && let Some(lens) = batch.column(idx).as_primitive_opt::<Int16Type>()
+        {
+            let fixed: Int16Array = (0..batch.num_rows())
+                .map(|i| if dim(i).is_some() { -1 } else { lens.value(i) })
+                .collect();
+            out[idx] = Arc::new(fixed);
+        }
+        if let Ok(idx) = batch.schema().index_of("atthasdef")
+            && let Some(flags) = batch.column(idx).as_boolean_opt()
+        {
+            let fixed: BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    Some(columns[i].as_ref().is_some_and(|c| c.default.is_some()) || flags.value(i))
+                })
+                .collect();
+            out[idx] = Arc::new(fixed);
+        }
+        Ok(RecordBatch::try_new(batch.schema(), out)?)
+    }
+}
+
+#[async_trait]
+impl TableProvider for PgAttribute {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let namespaces = scan_all(&self.namespaces, state).await?;
+        let mut batches = scan_all(&self.inner, state).await?;
+        if let Some(public) = public_oid(&namespaces) {
+            let classes = scan_all(&self.classes, state).await?;
+            let relations = public_relations(&classes, public);
+            let tables: HashMap<String, quiver_api::TableInfo> = self
+                .backends
+                .coordinator
+                .tables()
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect();
+            batches = batches
+                .iter()
+                .map(|b| self.correct(b, &relations, &tables))
+                .collect::<Result<_>>()?;
+        }
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+#[derive(Debug)]
+struct PgAttrdef {
+    inner: Arc<dyn TableProvider>,
+    classes: Arc<dyn TableProvider>,
+    namespaces: Arc<dyn TableProvider>,
+    backends: Arc<Backends>,
+}
+
+/// A default as PostgreSQL prints it (`pg_get_expr(adbin, ...)`).
+fn default_text(table: &str, column: &ColumnDef) -> Option<String> {
+    Some(match column.default.as_ref()? {
+        ColumnDefault::Serial => format!("nextval('{table}_{}_seq'::regclass)", column.name),
+        ColumnDefault::Expr { sql } => sql.clone(),
+    })
+}
+
+#[async_trait]
+impl TableProvider for PgAttrdef {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let namespaces = scan_all(&self.namespaces, state).await?;
+        let classes = scan_all(&self.classes, state).await?;
+        let relations = public_oid(&namespaces)
+            .map(|public| public_relations(&classes, public))
+            .unwrap_or_default();
+        let (mut oids, mut relids, mut nums, mut exprs) = (vec![], vec![], vec![], vec![]);
+        let tables = self.backends.coordinator.tables();
+        for (relid, name) in &relations {
+            let Some(table) = tables.iter().find(|t| &t.name == name) else {
+                continue;
+            };
+            for (i, column) in table.schema.columns.iter().enumerate() {
+                if let Some(text) = default_text(name, column) {
+                    // Any OID unique among defaults will do; none refer to it.
+                    oids.push(relid.saturating_mul(1000).saturating_add(i as i32));
+                    relids.push(*relid);
+                    nums.push(i as i32 + 1);
+                    exprs.push(text);
+                }
+            }
+        }
+        let schema = self.schema();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let values: ArrayRef = match field.name().as_str() {
+                "oid" => Arc::new(Int32Array::from(oids.clone())),
+                "adrelid" => Arc::new(Int32Array::from(relids.clone())),
+                "adnum" => Arc::new(Int32Array::from(nums.clone())),
+                "adbin" => Arc::new(arrow::array::StringArray::from(exprs.clone())),
+                _ => arrow::array::new_null_array(field.data_type(), oids.len()),
+            };
+            columns.push(arrow::compute::cast(&values, field.data_type())?);
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema,
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `pg_get_serial_sequence(table, column)`: the sequence a serial column
+/// draws from (named as PostgreSQL would), NULL for other columns; ORMs
+/// call it while reflecting tables.
+pub fn pg_get_serial_sequence_udf(backends: Arc<Backends>) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        "pg_get_serial_sequence",
+        vec![
+            arrow::datatypes::DataType::Utf8,
+            arrow::datatypes::DataType::Utf8,
+        ],
+        arrow::datatypes::DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let (tables, columns) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
+            let out: arrow::array::StringArray = (0..tables.len())
+                .map(|i| {
+                    if tables.is_null(i) || columns.is_null(i) {
+                        return None;
+                    }
+                    let name = tables.value(i).trim_matches('"');
+                    let name = name.strip_prefix("public.").unwrap_or(name);
+                    let column = columns.value(i);
+                    let info = backends.coordinator.table(name)?;
+                    let idx = info.schema.column_index(column)?;
+                    matches!(
+                        info.schema.columns[idx].default,
+                        Some(ColumnDefault::Serial)
+                    )
+                    .then(|| format!("public.{name}_{column}_seq"))
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
 }

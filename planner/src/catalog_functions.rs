@@ -103,3 +103,104 @@ mod tests {
         assert_eq!(type_oid("halfvec"), None);
     }
 }
+
+/// `format_type(oid, typmod)` that also names pgvector's type: wraps the
+/// pg_catalog emulation's function (which calls it `???`) and fills in
+/// `vector` / `vector(n)` for the vector OID.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct VectorAwareFormatType {
+    inner: Arc<ScalarUDF>,
+}
+
+impl VectorAwareFormatType {
+    pub fn wrap(inner: Arc<ScalarUDF>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(VectorAwareFormatType { inner })
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for VectorAwareFormatType {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let oids = args.args[0].to_array(rows)?;
+        let oids = arrow::compute::cast(&oids, &DataType::Int64)?;
+        let oids = oids.as_primitive::<arrow::datatypes::Int64Type>();
+        let typmods = match args.args.get(1) {
+            Some(t) => Some(arrow::compute::cast(&t.to_array(rows)?, &DataType::Int64)?),
+            None => None,
+        };
+        let names = self.inner.invoke_with_args(args)?.to_array(rows)?;
+        let names = arrow::compute::cast(&names, &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let out: arrow::array::StringArray = (0..rows)
+            .map(|i| {
+                if oids.is_valid(i) && oids.value(i) == VECTOR_TYPE_OID as i64 {
+                    let typmod = typmods.as_ref().and_then(|t| {
+                        let t = t.as_primitive::<arrow::datatypes::Int64Type>();
+                        t.is_valid(i).then(|| t.value(i))
+                    });
+                    Some(match typmod {
+                        Some(n) if n > 0 => format!("vector({n})"),
+                        _ => "vector".to_string(),
+                    })
+                } else {
+                    names.is_valid(i).then(|| names.value(i).to_string())
+                }
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `pg_get_expr(expr, relation [, pretty])`: Quiver keeps expressions
+/// (column defaults in `pg_attrdef.adbin`) as SQL text already, so this
+/// returns it; the pg_catalog emulation's version returns ''.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PgGetExpr {
+    inner: Arc<ScalarUDF>,
+}
+
+impl PgGetExpr {
+    pub fn wrap(inner: Arc<ScalarUDF>) -> ScalarUDF {
+        ScalarUDF::new_from_impl(PgGetExpr { inner })
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for PgGetExpr {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        let text = args.args[0].to_array(args.number_rows)?;
+        Ok(ColumnarValue::Array(arrow::compute::cast(
+            &text,
+            &DataType::Utf8,
+        )?))
+    }
+}

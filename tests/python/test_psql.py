@@ -39,7 +39,37 @@ def test_describe_table_shows_columns_and_nullability(server):
     lines = {line.split("|")[0].strip(): line for line in out.splitlines() if "|" in line}
     assert "bigint" in lines["id"] and "not null" in lines["id"]
     assert "text" in lines["name"] and "not null" in lines["name"]
-    assert "embedding" in lines
+    assert lines["embedding"].split("|")[1].strip() == "vector(3)"
+
+
+def test_catalog_reports_vector_types_and_defaults(server):
+    with server.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS psql_defaults")
+        conn.execute(
+            "CREATE TABLE psql_defaults (id bigserial PRIMARY KEY, v vector(384), n int DEFAULT 4)"
+        )
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atthasdef"
+            " FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+            " WHERE c.relname = 'psql_defaults' ORDER BY a.attnum"
+        ).fetchall()
+        assert rows == [("id", "bigint", True), ("v", "vector(384)", False), ("n", "integer", True)]
+        defaults = conn.execute(
+            "SELECT a.attname, pg_get_expr(d.adbin, d.adrelid)"
+            " FROM pg_catalog.pg_attrdef d"
+            " JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum"
+            " JOIN pg_catalog.pg_class c ON c.oid = d.adrelid"
+            " WHERE c.relname = 'psql_defaults' ORDER BY a.attnum"
+        ).fetchall()
+        assert defaults == [("id", "nextval('psql_defaults_id_seq'::regclass)"), ("n", "4")]
+        assert conn.execute(
+            "SELECT pg_get_serial_sequence('psql_defaults', 'id'), pg_get_serial_sequence('psql_defaults', 'n')"
+        ).fetchone() == ("public.psql_defaults_id_seq", None)
+        # pgvector installs its type in the extension's schema (public).
+        assert conn.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = t.typnamespace WHERE t.typname = 'vector'"
+        ).fetchone() == ("public",)
 
 
 def test_databases_schemas_roles(server):
