@@ -29,6 +29,7 @@ APT_PACKAGES=(
     protobuf-compiler
     libprotobuf-dev
     libcurl4-openssl-dev
+    libpostgresql-jdbc-java
 )
 
 pkg_installed() {
@@ -60,6 +61,14 @@ if ((${#missing[@]} > 0)); then
     fi
 else
     log "system packages present"
+fi
+
+# A JDK runs tests/jdbc as a single-file source program.
+if ! command -v javac >/dev/null 2>&1; then
+    log "installing a JDK"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends default-jdk-headless
 fi
 
 # ---------------------------------------------------------------------------

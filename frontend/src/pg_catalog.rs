@@ -110,7 +110,7 @@ fn public_oid(namespaces: &[RecordBatch]) -> Option<i32> {
     None
 }
 
-fn with_vector_in(batch: &RecordBatch, namespace: i32) -> Result<RecordBatch> {
+fn with_vector_row_fixed(batch: &RecordBatch, namespace: i32) -> Result<RecordBatch> {
     let schema = batch.schema();
     let (Ok(oid_idx), Ok(ns_idx)) = (schema.index_of("oid"), schema.index_of("typnamespace"))
     else {
@@ -138,6 +138,31 @@ fn with_vector_in(batch: &RecordBatch, namespace: i32) -> Result<RecordBatch> {
         .collect();
     let mut columns = batch.columns().to_vec();
     columns[ns_idx] = Arc::new(fixed);
+    // pgvector's I/O functions (drivers compare `typinput` with regprocs,
+    // and an empty name is not one).
+    for (column, function) in [
+        ("typinput", "vector_in"),
+        ("typoutput", "vector_out"),
+        ("typreceive", "vector_recv"),
+        ("typsend", "vector_send"),
+    ] {
+        let Ok(idx) = schema.index_of(column) else {
+            continue;
+        };
+        let Some(names) = batch.column(idx).as_string_opt::<i32>() else {
+            continue;
+        };
+        let named: arrow::array::StringArray = (0..batch.num_rows())
+            .map(|i| {
+                if oids.value(i) == VECTOR_TYPE_OID {
+                    Some(function)
+                } else {
+                    names.is_valid(i).then(|| names.value(i))
+                }
+            })
+            .collect();
+        columns[idx] = Arc::new(named);
+    }
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
@@ -163,7 +188,7 @@ impl TableProvider for PgType {
         if let Some(public) = public_oid(&namespaces) {
             batches = batches
                 .iter()
-                .map(|b| with_vector_in(b, public))
+                .map(|b| with_vector_row_fixed(b, public))
                 .collect::<Result<_>>()?;
         }
         Ok(MemorySourceConfig::try_new_exec(

@@ -15,10 +15,15 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use crate::vector::{L1_OPERATOR_TOKEN, format_vector};
 use crate::{SqlError, sqlstate};
 
-/// sqlparser splits pgvector's `<+>` into `<`, `+`, `>`; respell it as a
-/// custom operator token (`<#+>`) the PostgreSQL dialect keeps whole.
+/// Token-level respellings before parsing:
+/// - sqlparser splits pgvector's `<+>` into `<`, `+`, `>`; it becomes a
+///   custom operator token (`<#+>`) the PostgreSQL dialect keeps whole.
+/// - `'pg_catalog.f'::regproc` becomes the bare name `'f'`: the pg_catalog
+///   emulation keeps function references (`pg_type.typinput`, ...) as names,
+///   and its own regproc rewrite would cast those names to OIDs and fail
+///   (JDBC's type cache compares `typinput = 'pg_catalog.array_in'::regproc`).
 pub fn normalize_operators(sql: &str) -> String {
-    if !sql.contains("<+>") {
+    if !sql.contains("<+>") && !sql.to_ascii_lowercase().contains("regproc") {
         return sql.to_string();
     }
     let dialect = PostgreSqlDialect {};
@@ -37,6 +42,16 @@ pub fn normalize_operators(sql: &str) -> String {
             && tokens[i + 2] == Token::Gt
         {
             out.push_str(L1_OPERATOR_TOKEN);
+            i += 3;
+            continue;
+        }
+        if i + 2 < tokens.len()
+            && let Token::SingleQuotedString(name) = &tokens[i]
+            && tokens[i + 1] == Token::DoubleColon
+            && matches!(&tokens[i + 2], Token::Word(w) if w.value.eq_ignore_ascii_case("regproc"))
+        {
+            let bare = name.strip_prefix("pg_catalog.").unwrap_or(name);
+            out.push_str(&Token::SingleQuotedString(bare.to_string()).to_string());
             i += 3;
             continue;
         }
