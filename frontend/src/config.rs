@@ -62,6 +62,42 @@ pub struct FrontendConfig {
     pub listen: String,
     /// Staleness bound of `SET quiver.consistency = 'bounded'`, in milliseconds.
     pub bounded_staleness_ms: u64,
+    /// How clients prove who they are.
+    pub auth: AuthMethod,
+    /// Users besides `postgres` (with `scram-sha-256`, every user who may
+    /// log in, `postgres` included, needs an entry here).
+    pub users: Vec<UserConfig>,
+    /// TLS for client connections.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AuthMethod {
+    /// No password (the embedded default; meant for loopback).
+    #[default]
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Refuse connections that do not negotiate TLS (`sslmode=require`).
+    #[serde(default)]
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +180,9 @@ impl Default for FrontendConfig {
         FrontendConfig {
             listen: "127.0.0.1:5488".into(),
             bounded_staleness_ms: 1_000,
+            auth: AuthMethod::Trust,
+            users: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -244,6 +283,20 @@ mod tests {
         let config = Config::from_toml(text).expect("example config must parse");
         assert_eq!(config.frontend.listen, "127.0.0.1:5488");
         assert!(matches!(config.storage.wal, WalConfig::Local { .. }));
+    }
+
+    #[test]
+    fn auth_and_tls_sections_parse() {
+        let config = Config::from_toml(
+            "[frontend]\nauth = 'scram-sha-256'\nusers = [{ name = 'app', password = 'p w' }]\n\
+             [frontend.tls]\ncert = 'c.pem'\nkey = 'k.pem'\nrequired = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.frontend.auth, AuthMethod::ScramSha256);
+        assert_eq!(config.frontend.users[0].password, "p w");
+        let tls = config.frontend.tls.unwrap();
+        assert!(tls.required && tls.key == Path::new("k.pem"));
+        assert!(Config::from_toml("[frontend]\nauth = 'md5'\n").is_err());
     }
 
     #[test]

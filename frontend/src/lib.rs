@@ -9,6 +9,7 @@
 //! timestamp ([`table`]). It holds no durable state of its own, so any number
 //! of frontends can serve the same cluster.
 
+pub mod auth;
 pub mod column_names;
 pub mod config;
 pub mod copy_in;

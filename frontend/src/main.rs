@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir = %cfg.data_dir.display(),
                 "quiver standalone ready"
             );
-            quiver_frontend::server::serve(engine, listener).await?;
+            quiver_frontend::server::serve(engine, listener, &cfg.frontend).await?;
             Ok(())
         }
         Command::CheckConfig { path } => {

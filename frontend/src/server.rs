@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use futures::{Sink, stream};
 use pgwire::api::auth::StartupHandler;
-use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -18,18 +17,18 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::Sync as PgSync;
 use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
-use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use quiver_planner::SqlError;
 use quiver_planner::rewrite::bind_parameters;
 use sqlparser::ast::Statement;
 use tokio::net::TcpListener;
 
-use crate::engine::{DATABASE, Engine, Output};
+use crate::engine::{Engine, Output};
 use crate::error::{to_error_info, to_pgwire};
 use crate::session::Session;
 
@@ -416,47 +415,10 @@ impl CopyHandler for Handlers {
 }
 
 /// Accepts the `postgres` role on the `postgres` database, like a fresh initdb.
-pub struct Startup;
-
-#[async_trait]
-impl NoopStartupHandler for Startup {
-    async fn post_startup<C>(
-        &self,
-        client: &mut C,
-        _message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        let user = client.metadata().get("user").cloned().unwrap_or_default();
-        let database = client
-            .metadata()
-            .get("database")
-            .cloned()
-            .unwrap_or_else(|| user.clone());
-        if user != "postgres" {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "28000".into(),
-                format!("role \"{user}\" does not exist"),
-            ))));
-        }
-        if database != DATABASE {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".into(),
-                "3D000".into(),
-                format!("database \"{database}\" does not exist"),
-            ))));
-        }
-        Ok(())
-    }
-}
-
 pub struct Factory {
     handlers: Arc<Handlers>,
-    startup: Arc<Startup>,
+    users: Arc<crate::auth::Users>,
+    config: crate::config::FrontendConfig,
 }
 
 impl PgWireServerHandlers for Factory {
@@ -469,7 +431,11 @@ impl PgWireServerHandlers for Factory {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.startup.clone()
+        // One per connection: the SCRAM exchange keeps per-connection state.
+        Arc::new(crate::auth::QuiverStartup::new(
+            &self.config,
+            self.users.clone(),
+        ))
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -478,19 +444,29 @@ impl PgWireServerHandlers for Factory {
 }
 
 /// Serves the wire protocol on `listener` until the task is dropped.
-pub async fn serve(engine: Arc<Engine>, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    config: &crate::config::FrontendConfig,
+) -> std::io::Result<()> {
+    let tls = match &config.tls {
+        Some(tls) => Some(crate::auth::tls_acceptor(&tls.cert, &tls.key)?),
+        None => None,
+    };
     let factory = Arc::new(Factory {
         handlers: Arc::new(Handlers {
             engine: engine.clone(),
             parser: Arc::new(QuiverParser { engine }),
         }),
-        startup: Arc::new(Startup),
+        users: Arc::new(crate::auth::Users::from_config(config)),
+        config: config.clone(),
     });
     loop {
         let (socket, addr) = listener.accept().await?;
         let factory = factory.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
         });

@@ -81,6 +81,8 @@ class QuiverServer:
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        # Extra libpq options for every connection (password, sslmode, ...).
+        self.client_options: dict = {}
         _ALL_SERVERS.append(self)
 
     # -- process control ---------------------------------------------------
@@ -206,7 +208,7 @@ class QuiverServer:
             **self.conninfo(),
             autocommit=autocommit,
             connect_timeout=connect_timeout,
-            **kwargs,
+            **{**self.client_options, **kwargs},
         )
 
     # -- data dir inspection ------------------------------------------------
