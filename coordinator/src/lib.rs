@@ -11,6 +11,7 @@
 mod catalog;
 mod index_builds;
 mod indexes;
+mod roles;
 mod sequences;
 mod tso;
 
@@ -22,7 +23,7 @@ use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
     ApiError, ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, DataApi,
-    IndexBuildStatus, IndexDef, IndexInfo, QueryApi, StatusCode, TableInfo,
+    IndexBuildStatus, IndexDef, IndexInfo, QueryApi, RoleInfo, StatusCode, TableInfo,
 };
 use quiver_meta::{MetaError, MetaStore, keys};
 use quiver_segment::{SegmentIndexMeta, SegmentMeta};
@@ -73,6 +74,7 @@ pub struct Coordinator {
     catalog: Catalog,
     segment_ids: Mutex<IdWindow>,
     sequences: sequences::Sequences,
+    roles: roles::Roles,
     query_nodes: Vec<Arc<dyn QueryApi>>,
     data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
     /// Where index files live, for removing those of dropped indexes.
@@ -110,12 +112,14 @@ impl Coordinator {
             .await?
             .unwrap_or(1);
         let sequences = sequences::Sequences::new(meta.clone());
+        let roles = roles::Roles::open(meta.clone()).await?;
         let coordinator = Coordinator {
             meta,
             tso,
             catalog,
             segment_ids: Mutex::new(IdWindow { next, limit: next }),
             sequences,
+            roles,
             query_nodes,
             data_nodes: RwLock::new(Vec::new()),
             store,
@@ -230,6 +234,26 @@ impl CoordinatorApi for Coordinator {
             self.sequences.drop_table(table.id).await?;
         }
         Ok(dropped)
+    }
+
+    async fn create_role(&self, role: RoleInfo, if_not_exists: bool) -> ApiResult<bool> {
+        self.roles.create(role, if_not_exists).await
+    }
+
+    async fn alter_role(&self, role: RoleInfo) -> ApiResult<()> {
+        self.roles.alter(role).await
+    }
+
+    async fn drop_role(&self, name: &str, if_exists: bool) -> ApiResult<bool> {
+        self.roles.drop(name, if_exists).await
+    }
+
+    fn role(&self, name: &str) -> Option<RoleInfo> {
+        self.roles.get(name)
+    }
+
+    fn roles(&self) -> Vec<RoleInfo> {
+        self.roles.list()
     }
 
     async fn next_serial_values(&self, table: TableId, column: &str, count: u64) -> ApiResult<i64> {

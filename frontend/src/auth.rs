@@ -25,7 +25,9 @@ use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
+use pgwire::api::{
+    ClientInfo, ConnectionManager, PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
@@ -65,25 +67,62 @@ impl Verifier {
     }
 }
 
-/// The users who may log in.
-#[derive(Debug, Default)]
+/// A SCRAM-SHA-256 verifier for a new password (`CREATE ROLE ... PASSWORD`).
+pub fn scram_verifier(password: &str) -> quiver_api::ScramVerifier {
+    let v = Verifier::new(password);
+    quiver_api::ScramVerifier {
+        salt: v.salt,
+        salted_password: v.salted,
+        iterations: SCRAM_ITERATIONS as u32,
+    }
+}
+
+/// The users who may log in: those of the config file, then the roles of
+/// the catalog that have LOGIN.
 pub struct Users {
     verifiers: HashMap<String, Verifier>,
+    coordinator: Arc<dyn quiver_api::CoordinatorApi>,
+}
+
+impl Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("configured", &self.verifiers.len())
+            .finish()
+    }
 }
 
 impl Users {
-    pub fn from_config(config: &FrontendConfig) -> Self {
+    pub fn new(config: &FrontendConfig, coordinator: Arc<dyn quiver_api::CoordinatorApi>) -> Self {
         Users {
             verifiers: config
                 .users
                 .iter()
                 .map(|u| (u.name.clone(), Verifier::new(&u.password)))
                 .collect(),
+            coordinator,
         }
     }
 
     fn exists(&self, name: &str) -> bool {
-        name == "postgres" || self.verifiers.contains_key(name)
+        name == "postgres"
+            || self.verifiers.contains_key(name)
+            || self.coordinator.role(name).is_some_and(|r| r.login)
+    }
+
+    fn verifier(&self, name: &str) -> Option<Verifier> {
+        if let Some(v) = self.verifiers.get(name) {
+            return Some(v.clone());
+        }
+        let role = self.coordinator.role(name).filter(|r| r.login)?;
+        // Only PostgreSQL's iteration count is advertised to clients.
+        let scram = role
+            .scram
+            .filter(|s| s.iterations as usize == SCRAM_ITERATIONS)?;
+        Some(Verifier {
+            salt: scram.salt,
+            salted: scram.salted_password,
+        })
     }
 }
 
@@ -92,8 +131,7 @@ impl AuthSource for Users {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let verifier = login
             .user()
-            .and_then(|u| self.verifiers.get(u))
-            .cloned()
+            .and_then(|u| self.verifier(u))
             // An unknown user gets a random verifier: the exchange runs to
             // the end and fails exactly like a wrong password.
             .unwrap_or_else(|| Verifier {
@@ -123,19 +161,29 @@ pub struct QuiverStartup {
     users: Arc<Users>,
     require_tls: bool,
     scram: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+    /// Where the connection registers its (pid, secret key), so a
+    /// CancelRequest from another socket can stop its running statement.
+    connections: Arc<ConnectionManager>,
 }
 
 impl QuiverStartup {
-    pub fn new(config: &FrontendConfig, users: Arc<Users>) -> Self {
+    pub fn new(
+        config: &FrontendConfig,
+        users: Arc<Users>,
+        connections: Arc<ConnectionManager>,
+    ) -> Self {
         let scram = (config.auth == AuthMethod::ScramSha256).then(|| {
             let mut auth = ScramAuth::new(users.clone());
             auth.set_iterations(SCRAM_ITERATIONS);
-            SASLAuthStartupHandler::new(Arc::new(parameters())).with_scram(auth)
+            SASLAuthStartupHandler::new(Arc::new(parameters()))
+                .with_scram(auth)
+                .with_connection_manager(connections.clone())
         });
         QuiverStartup {
             users,
             require_tls: config.tls.as_ref().is_some_and(|t| t.required),
             scram,
+            connections,
         }
     }
 }
@@ -167,6 +215,14 @@ impl StartupHandler for QuiverStartup {
                     ),
                 ));
             }
+            if self.scram.is_none() && !self.users.exists(&user) {
+                let reason = if self.users.coordinator.role(&user).is_some() {
+                    "is not permitted to log in"
+                } else {
+                    "does not exist"
+                };
+                return Err(fatal("28000", format!("role \"{user}\" {reason}")));
+            }
             if database != DATABASE {
                 return Err(fatal(
                     "3D000",
@@ -174,13 +230,13 @@ impl StartupHandler for QuiverStartup {
                 ));
             }
             if self.scram.is_none() {
-                if !self.users.exists(&user) {
-                    return Err(fatal("28000", format!("role \"{user}\" does not exist")));
-                }
                 pgwire::api::auth::protocol_negotiation(client, startup).await?;
                 pgwire::api::auth::save_startup_parameters_to_metadata(client, startup);
                 let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
-                client.set_pid_and_secret_key(pid, secret);
+                client.set_pid_and_secret_key(pid, secret.clone());
+                let (handle, guard) = self.connections.register(pid, secret);
+                client.session_extensions().insert(handle);
+                client.session_extensions().insert(guard);
                 return pgwire::api::auth::finish_authentication(client, &parameters()).await;
             }
         }

@@ -21,40 +21,58 @@ use quiver_planner::rewrite::{
 use quiver_planner::vector::{VectorOperatorPlanner, udfs};
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
-use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
+use sqlparser::ast::{Expr, ObjectName, Statement, Value};
 
 use crate::column_names::{alias_computed_expressions, postgres_column_names};
 use crate::error::{from_api, from_datafusion};
 use crate::session::{Consistency, Session, TransactionState};
+use crate::settings::{bind_current_setting, search_list};
 use crate::table::{QuiverSchema, ReadSnapshot};
 use crate::vector_search::SearchSettings;
 
 pub const DATABASE: &str = "postgres";
 pub const SCHEMA: &str = "public";
 
-/// The roles of a fresh `initdb`: the `postgres` superuser. (Roles created
-/// with `CREATE ROLE` will come from the coordinator's catalog.)
-#[derive(Debug, Clone)]
-struct InitdbRoles;
+/// Roles as `pg_roles` / psql's `\du` show them: the `postgres` superuser
+/// of a fresh `initdb`, then the roles of the coordinator's catalog.
+#[derive(Clone)]
+struct CatalogRoles {
+    coordinator: Arc<dyn CoordinatorApi>,
+}
+
+impl std::fmt::Debug for CatalogRoles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CatalogRoles")
+    }
+}
 
 #[async_trait::async_trait]
-impl datafusion_pg_catalog::pg_catalog::context::PgCatalogContextProvider for InitdbRoles {
+impl datafusion_pg_catalog::pg_catalog::context::PgCatalogContextProvider for CatalogRoles {
     async fn roles(&self) -> Vec<String> {
-        vec!["postgres".to_string()]
+        let mut names = vec!["postgres".to_string()];
+        names.extend(self.coordinator.roles().into_iter().map(|r| r.name));
+        names
     }
 
     async fn role(&self, name: &str) -> Option<datafusion_pg_catalog::pg_catalog::context::Role> {
-        (name == "postgres").then(|| datafusion_pg_catalog::pg_catalog::context::Role {
-            name: name.to_string(),
-            is_superuser: true,
-            can_login: true,
-            can_create_db: true,
-            can_create_role: true,
-            can_create_user: true,
-            can_replication: true,
-            grants: vec![],
-            inherited_roles: vec![],
-        })
+        let role = |superuser, login, create_db, create_role| {
+            datafusion_pg_catalog::pg_catalog::context::Role {
+                name: name.to_string(),
+                is_superuser: superuser,
+                can_login: login,
+                can_create_db: create_db,
+                can_create_role: create_role,
+                can_create_user: create_role,
+                can_replication: superuser,
+                grants: vec![],
+                inherited_roles: vec![],
+            }
+        };
+        if name == "postgres" {
+            return Some(role(true, true, true, true));
+        }
+        let r = self.coordinator.role(name)?;
+        Some(role(r.superuser, r.login, r.create_db, r.create_role))
     }
 }
 
@@ -90,6 +108,21 @@ impl Backends {
     pub fn query_node(&self, segment: SegmentId) -> Arc<dyn QueryApi> {
         let idx = self.coordinator.segment_owner(segment);
         self.query_nodes[idx.min(self.query_nodes.len().saturating_sub(1))].clone()
+    }
+}
+
+/// Fails the session's transaction block when dropped armed: on an error,
+/// or when the statement is cancelled (its future dropped) halfway.
+struct AbortBlockOnDrop<'a> {
+    session: &'a Session,
+    armed: bool,
+}
+
+impl Drop for AbortBlockOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.session.fail_transaction();
+        }
     }
 }
 
@@ -132,13 +165,12 @@ impl Engine {
         let catalog = ctx
             .catalog(DATABASE)
             .ok_or_else(|| SqlError::new("XX000", "default catalog missing"))?;
+        let public = Arc::new(QuiverSchema {
+            backends: backends.clone(),
+            pg_catalog: std::sync::OnceLock::new(),
+        });
         catalog
-            .register_schema(
-                SCHEMA,
-                Arc::new(QuiverSchema {
-                    backends: backends.clone(),
-                }),
-            )
+            .register_schema(SCHEMA, public.clone())
             .map_err(from_datafusion)?;
         catalog
             .register_schema(
@@ -164,8 +196,14 @@ impl Engine {
                 inner, average,
             ));
         }
-        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(&ctx, DATABASE, InitdbRoles)
-            .map_err(|e| from_datafusion(*e))?;
+        datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &ctx,
+            DATABASE,
+            CatalogRoles {
+                coordinator: backends.coordinator.clone(),
+            },
+        )
+        .map_err(|e| from_datafusion(*e))?;
         if let Ok(format_type) =
             datafusion::execution::FunctionRegistry::udf(&ctx.state(), "format_type")
         {
@@ -183,15 +221,20 @@ impl Engine {
         ctx.register_udf(crate::pg_catalog::pg_get_serial_sequence_udf(
             backends.clone(),
         ));
+        ctx.register_udf(crate::pg_catalog::PgGetIndexdef::udf(backends.clone()));
+        for udf in quiver_planner::catalog_functions::null_text_udfs() {
+            if datafusion::execution::FunctionRegistry::udf(&ctx.state(), udf.name()).is_err() {
+                ctx.register_udf(udf);
+            }
+        }
         if let Some(inner) = catalog.schema("pg_catalog") {
+            let pg_catalog = Arc::new(crate::pg_catalog::PgCatalog {
+                inner,
+                backends: backends.clone(),
+            });
+            let _ = public.pg_catalog.set(pg_catalog.clone());
             catalog
-                .register_schema(
-                    "pg_catalog",
-                    Arc::new(crate::pg_catalog::PgCatalog {
-                        inner,
-                        backends: backends.clone(),
-                    }),
-                )
+                .register_schema("pg_catalog", pg_catalog)
                 .map_err(from_datafusion)?;
         }
         let state = ctx.state();
@@ -309,7 +352,9 @@ impl Engine {
     }
 
     /// Writes one statement's change: at once in autocommit, into the
-    /// transaction's buffer inside a block.
+    /// transaction's buffer inside a block. The write runs as its own task:
+    /// a cancel request (which drops the statement) cannot stop it between
+    /// its WAL append and its apply.
     pub async fn write(
         &self,
         session: &Session,
@@ -320,11 +365,10 @@ impl Engine {
             session.set_transaction(TransactionState::Open(txn));
             return result;
         }
-        let result = self
-            .backends
-            .streaming
-            .write(request)
+        let streaming = self.backends.streaming.clone();
+        let result = tokio::spawn(async move { streaming.write(request).await })
             .await
+            .map_err(|e| SqlError::new("XX000", format!("write task failed: {e}")))?
             .map_err(from_api)?;
         session.record_write(result.ts);
         Ok(result)
@@ -418,11 +462,14 @@ impl Engine {
                 "current transaction is aborted, commands ignored until end of transaction block",
             ));
         }
+        // PostgreSQL aborts the whole transaction on any error, and on a
+        // cancelled statement (whose future is dropped here).
+        let mut abort_on_drop = AbortBlockOnDrop {
+            session,
+            armed: true,
+        };
         let result = self.execute_statement(session, statement).await;
-        if result.is_err() {
-            // PostgreSQL aborts the whole transaction on any error.
-            session.fail_transaction();
-        }
+        abort_on_drop.armed = result.is_err();
         result
     }
 
@@ -436,6 +483,12 @@ impl Engine {
                 self.run_query(session, statement).await
             }
             Statement::CreateTable(create) => crate::ddl::create_table(self, create).await,
+            Statement::Drop {
+                object_type: sqlparser::ast::ObjectType::Role | sqlparser::ast::ObjectType::User,
+                if_exists,
+                names,
+                ..
+            } => self.drop_roles(&names, if_exists).await,
             Statement::Drop {
                 object_type: sqlparser::ast::ObjectType::Index,
                 if_exists,
@@ -484,6 +537,20 @@ impl Engine {
                 Ok(out)
             }
             Statement::ShowVariable { variable } => self.show(session, &variable),
+            Statement::Prepare {
+                name,
+                data_types,
+                statement,
+            } => self.prepare(session, &name, data_types, *statement),
+            Statement::Execute {
+                name, parameters, ..
+            } => {
+                self.execute_prepared(session, name.as_ref(), parameters)
+                    .await
+            }
+            Statement::Deallocate { name, .. } => self.deallocate(session, &name),
+            Statement::CreateRole(create) => self.create_role(create).await,
+            Statement::AlterRole { name, operation } => self.alter_role(&name, &operation).await,
             Statement::StartTransaction { modes, .. } => self.begin(session, &modes),
             Statement::Commit { chain: false, .. } => self.commit(session).await,
             Statement::Rollback {
@@ -508,126 +575,6 @@ impl Engine {
                 ),
             )),
         }
-    }
-
-    /// `BEGIN` / `START TRANSACTION`: READ COMMITTED, as PostgreSQL's
-    /// default; stronger levels are refused rather than silently weakened.
-    fn begin(
-        &self,
-        session: &Session,
-        modes: &[sqlparser::ast::TransactionMode],
-    ) -> Result<Output, SqlError> {
-        use sqlparser::ast::{TransactionIsolationLevel as Level, TransactionMode};
-        for mode in modes {
-            if let TransactionMode::IsolationLevel(
-                level @ (Level::RepeatableRead | Level::Serializable | Level::Snapshot),
-            ) = mode
-            {
-                return Err(SqlError::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "transaction isolation level {level} is not supported (Quiver transactions are READ COMMITTED)"
-                    ),
-                ));
-            }
-        }
-        if session.in_transaction_block() {
-            session.warning("25001", "there is already a transaction in progress");
-        } else {
-            session.set_transaction(TransactionState::Open(Box::default()));
-        }
-        Ok(Output::TransactionStart(Tag::new("BEGIN")))
-    }
-
-    /// `COMMIT`: writes the transaction's buffer atomically. A failed
-    /// block ends as a rollback, as in PostgreSQL.
-    async fn commit(&self, session: &Session) -> Result<Output, SqlError> {
-        match session.set_transaction(TransactionState::Idle) {
-            TransactionState::Open(txn) => {
-                match txn.commit(self.backends.streaming.as_ref()).await {
-                    Ok(Some(ts)) => session.record_write(ts),
-                    Ok(None) => {}
-                    Err(e) => {
-                        // Nothing was written. The block stays failed until
-                        // the client's ROLLBACK (PostgreSQL itself would be
-                        // idle here; pgwire reports an error inside a block
-                        // as a failed block).
-                        session.set_transaction(TransactionState::Failed(Box::default()));
-                        return Err(e);
-                    }
-                }
-                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
-            }
-            TransactionState::Failed(_) => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
-            TransactionState::Idle => {
-                session.warning("25P01", "there is no transaction in progress");
-                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
-            }
-        }
-    }
-
-    /// `SAVEPOINT name` / `RELEASE SAVEPOINT name`.
-    fn savepoint(
-        &self,
-        session: &Session,
-        name: &sqlparser::ast::Ident,
-        tag: &str,
-    ) -> Result<Output, SqlError> {
-        let name = identifier(name);
-        let Some(mut txn) = session.take_open_transaction() else {
-            return Err(SqlError::new(
-                "25P01",
-                format!("{tag} can only be used in transaction blocks"),
-            ));
-        };
-        let result = if tag == "SAVEPOINT" {
-            txn.savepoint(name);
-            Ok(())
-        } else {
-            txn.release(&name)
-        };
-        session.set_transaction(TransactionState::Open(txn));
-        result.map(|()| Output::Command(Tag::new(tag)))
-    }
-
-    /// `ROLLBACK TO SAVEPOINT name`: also revives a failed block.
-    fn rollback_to_savepoint(
-        &self,
-        session: &Session,
-        name: &sqlparser::ast::Ident,
-    ) -> Result<Output, SqlError> {
-        let name = identifier(name);
-        let (mut txn, failed) = match session.set_transaction(TransactionState::Idle) {
-            TransactionState::Open(txn) => (txn, false),
-            TransactionState::Failed(txn) => (txn, true),
-            TransactionState::Idle => {
-                return Err(SqlError::new(
-                    "25P01",
-                    "ROLLBACK TO SAVEPOINT can only be used in transaction blocks",
-                ));
-            }
-        };
-        match txn.rollback_to(&name) {
-            Ok(()) => {
-                session.set_transaction(TransactionState::Open(txn));
-                Ok(Output::Command(Tag::new("ROLLBACK")))
-            }
-            Err(e) => {
-                session.set_transaction(if failed {
-                    TransactionState::Failed(txn)
-                } else {
-                    TransactionState::Open(txn)
-                });
-                Err(e)
-            }
-        }
-    }
-
-    fn rollback(&self, session: &Session) -> Output {
-        if let TransactionState::Idle = session.set_transaction(TransactionState::Idle) {
-            session.warning("25P01", "there is no transaction in progress");
-        }
-        Output::TransactionEnd(Tag::new("ROLLBACK"))
     }
 
     /// `CHECKPOINT`: seal and flush every growing segment.
@@ -662,59 +609,6 @@ impl Engine {
             .await
             .map_err(from_api)?;
         Ok(Output::Command(Tag::new("VACUUM")))
-    }
-
-    fn set(&self, session: &Session, set: Set) -> Result<Output, SqlError> {
-        match set {
-            Set::SingleAssignment {
-                variable, values, ..
-            } => {
-                let name = variable_name(&variable);
-                let value = values.first().map(setting_value).unwrap_or_default();
-                if name == "quiver.consistency" {
-                    *session.consistency.lock() = Consistency::parse(&value)?;
-                } else if SEARCH_SETTINGS.contains(&name.as_str()) {
-                    let n = value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=10_000).contains(n));
-                    if n.is_none() {
-                        return Err(SqlError::new(
-                            sqlstate::INVALID_PARAMETER_VALUE,
-                            format!(
-                                "invalid value for parameter \"{name}\": \"{value}\" (an integer from 1 to 10000)"
-                            ),
-                        ));
-                    }
-                    session.settings.lock().insert(name, value);
-                } else {
-                    session.settings.lock().insert(name, value);
-                }
-                Ok(Output::Command(Tag::new("SET")))
-            }
-            // SET TIME ZONE, SET NAMES, ...: accepted, nothing to change.
-            _ => Ok(Output::Command(Tag::new("SET"))),
-        }
-    }
-
-    fn show(
-        &self,
-        session: &Session,
-        variable: &[sqlparser::ast::Ident],
-    ) -> Result<Output, SqlError> {
-        let name = variable
-            .iter()
-            .map(|i| i.value.to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(".");
-        let value = setting(session, &name)?;
-        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
-        )
-        .map_err(|e| SqlError::new("XX000", e.to_string()))?;
-        Ok(Output::Rows(schema, vec![batch]))
     }
 
     /// Parameter types and result columns of a statement, without running it.
@@ -761,74 +655,6 @@ impl Engine {
     }
 }
 
-/// A configuration parameter's value for `SHOW` and `current_setting`.
-fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
-    Ok(match name {
-        "quiver.consistency" => session.consistency.lock().name().to_string(),
-        "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
-        "server_version_num" => "160006".to_string(),
-        "server_encoding" | "client_encoding" => "UTF8".to_string(),
-        "standard_conforming_strings" => "on".to_string(),
-        "timezone" => "UTC".to_string(),
-        "datestyle" => "ISO, MDY".to_string(),
-        "search_path" => "\"$user\", public".to_string(),
-        "transaction_isolation" | "transaction.isolation.level" => "read committed".to_string(),
-        other => session.settings.lock().get(other).cloned().ok_or_else(|| {
-            SqlError::new(
-                sqlstate::UNDEFINED_OBJECT,
-                format!("unrecognized configuration parameter \"{other}\""),
-            )
-        })?,
-    })
-}
-
-/// Replaces `current_setting('name' [, missing_ok])` by the session's value
-/// (settings live in the session, which DataFusion functions cannot see).
-fn bind_current_setting(statement: &mut Statement, session: &Session) -> Result<(), SqlError> {
-    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
-    let mut failure = None;
-    let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
-        if let Expr::Function(f) = e
-            && f.name.to_string().eq_ignore_ascii_case("current_setting")
-            && let FunctionArguments::List(list) = &f.args
-        {
-            let arg = |i: usize| match list.args.get(i) {
-                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
-                    Some(v.value.clone())
-                }
-                _ => None,
-            };
-            let missing_ok = matches!(arg(1), Some(Value::Boolean(true)));
-            if let Some(Value::SingleQuotedString(name)) = arg(0) {
-                let value = match setting(session, &name.to_ascii_lowercase()) {
-                    Ok(v) => Value::SingleQuotedString(v),
-                    Err(_) if missing_ok => Value::Null,
-                    Err(err) => {
-                        failure = Some(err);
-                        return std::ops::ControlFlow::Break(());
-                    }
-                };
-                *e = Expr::value(value);
-            }
-        }
-        std::ops::ControlFlow::Continue(())
-    });
-    failure.map_or(Ok(()), Err)
-}
-
-/// Settings that size graph searches: Quiver's own and pgvector's, which
-/// map onto it so pgvector applications keep their tuning knob.
-const SEARCH_SETTINGS: [&str; 3] = ["diskann.search_list", "hnsw.ef_search", "ivfflat.probes"];
-
-fn search_list(session: &Session) -> usize {
-    let get = |name: &str| session.setting(name).and_then(|v| v.parse::<usize>().ok());
-    get("diskann.search_list")
-        .or_else(|| get("hnsw.ef_search"))
-        // One probed list of an IVF index is roughly ten graph candidates.
-        .or_else(|| get("ivfflat.probes").map(|p| p.saturating_mul(10)))
-        .unwrap_or(crate::vector_search::DEFAULT_SEARCH_LIST)
-}
-
 /// The result schema with PostgreSQL's names for unaliased columns.
 fn with_postgres_names(schema: &Schema, names: Option<Vec<Option<String>>>) -> SchemaRef {
     match names {
@@ -848,37 +674,8 @@ fn with_postgres_names(schema: &Schema, names: Option<Vec<Option<String>>>) -> S
     }
 }
 
-/// An identifier as PostgreSQL folds it: quoted kept, unquoted lower-cased.
-fn identifier(ident: &sqlparser::ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_ascii_lowercase()
-    }
-}
-
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-}
-
-fn variable_name(name: &ObjectName) -> String {
-    name.0
-        .iter()
-        .filter_map(|p| p.as_ident())
-        .map(|i| i.value.to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn setting_value(expr: &Expr) -> String {
-    match expr {
-        Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
-            other => other.to_string(),
-        },
-        Expr::Identifier(i) => i.value.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// `$1..$n` types DataFusion inferred, `UNKNOWN` where it could not.

@@ -10,6 +10,7 @@
 //! of frontends can serve the same cluster.
 
 pub mod auth;
+pub mod catalog_indexes;
 pub mod column_names;
 pub mod config;
 pub mod copy_in;
@@ -22,8 +23,11 @@ pub mod error;
 pub mod index_ddl;
 pub mod literal_values;
 pub mod pg_catalog;
+pub mod prepared;
+pub mod roles;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod standalone;
 pub mod system_views;
 pub mod table;

@@ -22,6 +22,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int16Array, Int32Arra
 use arrow::datatypes::{Int16Type, Int32Type, SchemaRef};
 use quiver_types::{ColumnDef, ColumnDefault};
 
+use crate::catalog_indexes::{CatalogView, Extension, pg_indexes_schema, rows_batch};
 use crate::engine::Backends;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -44,10 +45,20 @@ pub struct PgCatalog {
 #[async_trait]
 impl SchemaProvider for PgCatalog {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.push("pg_indexes".to_string());
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(extension) = Extension::for_table(name) {
+            return Ok(Some(Arc::new(Extended {
+                inner: self.inner.table(name).await?,
+                extension,
+                catalog: self.inner.clone(),
+                backends: self.backends.clone(),
+            })));
+        }
         let Some(table) = self.inner.table(name).await? else {
             return Ok(None);
         };
@@ -79,7 +90,7 @@ impl SchemaProvider for PgCatalog {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        name == "pg_indexes" || self.inner.table_exist(name)
     }
 }
 
@@ -466,4 +477,223 @@ pub fn pg_get_serial_sequence_udf(backends: Arc<Backends>) -> datafusion::logica
             Ok(ColumnarValue::Array(Arc::new(out)))
         }),
     )
+}
+
+/// A catalog table with Quiver's rows appended (see `catalog_indexes`).
+#[derive(Debug)]
+struct Extended {
+    /// The emulation's table; `None` for tables it lacks (`pg_indexes`).
+    inner: Option<Arc<dyn TableProvider>>,
+    extension: Extension,
+    catalog: Arc<dyn SchemaProvider>,
+    backends: Arc<Backends>,
+}
+
+fn reloptions_type() -> arrow::datatypes::DataType {
+    arrow::datatypes::DataType::List(Arc::new(arrow::datatypes::Field::new(
+        "item",
+        arrow::datatypes::DataType::Utf8,
+        true,
+    )))
+}
+
+/// `pg_class` with `reloptions` (psql's `\d+` reads it; always NULL here).
+fn with_reloptions(schema: SchemaRef) -> SchemaRef {
+    if schema.index_of("reloptions").is_ok() {
+        return schema;
+    }
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        "reloptions",
+        reloptions_type(),
+        true,
+    )));
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ))
+}
+
+/// Reads what the appended rows are derived from.
+async fn catalog_view(
+    catalog: &Arc<dyn SchemaProvider>,
+    backends: &Backends,
+    state: &dyn Session,
+) -> Result<Option<CatalogView>> {
+    let table = |name: &'static str| async move {
+        catalog
+            .table(name)
+            .await?
+            .ok_or_else(|| DataFusionError::Plan(format!("pg_catalog.{name} missing")))
+    };
+    let namespaces = scan_all(&table("pg_namespace").await?, state).await?;
+    let Some(public) = public_oid(&namespaces) else {
+        return Ok(None);
+    };
+    let classes = scan_all(&table("pg_class").await?, state).await?;
+    let table_oids = public_relations(&classes, public)
+        .into_iter()
+        .map(|(oid, name)| (name, oid))
+        .collect();
+    Ok(Some(CatalogView {
+        public,
+        table_oids,
+        tables: backends.coordinator.tables(),
+    }))
+}
+
+/// `pg_class.relhasindex` is true for Quiver tables (every one has its
+/// primary key index): psql's `\d` lists indexes only then.
+fn with_indexes_flagged(batch: &RecordBatch, view: &CatalogView) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let (Ok(idx), Some(oids)) = (
+        schema.index_of("relhasindex"),
+        batch
+            .column_by_name("oid")
+            .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+    ) else {
+        return Ok(batch.clone());
+    };
+    let Some(flags) = batch.column(idx).as_boolean_opt() else {
+        return Ok(batch.clone());
+    };
+    let table_oids: std::collections::HashSet<i32> = view.table_oids.values().copied().collect();
+    let fixed: BooleanArray = (0..batch.num_rows())
+        .map(|i| Some(flags.value(i) || table_oids.contains(&oids.value(i))))
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[idx] = Arc::new(fixed);
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[async_trait]
+impl TableProvider for Extended {
+    fn schema(&self) -> SchemaRef {
+        match &self.inner {
+            Some(t) if self.extension == Extension::PgClass => with_reloptions(t.schema()),
+            Some(t) => t.schema(),
+            None => pg_indexes_schema(),
+        }
+    }
+
+    fn table_type(&self) -> TableType {
+        match &self.inner {
+            Some(t) => t.table_type(),
+            None => TableType::View,
+        }
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.schema();
+        let mut batches = match &self.inner {
+            Some(t) => scan_all(t, state).await?,
+            None => Vec::new(),
+        };
+        if self.extension == Extension::PgClass {
+            batches = batches
+                .iter()
+                .map(|b| {
+                    if b.schema().index_of("reloptions").is_ok() {
+                        return Ok(b.clone());
+                    }
+                    let mut columns = b.columns().to_vec();
+                    columns.push(arrow::array::new_null_array(
+                        &reloptions_type(),
+                        b.num_rows(),
+                    ));
+                    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+                })
+                .collect::<Result<_>>()?;
+        }
+        if let Some(view) = catalog_view(&self.catalog, &self.backends, state).await? {
+            if self.extension == Extension::PgClass {
+                batches = batches
+                    .iter()
+                    .map(|b| with_indexes_flagged(b, &view))
+                    .collect::<Result<_>>()?;
+            }
+            batches.push(rows_batch(&schema, &self.extension.rows(&view))?);
+        }
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            schema,
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `pg_get_indexdef(oid [, column, pretty])` for Quiver's indexes (NULL
+/// for other OIDs).
+#[derive(Debug)]
+pub struct PgGetIndexdef {
+    backends: Arc<Backends>,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl PartialEq for PgGetIndexdef {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PgGetIndexdef {}
+
+impl std::hash::Hash for PgGetIndexdef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        "pg_get_indexdef".hash(state);
+    }
+}
+
+impl PgGetIndexdef {
+    pub fn udf(backends: Arc<Backends>) -> datafusion::logical_expr::ScalarUDF {
+        datafusion::logical_expr::ScalarUDF::new_from_impl(PgGetIndexdef {
+            backends,
+            signature: datafusion::logical_expr::Signature::variadic_any(
+                datafusion::logical_expr::Volatility::Stable,
+            ),
+        })
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for PgGetIndexdef {
+    fn name(&self) -> &str {
+        "pg_get_indexdef"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(
+        &self,
+        _args: &[arrow::datatypes::DataType],
+    ) -> Result<arrow::datatypes::DataType> {
+        Ok(arrow::datatypes::DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> Result<datafusion::logical_expr::ColumnarValue> {
+        let oids = args.args[0].to_array(args.number_rows)?;
+        let oids = arrow::compute::cast(&oids, &arrow::datatypes::DataType::Int64)?;
+        let oids = oids.as_primitive::<arrow::datatypes::Int64Type>();
+        let tables = self.backends.coordinator.tables();
+        let out: arrow::array::StringArray = (0..oids.len())
+            .map(|i| {
+                oids.is_valid(i)
+                    .then(|| crate::catalog_indexes::indexdef(&tables, oids.value(i)))
+                    .flatten()
+            })
+            .collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            out,
+        )))
+    }
 }

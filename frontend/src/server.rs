@@ -419,6 +419,7 @@ pub struct Factory {
     handlers: Arc<Handlers>,
     users: Arc<crate::auth::Users>,
     config: crate::config::FrontendConfig,
+    connections: Arc<pgwire::api::ConnectionManager>,
 }
 
 impl PgWireServerHandlers for Factory {
@@ -435,6 +436,13 @@ impl PgWireServerHandlers for Factory {
         Arc::new(crate::auth::QuiverStartup::new(
             &self.config,
             self.users.clone(),
+            self.connections.clone(),
+        ))
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        Arc::new(pgwire::api::cancel::DefaultCancelHandler::new(
+            self.connections.clone(),
         ))
     }
 
@@ -453,13 +461,18 @@ pub async fn serve(
         Some(tls) => Some(crate::auth::tls_acceptor(&tls.cert, &tls.key)?),
         None => None,
     };
+    let users = Arc::new(crate::auth::Users::new(
+        config,
+        engine.backends.coordinator.clone(),
+    ));
     let factory = Arc::new(Factory {
         handlers: Arc::new(Handlers {
             engine: engine.clone(),
             parser: Arc::new(QuiverParser { engine }),
         }),
-        users: Arc::new(crate::auth::Users::from_config(config)),
+        users,
         config: config.clone(),
+        connections: Arc::new(pgwire::api::ConnectionManager::new()),
     });
     loop {
         let (socket, addr) = listener.accept().await?;

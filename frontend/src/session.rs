@@ -61,6 +61,8 @@ pub struct Session {
     pub settings: Mutex<HashMap<String, String>>,
     /// The `COPY ... FROM STDIN` receiving data, if any.
     pub copy_in: Mutex<Option<crate::copy_in::CopyIn>>,
+    /// `PREPARE`d statements by name.
+    pub prepared: Mutex<HashMap<String, crate::prepared::SqlPrepared>>,
     /// NOTICE messages for the client, sent before the statement's result.
     notices: Mutex<Vec<Notice>>,
     transaction: Mutex<TransactionState>,
@@ -95,6 +97,7 @@ impl Session {
             last_write: AtomicU64::new(0),
             settings: Mutex::new(HashMap::new()),
             copy_in: Mutex::new(None),
+            prepared: Mutex::new(HashMap::new()),
             notices: Mutex::new(Vec::new()),
             transaction: Mutex::new(TransactionState::Idle),
         }
@@ -134,11 +137,16 @@ impl Session {
     }
 
     /// Takes the open transaction out (to work on it across awaits); the
-    /// caller puts it back with [`Session::set_transaction`].
+    /// caller puts it back with [`Session::set_transaction`]. Meanwhile the
+    /// block counts as failed, so a statement cancelled halfway leaves it
+    /// failed rather than silently gone.
     pub fn take_open_transaction(&self) -> Option<Box<Transaction>> {
         let mut state = self.transaction.lock();
         match std::mem::take(&mut *state) {
-            TransactionState::Open(txn) => Some(txn),
+            TransactionState::Open(txn) => {
+                *state = TransactionState::Failed(Box::default());
+                Some(txn)
+            }
             other => {
                 *state = other;
                 None

@@ -26,6 +26,10 @@ pub struct ReadSnapshot(pub Timestamp);
 #[derive(Debug)]
 pub struct QuiverSchema {
     pub backends: Arc<Backends>,
+    /// `pg_catalog`, which PostgreSQL searches before `public`: an
+    /// unqualified catalog name the SQL layer does not qualify itself
+    /// (`pg_indexes`) resolves there.
+    pub pg_catalog: std::sync::OnceLock<Arc<dyn SchemaProvider>>,
 }
 
 #[async_trait]
@@ -40,17 +44,23 @@ impl SchemaProvider for QuiverSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        Ok(self.backends.coordinator.table(name).map(|info| {
-            Arc::new(QuiverTable {
+        if let Some(info) = self.backends.coordinator.table(name) {
+            return Ok(Some(Arc::new(QuiverTable {
                 schema: info.schema.arrow_schema(),
                 info,
                 backends: self.backends.clone(),
-            }) as Arc<dyn TableProvider>
-        }))
+            })));
+        }
+        match self.pg_catalog.get() {
+            Some(catalog) if name.starts_with("pg_") => catalog.table(name).await,
+            _ => Ok(None),
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.backends.coordinator.table(name).is_some()
+            || (name.starts_with("pg_")
+                && self.pg_catalog.get().is_some_and(|c| c.table_exist(name)))
     }
 }
 

@@ -26,7 +26,10 @@ use quiver_api::{ConflictPolicy, StreamingApi, TableInfo, WriteRequest, WriteRes
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{PkEncoder, PrimaryKey, TableId, Timestamp};
 
+use crate::engine::Output;
 use crate::error::from_api;
+use crate::session::{Session, TransactionState};
+use pgwire::api::results::Tag;
 
 /// Where one row sits: (batch, row) in a [`PendingTable`]'s batches.
 type Loc = (usize, usize);
@@ -343,7 +346,10 @@ impl Transaction {
 
     /// Writes every table's net change atomically; returns the commit
     /// timestamp (`None` if the transaction wrote nothing).
-    pub async fn commit(self, streaming: &dyn StreamingApi) -> Result<Option<Timestamp>, SqlError> {
+    pub async fn commit(
+        self,
+        streaming: Arc<dyn StreamingApi>,
+    ) -> Result<Option<Timestamp>, SqlError> {
         let mut requests = Vec::new();
         for t in self.tables.into_values() {
             if t.entries.is_empty() {
@@ -371,7 +377,11 @@ impl Transaction {
         if requests.is_empty() {
             return Ok(None);
         }
-        let ts = streaming.commit(requests).await.map_err(from_api)?;
+        // Its own task, so a cancel request cannot interrupt the commit.
+        let ts = tokio::spawn(async move { streaming.commit(requests).await })
+            .await
+            .map_err(|e| SqlError::new("XX000", format!("commit task failed: {e}")))?
+            .map_err(from_api)?;
         Ok(Some(ts))
     }
 }
@@ -386,5 +396,136 @@ impl PendingTable {
         interleave_record_batch(&batches, &live)
             .map(Some)
             .map_err(arrow_err)
+    }
+}
+
+impl crate::engine::Engine {
+    /// `BEGIN` / `START TRANSACTION`: READ COMMITTED, as PostgreSQL's
+    /// default; stronger levels are refused rather than silently weakened.
+    pub(crate) fn begin(
+        &self,
+        session: &Session,
+        modes: &[sqlparser::ast::TransactionMode],
+    ) -> Result<Output, SqlError> {
+        use sqlparser::ast::{TransactionIsolationLevel as Level, TransactionMode};
+        for mode in modes {
+            if let TransactionMode::IsolationLevel(
+                level @ (Level::RepeatableRead | Level::Serializable | Level::Snapshot),
+            ) = mode
+            {
+                return Err(SqlError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "transaction isolation level {level} is not supported (Quiver transactions are READ COMMITTED)"
+                    ),
+                ));
+            }
+        }
+        if session.in_transaction_block() {
+            session.warning("25001", "there is already a transaction in progress");
+        } else {
+            session.set_transaction(TransactionState::Open(Box::default()));
+        }
+        Ok(Output::TransactionStart(Tag::new("BEGIN")))
+    }
+
+    /// `COMMIT`: writes the transaction's buffer atomically. A failed
+    /// block ends as a rollback, as in PostgreSQL.
+    pub(crate) async fn commit(&self, session: &Session) -> Result<Output, SqlError> {
+        match session.set_transaction(TransactionState::Idle) {
+            TransactionState::Open(txn) => {
+                match txn.commit(self.backends.streaming.clone()).await {
+                    Ok(Some(ts)) => session.record_write(ts),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Nothing was written. The block stays failed until
+                        // the client's ROLLBACK (PostgreSQL itself would be
+                        // idle here; pgwire reports an error inside a block
+                        // as a failed block).
+                        session.set_transaction(TransactionState::Failed(Box::default()));
+                        return Err(e);
+                    }
+                }
+                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
+            }
+            TransactionState::Failed(_) => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
+            TransactionState::Idle => {
+                session.warning("25P01", "there is no transaction in progress");
+                Ok(Output::TransactionEnd(Tag::new("COMMIT")))
+            }
+        }
+    }
+
+    /// `SAVEPOINT name` / `RELEASE SAVEPOINT name`.
+    pub(crate) fn savepoint(
+        &self,
+        session: &Session,
+        name: &sqlparser::ast::Ident,
+        tag: &str,
+    ) -> Result<Output, SqlError> {
+        let name = identifier(name);
+        let Some(mut txn) = session.take_open_transaction() else {
+            return Err(SqlError::new(
+                "25P01",
+                format!("{tag} can only be used in transaction blocks"),
+            ));
+        };
+        let result = if tag == "SAVEPOINT" {
+            txn.savepoint(name);
+            Ok(())
+        } else {
+            txn.release(&name)
+        };
+        session.set_transaction(TransactionState::Open(txn));
+        result.map(|()| Output::Command(Tag::new(tag)))
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: also revives a failed block.
+    pub(crate) fn rollback_to_savepoint(
+        &self,
+        session: &Session,
+        name: &sqlparser::ast::Ident,
+    ) -> Result<Output, SqlError> {
+        let name = identifier(name);
+        let (mut txn, failed) = match session.set_transaction(TransactionState::Idle) {
+            TransactionState::Open(txn) => (txn, false),
+            TransactionState::Failed(txn) => (txn, true),
+            TransactionState::Idle => {
+                return Err(SqlError::new(
+                    "25P01",
+                    "ROLLBACK TO SAVEPOINT can only be used in transaction blocks",
+                ));
+            }
+        };
+        match txn.rollback_to(&name) {
+            Ok(()) => {
+                session.set_transaction(TransactionState::Open(txn));
+                Ok(Output::Command(Tag::new("ROLLBACK")))
+            }
+            Err(e) => {
+                session.set_transaction(if failed {
+                    TransactionState::Failed(txn)
+                } else {
+                    TransactionState::Open(txn)
+                });
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn rollback(&self, session: &Session) -> Output {
+        if let TransactionState::Idle = session.set_transaction(TransactionState::Idle) {
+            session.warning("25P01", "there is no transaction in progress");
+        }
+        Output::TransactionEnd(Tag::new("ROLLBACK"))
+    }
+}
+
+/// An identifier as PostgreSQL folds it: quoted kept, unquoted lower-cased.
+fn identifier(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
     }
 }

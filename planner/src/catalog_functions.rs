@@ -204,3 +204,59 @@ impl datafusion::logical_expr::ScalarUDFImpl for PgGetExpr {
         )?))
     }
 }
+
+/// Catalog functions over objects Quiver keeps no data for, answering
+/// NULL like PostgreSQL does for an object without it:
+/// `col_description(table, column)` and `obj_description(oid [, catalog])`
+/// (no comments), `pg_get_triggerdef` and `pg_get_ruledef` (psql's `\d+`
+/// only calls them for rows of empty catalogs).
+pub fn null_text_udfs() -> Vec<ScalarUDF> {
+    [
+        "col_description",
+        "obj_description",
+        "pg_get_triggerdef",
+        "pg_get_ruledef",
+    ]
+    .into_iter()
+    .map(|name| ScalarUDF::new_from_impl(NullText::new(name)))
+    .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NullText {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl NullText {
+    fn new(name: &'static str) -> Self {
+        NullText {
+            name,
+            signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Stable),
+        }
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for NullText {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        Ok(ColumnarValue::Array(arrow::array::new_null_array(
+            &DataType::Utf8,
+            args.number_rows,
+        )))
+    }
+}

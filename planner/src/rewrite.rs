@@ -23,7 +23,11 @@ use crate::{SqlError, sqlstate};
 ///   and its own regproc rewrite would cast those names to OIDs and fail
 ///   (JDBC's type cache compares `typinput = 'pg_catalog.array_in'::regproc`).
 pub fn normalize_operators(sql: &str) -> String {
-    if !sql.contains("<+>") && !sql.to_ascii_lowercase().contains("regproc") {
+    let lower = sql.to_ascii_lowercase();
+    if let Some(respelled) = create_user_as_role(sql, &lower) {
+        return respelled;
+    }
+    if !sql.contains("<+>") && !lower.contains("regproc") {
         return sql.to_string();
     }
     let dialect = PostgreSqlDialect {};
@@ -59,6 +63,39 @@ pub fn normalize_operators(sql: &str) -> String {
         i += 1;
     }
     out
+}
+
+/// PostgreSQL's `CREATE USER name [WITH] options` is `CREATE ROLE name
+/// WITH LOGIN options`; sqlparser only knows the latter.
+fn create_user_as_role(sql: &str, lower: &str) -> Option<String> {
+    let trimmed = lower.trim_start();
+    let rest = trimmed.strip_prefix("create")?.trim_start();
+    let rest = rest.strip_prefix("user")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    // Same offsets in the original text (ASCII case folding keeps them).
+    let offset = sql.len() - rest.len();
+    let after_user = &sql[offset..];
+    let name_start = after_user.len() - after_user.trim_start().len();
+    let tail = &after_user[name_start..];
+    let name_len = if let Some(quoted) = tail.strip_prefix('"') {
+        quoted.find('"')? + 2
+    } else {
+        tail.find(|c: char| c.is_whitespace() || c == ';')
+            .unwrap_or(tail.len())
+    };
+    let (name, options) = tail.split_at(name_len);
+    let options = options.trim_start();
+    let options = match options.get(..4) {
+        Some(w)
+            if w.eq_ignore_ascii_case("with") && options[4..].starts_with(char::is_whitespace) =>
+        {
+            &options[4..]
+        }
+        _ => options,
+    };
+    Some(format!("CREATE ROLE {name} WITH LOGIN {options}"))
 }
 
 /// The `n` of a `vector(n)` type name, `Some(None)` for plain `vector`,
@@ -147,7 +184,22 @@ pub fn rewrite_array_subqueries(statement: &mut Statement) {
                 sqlparser::ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr.clone()),
                 _ => None,
             };
-            if let Some(item) = item {
+            if unnests_reloptions(select) {
+                // psql's `\d+` collects a table's TOAST options with
+                // `ARRAY(SELECT ... FROM unnest(tc.reloptions) x)`; DataFusion
+                // has no `unnest` table function, and Quiver's catalog has no
+                // relation options, so the array is always empty.
+                *expr = Expr::Cast {
+                    kind: CastKind::Cast,
+                    expr: Box::new(Expr::value(Value::Null)),
+                    data_type: SqlDataType::Array(sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                        Box::new(SqlDataType::Text),
+                        None,
+                    )),
+                    array: false,
+                    format: None,
+                };
+            } else if let Some(item) = item {
                 let mut query = query.clone();
                 if let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut() {
                     select.projection = vec![sqlparser::ast::SelectItem::UnnamedExpr(call(
@@ -160,6 +212,29 @@ pub fn rewrite_array_subqueries(statement: &mut Statement) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// Whether a SELECT reads `FROM [pg_catalog.]unnest(<x>.reloptions)`.
+fn unnests_reloptions(select: &sqlparser::ast::Select) -> bool {
+    let [from] = select.from.as_slice() else {
+        return false;
+    };
+    let sqlparser::ast::TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    } = &from.relation
+    else {
+        return false;
+    };
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .is_some_and(|i| i.value.eq_ignore_ascii_case("unnest"))
+        && args
+            .args
+            .iter()
+            .any(|a| a.to_string().to_ascii_lowercase().ends_with("reloptions"))
 }
 
 /// Positions (0-based) of the `$n` parameters that are operands of a
@@ -315,6 +390,25 @@ pub fn bind_parameters(statement: &mut Statement, params: &[ScalarValue]) -> Res
         ControlFlow::Continue(())
     });
     failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod create_user_tests {
+    use super::normalize_operators;
+
+    #[test]
+    fn create_user_is_a_login_role() {
+        assert_eq!(
+            normalize_operators("CREATE USER dave WITH PASSWORD 'x'"),
+            "CREATE ROLE dave WITH LOGIN  PASSWORD 'x'"
+        );
+        assert_eq!(
+            normalize_operators("create user \"Eve\" password 'y';"),
+            "CREATE ROLE \"Eve\" WITH LOGIN password 'y';"
+        );
+        assert_eq!(normalize_operators("CREATE USERS x"), "CREATE USERS x");
+        assert_eq!(normalize_operators("SELECT user"), "SELECT user");
+    }
 }
 
 #[cfg(test)]

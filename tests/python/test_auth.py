@@ -104,3 +104,36 @@ def test_tls_is_required(secured):
     # The server is still fine afterwards.
     with secured.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_roles_made_in_sql_log_in_and_survive_a_restart(secured):
+    def login(user, password):
+        conninfo = {**secured.conninfo(), **secured.client_options, "user": user, "password": password}
+        with psycopg.connect(**conninfo, connect_timeout=10) as conn:
+            return conn.execute("SELECT 1").fetchone()[0]
+
+    with secured.connect() as admin:
+        admin.execute("CREATE ROLE bob LOGIN PASSWORD 'builder'")
+        admin.execute("CREATE ROLE carol WITH LOGIN PASSWORD 'c4rol'")
+        admin.execute("CREATE ROLE readers")  # no LOGIN: cannot connect
+        with pytest.raises(psycopg.errors.DuplicateObject):
+            admin.execute("CREATE ROLE bob")
+        admin.execute("CREATE ROLE IF NOT EXISTS bob")
+        roles = [r[0] for r in admin.execute("SELECT rolname FROM pg_catalog.pg_roles ORDER BY rolname")]
+        assert {"bob", "carol", "readers", "postgres"} <= set(roles)
+    assert login("bob", "builder") == 1
+    assert "password authentication failed" in failure(secured, user="readers", password="anything")
+    with secured.connect() as admin:
+        admin.execute("ALTER ROLE bob WITH PASSWORD 'b2'")
+    assert "password authentication failed" in failure(secured, user="bob", password="builder")
+    assert login("bob", "b2") == 1
+    secured.kill()
+    secured.start()
+    assert login("bob", "b2") == 1
+    assert login("carol", "c4rol") == 1
+    with secured.connect() as admin:
+        admin.execute("DROP ROLE bob")
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            admin.execute("DROP ROLE bob")
+        admin.execute("DROP ROLE IF EXISTS bob")
+    assert "password authentication failed" in failure(secured, user="bob", password="b2")

@@ -76,6 +76,32 @@ def test_asyncpg_register_vector(server):
     asyncio.run(run())
 
 
+def test_asyncpg_cursor_fetches_in_pieces(server):
+    """asyncpg cursors execute a portal a few rows at a time (Execute with a
+    row limit; the server suspends the portal in between)."""
+
+    async def run():
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=server.port, user="postgres", database="postgres"
+        )
+        try:
+            await conn.execute("DROP TABLE IF EXISTS ap_cursor")
+            await conn.execute("CREATE TABLE ap_cursor (id int PRIMARY KEY)")
+            await conn.execute(
+                "INSERT INTO ap_cursor VALUES " + ", ".join(f"({i})" for i in range(1, 1001))
+            )
+            async with conn.transaction():
+                cursor = await conn.cursor("SELECT id FROM ap_cursor ORDER BY id")
+                assert [r[0] for r in await cursor.fetch(10)] == list(range(1, 11))
+                assert [r[0] for r in await cursor.fetch(5)] == list(range(11, 16))
+                ids = [r[0] async for r in conn.cursor("SELECT id FROM ap_cursor ORDER BY id", prefetch=64)]
+                assert ids == list(range(1, 1001))
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 class Base(DeclarativeBase):
     pass
 

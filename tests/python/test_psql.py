@@ -84,3 +84,29 @@ def test_select_through_psql_prints_vectors(server):
     out = psql(server, "SELECT id, embedding, embedding <-> '[1,2,4]' AS d FROM psql_items")
     rows = [[c.strip() for c in line.split("|")] for line in out.splitlines() if "|" in line]
     assert rows == [["id", "embedding", "d"], ["1", "[1,2,3]", "1"]]
+
+
+def test_indexes_are_in_the_catalog(server):
+    with server.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS psql_indexed")
+        conn.execute("CREATE TABLE psql_indexed (id int PRIMARY KEY, v vector(3))")
+        conn.execute("CREATE INDEX psql_indexed_v ON psql_indexed USING hnsw (v vector_ip_ops)")
+        rows = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'psql_indexed' ORDER BY indexname"
+        ).fetchall()
+        assert rows == [
+            ("psql_indexed_pkey", "CREATE UNIQUE INDEX psql_indexed_pkey ON public.psql_indexed USING btree (id)"),
+            ("psql_indexed_v", "CREATE INDEX psql_indexed_v ON public.psql_indexed USING hnsw (v vector_ip_ops)"),
+        ]
+        defs = conn.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary"
+            " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_catalog.pg_class t ON t.oid = i.indrelid"
+            " WHERE t.relname = 'psql_indexed' ORDER BY c.relname"
+        ).fetchall()
+        assert [(r[0], r[2]) for r in defs] == [("psql_indexed_pkey", True), ("psql_indexed_v", False)]
+        assert defs[1][1].endswith("USING hnsw (v vector_ip_ops)")
+        conn.execute("DROP INDEX psql_indexed_v")
+        assert conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'psql_indexed'"
+        ).fetchone() == (1,)

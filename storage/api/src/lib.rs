@@ -105,6 +105,32 @@ impl TableInfo {
     }
 }
 
+/// A role made by `CREATE ROLE` / `CREATE USER`, kept by the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoleInfo {
+    pub name: String,
+    pub superuser: bool,
+    pub login: bool,
+    pub create_db: bool,
+    pub create_role: bool,
+    /// `None`: no password (cannot log in with `scram-sha-256`).
+    pub scram: Option<ScramVerifier>,
+}
+
+/// What SCRAM-SHA-256 needs to check a password, never the password itself.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScramVerifier {
+    pub salt: Vec<u8>,
+    pub salted_password: Vec<u8>,
+    pub iterations: u32,
+}
+
+impl fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ScramVerifier(..)")
+    }
+}
+
 /// Catalog, timestamp oracle and segment scheduling.
 #[async_trait]
 pub trait CoordinatorApi: Send + Sync {
@@ -151,6 +177,14 @@ pub trait CoordinatorApi: Send + Sync {
     fn index_builds(&self) -> Vec<IndexBuildStatus>;
     /// Runs a compaction's merge on a data node.
     async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput>;
+    /// Creates a role; `Ok(false)` when it exists and `if_not_exists`.
+    async fn create_role(&self, role: RoleInfo, if_not_exists: bool) -> ApiResult<bool>;
+    /// Replaces an existing role's attributes.
+    async fn alter_role(&self, role: RoleInfo) -> ApiResult<()>;
+    /// Drops a role; `Ok(false)` when absent and `if_exists`.
+    async fn drop_role(&self, name: &str, if_exists: bool) -> ApiResult<bool>;
+    fn role(&self, name: &str) -> Option<RoleInfo>;
+    fn roles(&self) -> Vec<RoleInfo>;
 }
 
 /// How an insert treats rows whose primary key already exists.

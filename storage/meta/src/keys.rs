@@ -71,3 +71,10 @@ pub fn table_sequences(table: TableId) -> String {
 pub fn sequence(table: TableId, column: &str) -> String {
     format!("{SEQUENCES}{:016}/{column}", table.0)
 }
+
+/// Roles made by `CREATE ROLE`: `/roles/{name}`.
+pub const ROLES: &str = "/roles/";
+
+pub fn role(name: &str) -> String {
+    format!("{ROLES}{name}")
+}

@@ -1,0 +1,159 @@
+//! Session settings: `SET`, `SHOW`, `current_setting()`, and the
+//! vector-search knobs (`diskann.search_list` and pgvector's names for it).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
+use pgwire::api::results::Tag;
+use quiver_planner::{SqlError, sqlstate};
+use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
+
+use crate::engine::{Engine, Output};
+use crate::session::{Consistency, Session};
+
+impl Engine {
+    pub(crate) fn set(&self, session: &Session, set: Set) -> Result<Output, SqlError> {
+        match set {
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = variable_name(&variable);
+                let value = values.first().map(setting_value).unwrap_or_default();
+                if name == "quiver.consistency" {
+                    *session.consistency.lock() = Consistency::parse(&value)?;
+                } else if SEARCH_SETTINGS.contains(&name.as_str()) {
+                    let n = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=10_000).contains(n));
+                    if n.is_none() {
+                        return Err(SqlError::new(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "invalid value for parameter \"{name}\": \"{value}\" (an integer from 1 to 10000)"
+                            ),
+                        ));
+                    }
+                    session.settings.lock().insert(name, value);
+                } else {
+                    session.settings.lock().insert(name, value);
+                }
+                Ok(Output::Command(Tag::new("SET")))
+            }
+            // SET TIME ZONE, SET NAMES, ...: accepted, nothing to change.
+            _ => Ok(Output::Command(Tag::new("SET"))),
+        }
+    }
+
+    pub(crate) fn show(
+        &self,
+        session: &Session,
+        variable: &[sqlparser::ast::Ident],
+    ) -> Result<Output, SqlError> {
+        let name = variable
+            .iter()
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(".");
+        let value = setting(session, &name)?;
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(vec![value]))],
+        )
+        .map_err(|e| SqlError::new("XX000", e.to_string()))?;
+        Ok(Output::Rows(schema, vec![batch]))
+    }
+}
+
+/// A configuration parameter's value for `SHOW` and `current_setting`.
+pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
+    Ok(match name {
+        "quiver.consistency" => session.consistency.lock().name().to_string(),
+        "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
+        "server_version_num" => "160006".to_string(),
+        "server_encoding" | "client_encoding" => "UTF8".to_string(),
+        "standard_conforming_strings" => "on".to_string(),
+        "timezone" => "UTC".to_string(),
+        "datestyle" => "ISO, MDY".to_string(),
+        "search_path" => "\"$user\", public".to_string(),
+        "transaction_isolation" | "transaction.isolation.level" => "read committed".to_string(),
+        other => session.settings.lock().get(other).cloned().ok_or_else(|| {
+            SqlError::new(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{other}\""),
+            )
+        })?,
+    })
+}
+
+/// Replaces `current_setting('name' [, missing_ok])` by the session's value
+/// (settings live in the session, which DataFusion functions cannot see).
+pub(crate) fn bind_current_setting(
+    statement: &mut Statement,
+    session: &Session,
+) -> Result<(), SqlError> {
+    use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+    let mut failure = None;
+    let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
+        if let Expr::Function(f) = e
+            && f.name.to_string().eq_ignore_ascii_case("current_setting")
+            && let FunctionArguments::List(list) = &f.args
+        {
+            let arg = |i: usize| match list.args.get(i) {
+                Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => {
+                    Some(v.value.clone())
+                }
+                _ => None,
+            };
+            let missing_ok = matches!(arg(1), Some(Value::Boolean(true)));
+            if let Some(Value::SingleQuotedString(name)) = arg(0) {
+                let value = match setting(session, &name.to_ascii_lowercase()) {
+                    Ok(v) => Value::SingleQuotedString(v),
+                    Err(_) if missing_ok => Value::Null,
+                    Err(err) => {
+                        failure = Some(err);
+                        return std::ops::ControlFlow::Break(());
+                    }
+                };
+                *e = Expr::value(value);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    failure.map_or(Ok(()), Err)
+}
+
+/// Settings that size graph searches: Quiver's own and pgvector's, which
+/// map onto it so pgvector applications keep their tuning knob.
+const SEARCH_SETTINGS: [&str; 3] = ["diskann.search_list", "hnsw.ef_search", "ivfflat.probes"];
+
+pub(crate) fn search_list(session: &Session) -> usize {
+    let get = |name: &str| session.setting(name).and_then(|v| v.parse::<usize>().ok());
+    get("diskann.search_list")
+        .or_else(|| get("hnsw.ef_search"))
+        // One probed list of an IVF index is roughly ten graph candidates.
+        .or_else(|| get("ivfflat.probes").map(|p| p.saturating_mul(10)))
+        .unwrap_or(crate::vector_search::DEFAULT_SEARCH_LIST)
+}
+
+fn variable_name(name: &ObjectName) -> String {
+    name.0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn setting_value(expr: &Expr) -> String {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
