@@ -222,7 +222,11 @@ impl Engine {
             backends.clone(),
         ));
         ctx.register_udf(crate::pg_catalog::PgGetIndexdef::udf(backends.clone()));
-        for udf in quiver_planner::catalog_functions::null_text_udfs() {
+        ctx.register_udf(quiver_planner::catalog_functions::json_build_object_udf());
+        for udf in quiver_planner::catalog_functions::null_text_udfs()
+            .into_iter()
+            .chain(quiver_planner::catalog_functions::visibility_udfs())
+        {
             if datafusion::execution::FunctionRegistry::udf(&ctx.state(), udf.name()).is_err() {
                 ctx.register_udf(udf);
             }
@@ -265,6 +269,7 @@ impl Engine {
         for s in &mut statements {
             rewrite_vector_casts(s);
             rewrite_array_subqueries(s);
+            quiver_planner::rewrite::aggregate_catalog_subqueries(s);
         }
         Ok(statements)
     }

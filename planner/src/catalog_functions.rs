@@ -260,3 +260,116 @@ impl datafusion::logical_expr::ScalarUDFImpl for NullText {
         )))
     }
 }
+
+/// `json_build_object(key, value, ...)`: a JSON object as text (Quiver
+/// reports json/jsonb as text). ORMs call it while reflecting tables.
+pub fn json_build_object_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(JsonBuildObject {
+        signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: datafusion::logical_expr::Signature,
+}
+
+fn json_value(array: &ArrayRef, row: usize) -> datafusion::error::Result<serde_json::Value> {
+    use datafusion::scalar::ScalarValue;
+    Ok(match ScalarValue::try_from_array(array, row)? {
+        v if v.is_null() => serde_json::Value::Null,
+        ScalarValue::Boolean(Some(b)) => serde_json::Value::Bool(b),
+        ScalarValue::Int8(Some(n)) => n.into(),
+        ScalarValue::Int16(Some(n)) => n.into(),
+        ScalarValue::Int32(Some(n)) => n.into(),
+        ScalarValue::Int64(Some(n)) => n.into(),
+        ScalarValue::UInt8(Some(n)) => n.into(),
+        ScalarValue::UInt16(Some(n)) => n.into(),
+        ScalarValue::UInt32(Some(n)) => n.into(),
+        ScalarValue::UInt64(Some(n)) => n.into(),
+        ScalarValue::Float32(Some(n)) => serde_json::Number::from_f64(n as f64)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        ScalarValue::Float64(Some(n)) => serde_json::Number::from_f64(n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        other => serde_json::Value::String(other.to_string()),
+    })
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
+        if !args.args.len().is_multiple_of(2) {
+            return Err(datafusion::error::DataFusionError::Plan(
+                "argument list must have even number of elements".into(),
+            ));
+        }
+        let rows = args.number_rows;
+        let arrays = args
+            .args
+            .iter()
+            .map(|a| a.to_array(rows))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut out = arrow::array::StringBuilder::new();
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = match json_value(&pair[0], row)? {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => {
+                        return Err(datafusion::error::DataFusionError::Execution(
+                            "null value not allowed for object key".into(),
+                        ));
+                    }
+                    other => other.to_string(),
+                };
+                object.insert(key, json_value(&pair[1], row)?);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `pg_*_is_visible(oid)` for object kinds whose every object lives in a
+/// schema on the search path (Quiver has `pg_catalog` and `public` only):
+/// always true.
+pub fn visibility_udfs() -> Vec<ScalarUDF> {
+    [
+        "pg_type_is_visible",
+        "pg_collation_is_visible",
+        "pg_function_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_conversion_is_visible",
+    ]
+    .into_iter()
+    .map(|name| {
+        create_udf(
+            name,
+            vec![DataType::Int64],
+            DataType::Boolean,
+            Volatility::Stable,
+            Arc::new(|args: &[ColumnarValue]| {
+                let rows = ColumnarValue::values_to_arrays(args)?[0].len();
+                Ok(ColumnarValue::Array(Arc::new(
+                    arrow::array::BooleanArray::from(vec![true; rows]),
+                )))
+            }),
+        )
+    })
+    .collect()
+}

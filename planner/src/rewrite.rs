@@ -214,6 +214,78 @@ pub fn rewrite_array_subqueries(statement: &mut Statement) {
     });
 }
 
+/// Wraps the single output of a scalar subquery over catalog tables in
+/// `first_value(...)`: DataFusion plans a correlated scalar subquery only
+/// when it aggregates, and clients' catalog queries (psql's `\dT`) use
+/// plain ones that yield at most one row, for which the result is the
+/// same. Subqueries over user tables are left alone (PostgreSQL would reject
+/// more than one row there).
+pub fn aggregate_catalog_subqueries(statement: &mut Statement) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Subquery(query) = expr
+            && query.limit_clause.is_none()
+            && let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut()
+            && select.projection.len() == 1
+            && matches!(select.group_by, sqlparser::ast::GroupByExpr::Expressions(ref e, _) if e.is_empty())
+            && !select.from.is_empty()
+            && select.from.iter().all(|t| {
+                is_catalog_table(&t.relation)
+                    && t.joins.iter().all(|j| is_catalog_table(&j.relation))
+            })
+        {
+            let item = match &mut select.projection[0] {
+                sqlparser::ast::SelectItem::UnnamedExpr(e) => Some(e),
+                sqlparser::ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr),
+                _ => None,
+            };
+            if let Some(item) = item
+                && !is_aggregate_call(item)
+            {
+                *item = call("first_value", vec![item.clone()]);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+fn is_catalog_table(relation: &sqlparser::ast::TableFactor) -> bool {
+    let sqlparser::ast::TableFactor::Table {
+        name, args: None, ..
+    } = relation
+    else {
+        return false;
+    };
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect();
+    match parts.as_slice() {
+        [schema, _] => schema == "pg_catalog" || schema == "information_schema",
+        [table] => table.starts_with("pg_"),
+        _ => false,
+    }
+}
+
+fn is_aggregate_call(expr: &Expr) -> bool {
+    const AGGREGATES: [&str; 9] = [
+        "count",
+        "max",
+        "min",
+        "sum",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "first_value",
+        "bool_and",
+    ];
+    matches!(expr, Expr::Function(f)
+    if f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+        AGGREGATES.iter().any(|a| i.value.eq_ignore_ascii_case(a))
+    }))
+}
+
 /// Whether a SELECT reads `FROM [pg_catalog.]unnest(<x>.reloptions)`.
 fn unnests_reloptions(select: &sqlparser::ast::Select) -> bool {
     let [from] = select.from.as_slice() else {

@@ -13,6 +13,7 @@ INSERT INTO psql_docs (title, embedding) VALUES ('a', '[1,0,0]'), ('b', '[0,1,0]
 \l
 \du
 \dx
+\dT
 \copy psql_docs (title, embedding) TO 'psql_docs.csv' WITH (FORMAT csv)
 TRUNCATE psql_docs;
 \copy psql_docs (title, embedding) FROM 'psql_docs.csv' WITH (FORMAT csv)

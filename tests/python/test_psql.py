@@ -110,3 +110,13 @@ def test_indexes_are_in_the_catalog(server):
         assert conn.execute(
             "SELECT count(*) FROM pg_indexes WHERE tablename = 'psql_indexed'"
         ).fetchone() == (1,)
+
+
+def test_catalog_helper_functions(server):
+    with server.connect() as conn:
+        assert conn.execute(
+            "SELECT json_build_object('a', 1, 'b', 'x', 'c', NULL)"
+        ).fetchone() == ('{"a":1,"b":"x","c":null}',)
+        assert conn.execute(
+            "SELECT pg_type_is_visible(16385), pg_collation_is_visible(100)"
+        ).fetchone() == (True, True)
