@@ -218,26 +218,61 @@ pub fn null_text_udfs() -> Vec<ScalarUDF> {
         "pg_get_ruledef",
     ]
     .into_iter()
-    .map(|name| ScalarUDF::new_from_impl(NullText::new(name)))
+    .map(|name| TextFunction::udf(name, Volatility::Stable, null_text))
     .collect()
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct NullText {
-    name: &'static str,
-    signature: datafusion::logical_expr::Signature,
+/// `json_build_object(key, value, ...)`: a JSON object as text (Quiver
+/// reports json/jsonb as text). ORMs call it while reflecting tables.
+pub fn json_build_object_udf() -> ScalarUDF {
+    TextFunction::udf(
+        "json_build_object",
+        Volatility::Immutable,
+        json_build_object,
+    )
 }
 
-impl NullText {
-    fn new(name: &'static str) -> Self {
-        NullText {
-            name,
-            signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Stable),
-        }
+/// A function of any arguments returning text: the catalog functions above
+/// differ only in their body. Identified by name (DataFusion compares
+/// functions; function pointers compare unreliably).
+#[derive(Debug)]
+struct TextFunction {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+    body: fn(&datafusion::logical_expr::ScalarFunctionArgs) -> datafusion::error::Result<ArrayRef>,
+}
+
+impl PartialEq for TextFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
     }
 }
 
-impl datafusion::logical_expr::ScalarUDFImpl for NullText {
+impl Eq for TextFunction {}
+
+impl std::hash::Hash for TextFunction {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl TextFunction {
+    fn udf(
+        name: &'static str,
+        volatility: Volatility,
+        body: fn(
+            &datafusion::logical_expr::ScalarFunctionArgs,
+        ) -> datafusion::error::Result<ArrayRef>,
+    ) -> ScalarUDF {
+        ScalarUDF::new_from_impl(TextFunction {
+            name,
+            signature: datafusion::logical_expr::Signature::variadic_any(volatility),
+            body,
+        })
+    }
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for TextFunction {
     fn name(&self) -> &str {
         self.name
     }
@@ -254,24 +289,17 @@ impl datafusion::logical_expr::ScalarUDFImpl for NullText {
         &self,
         args: datafusion::logical_expr::ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
-        Ok(ColumnarValue::Array(arrow::array::new_null_array(
-            &DataType::Utf8,
-            args.number_rows,
-        )))
+        Ok(ColumnarValue::Array((self.body)(&args)?))
     }
 }
 
-/// `json_build_object(key, value, ...)`: a JSON object as text (Quiver
-/// reports json/jsonb as text). ORMs call it while reflecting tables.
-pub fn json_build_object_udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(JsonBuildObject {
-        signature: datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable),
-    })
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
-    signature: datafusion::logical_expr::Signature,
+fn null_text(
+    args: &datafusion::logical_expr::ScalarFunctionArgs,
+) -> datafusion::error::Result<ArrayRef> {
+    Ok(arrow::array::new_null_array(
+        &DataType::Utf8,
+        args.number_rows,
+    ))
 }
 
 fn json_value(array: &ArrayRef, row: usize) -> datafusion::error::Result<serde_json::Value> {
@@ -295,53 +323,38 @@ fn json_value(array: &ArrayRef, row: usize) -> datafusion::error::Result<serde_j
     })
 }
 
-impl datafusion::logical_expr::ScalarUDFImpl for JsonBuildObject {
-    fn name(&self) -> &str {
-        "json_build_object"
+fn json_build_object(
+    args: &datafusion::logical_expr::ScalarFunctionArgs,
+) -> datafusion::error::Result<ArrayRef> {
+    if !args.args.len().is_multiple_of(2) {
+        return Err(datafusion::error::DataFusionError::Plan(
+            "argument list must have even number of elements".into(),
+        ));
     }
-
-    fn signature(&self) -> &datafusion::logical_expr::Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        if !args.args.len().is_multiple_of(2) {
-            return Err(datafusion::error::DataFusionError::Plan(
-                "argument list must have even number of elements".into(),
-            ));
+    let rows = args.number_rows;
+    let arrays = args
+        .args
+        .iter()
+        .map(|a| a.to_array(rows))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let mut out = arrow::array::StringBuilder::new();
+    for row in 0..rows {
+        let mut object = serde_json::Map::new();
+        for pair in arrays.chunks(2) {
+            let key = match json_value(&pair[0], row)? {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => {
+                    return Err(datafusion::error::DataFusionError::Execution(
+                        "null value not allowed for object key".into(),
+                    ));
+                }
+                other => other.to_string(),
+            };
+            object.insert(key, json_value(&pair[1], row)?);
         }
-        let rows = args.number_rows;
-        let arrays = args
-            .args
-            .iter()
-            .map(|a| a.to_array(rows))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let mut out = arrow::array::StringBuilder::new();
-        for row in 0..rows {
-            let mut object = serde_json::Map::new();
-            for pair in arrays.chunks(2) {
-                let key = match json_value(&pair[0], row)? {
-                    serde_json::Value::String(s) => s,
-                    serde_json::Value::Null => {
-                        return Err(datafusion::error::DataFusionError::Execution(
-                            "null value not allowed for object key".into(),
-                        ));
-                    }
-                    other => other.to_string(),
-                };
-                object.insert(key, json_value(&pair[1], row)?);
-            }
-            out.append_value(serde_json::Value::Object(object).to_string());
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+        out.append_value(serde_json::Value::Object(object).to_string());
     }
+    Ok(Arc::new(out.finish()))
 }
 
 /// `pg_*_is_visible(oid)` for object kinds whose every object lives in a
