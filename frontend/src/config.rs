@@ -62,6 +62,9 @@ pub struct FrontendConfig {
     pub listen: String,
     /// Staleness bound of `SET quiver.consistency = 'bounded'`, in milliseconds.
     pub bounded_staleness_ms: u64,
+    /// Most memory one transaction block may buffer before COMMIT (MiB);
+    /// beyond it the statement fails with 54000.
+    pub transaction_buffer_mb: u64,
     /// How clients prove who they are.
     pub auth: AuthMethod,
     /// Users besides `postgres` (with `scram-sha-256`, every user who may
@@ -180,6 +183,7 @@ impl Default for FrontendConfig {
         FrontendConfig {
             listen: "127.0.0.1:5488".into(),
             bounded_staleness_ms: 1_000,
+            transaction_buffer_mb: 1_024,
             auth: AuthMethod::Trust,
             users: Vec::new(),
             tls: None,

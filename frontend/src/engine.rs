@@ -146,6 +146,8 @@ pub struct Engine {
     base_state: SessionState,
     /// Staleness bound of `bounded` consistency.
     pub bounded_staleness: Duration,
+    /// Most bytes one transaction block may buffer.
+    pub transaction_buffer_bytes: usize,
 }
 
 fn now_ms() -> u64 {
@@ -156,7 +158,11 @@ fn now_ms() -> u64 {
 }
 
 impl Engine {
-    pub fn new(backends: Arc<Backends>, bounded_staleness: Duration) -> Result<Self, SqlError> {
+    pub fn new(
+        backends: Arc<Backends>,
+        bounded_staleness: Duration,
+        transaction_buffer_bytes: usize,
+    ) -> Result<Self, SqlError> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(DATABASE, SCHEMA)
             .with_information_schema(true)
@@ -232,9 +238,15 @@ impl Engine {
             }
         }
         if let Some(inner) = catalog.schema("pg_catalog") {
+            let table_oids = crate::pg_catalog::TableOids::default();
+            ctx.register_udf(crate::pg_catalog::column_default_udf(
+                backends.clone(),
+                table_oids.clone(),
+            ));
             let pg_catalog = Arc::new(crate::pg_catalog::PgCatalog {
                 inner,
                 backends: backends.clone(),
+                table_oids,
             });
             let _ = public.pg_catalog.set(pg_catalog.clone());
             catalog
@@ -255,6 +267,7 @@ impl Engine {
             sql_parser: PostgresCompatibilityParser::new(),
             base_state,
             bounded_staleness,
+            transaction_buffer_bytes,
         })
     }
 
@@ -264,7 +277,9 @@ impl Engine {
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
         let mut statements = self
             .sql_parser
-            .parse(&normalize_operators(sql))
+            .parse(&quiver_planner::rewrite::psql_column_defaults(
+                &normalize_operators(sql),
+            ))
             .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
         for s in &mut statements {
             rewrite_vector_casts(s);
@@ -366,7 +381,13 @@ impl Engine {
         request: quiver_api::WriteRequest,
     ) -> Result<quiver_api::WriteResult, SqlError> {
         if let Some(mut txn) = session.take_open_transaction() {
-            let result = txn.apply(self.backends.streaming.as_ref(), request).await;
+            let result = txn
+                .apply(
+                    self.backends.streaming.as_ref(),
+                    request,
+                    self.transaction_buffer_bytes,
+                )
+                .await;
             session.set_transaction(TransactionState::Open(txn));
             return result;
         }

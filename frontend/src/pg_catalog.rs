@@ -40,7 +40,13 @@ const VECTOR_TYPE_OID: i32 = arrow_pg::datatypes::PG_VECTOR_TYPE_OID as i32;
 pub struct PgCatalog {
     pub inner: Arc<dyn SchemaProvider>,
     pub backends: Arc<Backends>,
+    /// Table OIDs the emulation assigned, as last seen by a `pg_attribute`
+    /// scan (for `quiver_column_default`).
+    pub table_oids: TableOids,
 }
+
+/// `pg_class` OID → table name of Quiver's tables.
+pub type TableOids = Arc<parking_lot::RwLock<HashMap<i32, String>>>;
 
 #[async_trait]
 impl SchemaProvider for PgCatalog {
@@ -74,6 +80,7 @@ impl SchemaProvider for PgCatalog {
                 namespaces: inner_table("pg_namespace").await?,
             }))),
             "pg_attribute" => Ok(Some(Arc::new(PgAttribute {
+                table_oids: self.table_oids.clone(),
                 inner: table,
                 classes: inner_table("pg_class").await?,
                 namespaces: inner_table("pg_namespace").await?,
@@ -212,6 +219,7 @@ impl TableProvider for PgType {
 
 #[derive(Debug)]
 struct PgAttribute {
+    table_oids: TableOids,
     inner: Arc<dyn TableProvider>,
     classes: Arc<dyn TableProvider>,
     namespaces: Arc<dyn TableProvider>,
@@ -346,6 +354,7 @@ impl TableProvider for PgAttribute {
         if let Some(public) = public_oid(&namespaces) {
             let classes = scan_all(&self.classes, state).await?;
             let relations = public_relations(&classes, public);
+            self.table_oids.write().clone_from(&relations);
             let tables: HashMap<String, quiver_api::TableInfo> = self
                 .backends
                 .coordinator
@@ -696,4 +705,45 @@ impl datafusion::logical_expr::ScalarUDFImpl for PgGetIndexdef {
             out,
         )))
     }
+}
+
+/// `quiver_column_default(table_oid, attnum)`: a column's DEFAULT as
+/// `pg_get_expr` would print it. psql's `\d` asks for defaults with a
+/// correlated subquery on `pg_attrdef` that the pg_catalog emulation drops
+/// before planning; `Engine::parse` puts this call in its place.
+pub fn column_default_udf(
+    backends: Arc<Backends>,
+    table_oids: TableOids,
+) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        "quiver_column_default",
+        vec![
+            arrow::datatypes::DataType::Int64,
+            arrow::datatypes::DataType::Int64,
+        ],
+        arrow::datatypes::DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let relids = arrays[0].as_primitive::<arrow::datatypes::Int64Type>();
+            let attnums = arrays[1].as_primitive::<arrow::datatypes::Int64Type>();
+            let oids = table_oids.read();
+            let out: arrow::array::StringArray = (0..relids.len())
+                .map(|i| {
+                    if relids.is_null(i) || attnums.is_null(i) {
+                        return None;
+                    }
+                    let name = oids.get(&(relids.value(i) as i32))?;
+                    let table = backends.coordinator.table(name)?;
+                    let column = table
+                        .schema
+                        .columns
+                        .get(usize::try_from(attnums.value(i)).ok()?.checked_sub(1)?)?;
+                    default_text(name, column)
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
 }

@@ -83,6 +83,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let engine = Engine::new(
         backends,
         Duration::from_millis(config.frontend.bounded_staleness_ms),
+        config
+            .frontend
+            .transaction_buffer_mb
+            .saturating_mul(1 << 20) as usize,
     )
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     Ok(Arc::new(engine))

@@ -103,6 +103,9 @@ pub struct Transaction {
     overlay: Option<Arc<PendingWrites>>,
     /// `SAVEPOINT`s, oldest first, with the buffer as it was then.
     savepoints: Vec<(String, BTreeMap<TableId, PendingTable>)>,
+    /// Memory of the batches buffered so far (never decreases: rewritten
+    /// rows keep their batches until COMMIT).
+    buffered_bytes: usize,
 }
 
 fn no_savepoint(name: &str) -> SqlError {
@@ -176,7 +179,26 @@ impl Transaction {
         &mut self,
         streaming: &dyn StreamingApi,
         request: WriteRequest,
+        limit_bytes: usize,
     ) -> Result<WriteResult, SqlError> {
+        let incoming = request
+            .insert
+            .as_ref()
+            .map_or(0, |b| b.get_array_memory_size())
+            + request
+                .delete_keys
+                .as_ref()
+                .map_or(0, |b| b.get_array_memory_size());
+        if self.buffered_bytes.saturating_add(incoming) > limit_bytes {
+            return Err(SqlError::new(
+                "54000",
+                format!(
+                    "transaction buffer limit exceeded: the block's writes would exceed {} MiB ([frontend] transaction_buffer_mb); commit in smaller blocks",
+                    limit_bytes >> 20
+                ),
+            ));
+        }
+        self.buffered_bytes += incoming;
         let info = request.table.clone();
         let pending = self.tables.entry(info.id).or_insert_with(|| PendingTable {
             info: info.clone(),

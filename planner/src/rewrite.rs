@@ -65,6 +65,28 @@ pub fn normalize_operators(sql: &str) -> String {
     out
 }
 
+/// psql's `\d` reads column defaults with
+/// `(SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM
+/// pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum =
+/// a.attnum AND a.atthasdef)`, which the pg_catalog emulation replaces by
+/// NULL; this puts `quiver_column_default(a.attrelid, a.attnum)` there first.
+pub fn psql_column_defaults(sql: &str) -> String {
+    const PATTERN: &str = "(SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef)";
+    if !sql.contains("pg_attrdef d") {
+        return sql.to_string();
+    }
+    let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let squeezed = squeeze(sql);
+    match squeezed.find(PATTERN) {
+        Some(at) => format!(
+            "{}pg_catalog.quiver_column_default(a.attrelid, a.attnum){}",
+            &squeezed[..at],
+            &squeezed[at + PATTERN.len()..]
+        ),
+        None => sql.to_string(),
+    }
+}
+
 /// PostgreSQL's `CREATE USER name [WITH] options` is `CREATE ROLE name
 /// WITH LOGIN options`; sqlparser only knows the latter.
 fn create_user_as_role(sql: &str, lower: &str) -> Option<String> {

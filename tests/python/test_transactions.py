@@ -273,3 +273,22 @@ def test_savepoints(server):
         with pytest.raises(errors.NoActiveSqlTransaction):
             conn.execute("SAVEPOINT c")
         assert ids(conn, "tx_s") == [1, 2]
+
+
+def test_transaction_buffer_is_bounded(quiver_factory, tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text("[frontend]\ntransaction_buffer_mb = 1\n")
+    server = quiver_factory(extra_args=["--config", str(config)])
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE tx_big (id int PRIMARY KEY, v vector(256))")
+        vec = "[" + ",".join(["0.5"] * 256) + "]"
+        conn.execute("BEGIN")
+        rows = ", ".join(f"({i}, '{vec}')" for i in range(500))  # ~0.5 MiB of vectors
+        conn.execute(f"INSERT INTO tx_big VALUES {rows}")
+        with pytest.raises(errors.ProgramLimitExceeded):
+            more = ", ".join(f"({i}, '{vec}')" for i in range(500, 2000))
+            conn.execute(f"INSERT INTO tx_big VALUES {more}")
+        conn.execute("ROLLBACK")
+        # Autocommit statements are not bounded by it.
+        conn.execute(f"INSERT INTO tx_big VALUES {', '.join(f'({i}, {chr(39)}{vec}{chr(39)})' for i in range(2000))}")
+        assert conn.execute("SELECT count(*) FROM tx_big").fetchone() == (2000,)
