@@ -134,18 +134,8 @@ def main():
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--copy-chunk", type=int, default=10_000)
     args = ap.parse_args()
-    binary = os.environ.get("QUIVER_BIN", os.path.join(ROOT, "target/release/quiver"))
-    data_dir = tempfile.mkdtemp(prefix="quiver-bench-")
-    port = free_port()
-    server = subprocess.Popen([binary, "standalone", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
-                              stderr=subprocess.DEVNULL)
+    server, port, data_dir = start_server("quiver-bench-")
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         rng = np.random.default_rng(7)
         data = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
         queries = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
@@ -171,9 +161,30 @@ def main():
                 if line.startswith("VmHWM"):
                     print("server peak RSS:", line.split(":", 1)[1].strip())
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stop_server(server, data_dir)
+
+
+def start_server(prefix):
+    """A standalone server (QUIVER_BIN, default the release build) on a free
+    port and a fresh data dir; returns (process, port, data dir)."""
+    binary = os.environ.get("QUIVER_BIN", os.path.join(ROOT, "target/release/quiver"))
+    data_dir = tempfile.mkdtemp(prefix=prefix)
+    port = free_port()
+    server = subprocess.Popen([binary, "standalone", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+                              stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return server, port, data_dir
+
+
+def stop_server(server, data_dir):
+    server.terminate()
+    server.wait(timeout=30)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ pub struct BuildStatus {
     pub started: Option<Instant>,
     pub duration_ms: Option<u64>,
     pub error: Option<String>,
+    /// Failed attempts so far (a failed build is retried with backoff).
+    pub failures: u32,
 }
 
 impl BuildStatus {
@@ -30,8 +32,20 @@ impl BuildStatus {
             started: None,
             duration_ms: None,
             error: None,
+            failures: 0,
         }
     }
+}
+
+/// Failed builds are retried after 5 s, 10 s, 20 s, ... up to 5 minutes
+/// apart (an object store or data node outage heals by itself), at most
+/// this many times before the failure stays until a restart or VACUUM.
+pub const MAX_BUILD_FAILURES: u32 = 10;
+
+/// How long to wait before retrying a build that failed `failures` times.
+pub fn retry_delay(failures: u32) -> std::time::Duration {
+    let secs = 5u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    std::time::Duration::from_secs(secs.min(300))
 }
 
 #[derive(Default)]
@@ -50,12 +64,14 @@ impl IndexBuilds {
     /// Queues a build unless one is queued, running or done.
     pub fn enqueue(&self, key: BuildKey) {
         let mut st = self.state.lock();
-        if let Some(s) = st.status.get(&key)
-            && s.state != BuildState::Failed
-        {
-            return;
-        }
-        st.status.insert(key, BuildStatus::new(BuildState::Queued));
+        let failures = match st.status.get(&key) {
+            Some(s) if s.state != BuildState::Failed => return,
+            Some(s) => s.failures,
+            None => 0,
+        };
+        let mut status = BuildStatus::new(BuildState::Queued);
+        status.failures = failures;
+        st.status.insert(key, status);
         st.queue.push_back(key);
         drop(st);
         self.wake.notify_one();
@@ -88,18 +104,24 @@ impl IndexBuilds {
         }
     }
 
-    pub fn finish(&self, key: BuildKey, result: Result<(), String>) {
+    /// Records a build's outcome; returns the number of failures so far
+    /// when it failed (`None` if it succeeded or was forgotten).
+    pub fn finish(&self, key: BuildKey, result: Result<(), String>) -> Option<u32> {
         let mut st = self.state.lock();
-        if let Some(s) = st.status.get_mut(&key) {
-            if let Some(started) = s.started.take() {
-                s.duration_ms = Some(started.elapsed().as_millis() as u64);
+        let s = st.status.get_mut(&key)?;
+        if let Some(started) = s.started.take() {
+            s.duration_ms = Some(started.elapsed().as_millis() as u64);
+        }
+        match result {
+            Ok(()) => {
+                s.state = BuildState::Done;
+                None
             }
-            match result {
-                Ok(()) => s.state = BuildState::Done,
-                Err(e) => {
-                    s.state = BuildState::Failed;
-                    s.error = Some(e);
-                }
+            Err(e) => {
+                s.state = BuildState::Failed;
+                s.error = Some(e);
+                s.failures += 1;
+                Some(s.failures)
             }
         }
     }
@@ -117,5 +139,38 @@ impl IndexBuilds {
         let mut v: Vec<_> = st.status.iter().map(|(k, s)| (*k, s.clone())).collect();
         v.sort_by_key(|(k, _)| (k.1, k.0));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_types::{IndexId, SegmentId};
+
+    #[tokio::test]
+    async fn a_failed_build_can_be_queued_again_and_counts_its_failures() {
+        let builds = IndexBuilds::default();
+        let key = (SegmentId(1), IndexId(1));
+        builds.enqueue(key);
+        builds.enqueue(key); // already queued: no second entry
+        assert_eq!(builds.next().await, key);
+        assert_eq!(builds.finish(key, Err("object store down".into())), Some(1));
+        builds.enqueue(key);
+        assert_eq!(builds.next().await, key);
+        assert_eq!(builds.finish(key, Err("still down".into())), Some(2));
+        builds.enqueue(key);
+        assert_eq!(builds.next().await, key);
+        assert_eq!(builds.finish(key, Ok(())), None);
+        builds.enqueue(key); // done: stays done
+        assert_eq!(builds.snapshot()[0].1.state, BuildState::Done);
+        assert_eq!(builds.snapshot()[0].1.failures, 2);
+    }
+
+    #[test]
+    fn retries_back_off_to_five_minutes() {
+        assert_eq!(retry_delay(1).as_secs(), 5);
+        assert_eq!(retry_delay(2).as_secs(), 10);
+        assert_eq!(retry_delay(4).as_secs(), 40);
+        assert_eq!(retry_delay(9).as_secs(), 300);
     }
 }

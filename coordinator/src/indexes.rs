@@ -17,7 +17,7 @@ use quiver_segment::{SegmentIndexMeta, SegmentMeta};
 use quiver_types::{ColumnType, IndexId, SegmentId};
 
 use crate::Coordinator;
-use crate::index_builds::BuildKey;
+use crate::index_builds::{BuildKey, MAX_BUILD_FAILURES, retry_delay};
 
 impl Coordinator {
     /// Registers a data node; builds are sent to the registered nodes.
@@ -37,9 +37,21 @@ impl Coordinator {
                 if let Err(e) = &result {
                     tracing::error!(segment = %key.0, index = %key.1, error = %e.message, "index build failed");
                 }
-                coordinator
+                let failures = coordinator
                     .builds
                     .finish(key, result.map_err(|e| e.message));
+                if let Some(failures) = failures.filter(|f| *f < MAX_BUILD_FAILURES) {
+                    // The segment is searched exactly meanwhile.
+                    let delay = retry_delay(failures);
+                    tracing::info!(segment = %key.0, index = %key.1, failures, retry_in_s = delay.as_secs(), "index build will be retried");
+                    let weak = Arc::downgrade(&coordinator);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if let Some(coordinator) = weak.upgrade() {
+                            coordinator.builds.enqueue(key);
+                        }
+                    });
+                }
             }
         });
     }

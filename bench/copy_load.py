@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Bulk-load benchmark (issue 3): binary COPY of N x D vectors into a fresh
+server, on a quiet server (nothing else loading), at 1 and 8 connections.
+
+For each connection count it loads a fresh table with --chunk-row COPYs in
+pgvector's binary layout, then reports rows/s, MB/s of COPY data, the
+server's peak RSS (VmHWM) and that the row count is exact. Every COPY is
+acknowledged only after its WAL append is fsync'd (durable).
+
+Usage: QUIVER_BIN=target/release/quiver .venv/bin/python bench/copy_load.py
+       [--rows 400000] [--dim 384] [--chunk 10000]
+It is a benchmark, not a test: it prints figures and never fails on them.
+"""
+import argparse
+
+import numpy as np
+import psycopg
+
+from ingest_knn import binary_copy_payload, copy_load, start_server, stop_server
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=400_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--chunk", type=int, default=10_000)
+    args = ap.parse_args()
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
+    payloads = [binary_copy_payload(data, s, min(s + args.chunk, args.rows))
+                for s in range(0, args.rows, args.chunk)]
+    mb = sum(len(p) for p in payloads) / 1e6
+    raw_mib = args.rows * args.dim * 4 / 2**20
+    print(f"{args.rows} x {args.dim} float32 = {raw_mib:.0f} MiB of vectors, {mb:.0f} MB of COPY data, "
+          f"{len(payloads)} COPYs of {args.chunk} rows")
+    for conns in (1, 8):
+        # A fresh server per run, so one run's flushes do not slow the next.
+        server, port, data_dir = start_server("quiver-copy-")
+        try:
+            secs = copy_load(port, "bulk", payloads, args.dim, conns)
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                                 autocommit=True) as c:
+                count = c.execute("SELECT count(*) FROM bulk").fetchone()[0]
+            print(f"binary COPY over {conns} conn: {secs:.2f}s = {args.rows / secs:,.0f} rows/s, "
+                  f"{mb / secs:.1f} MB/s; rows {count} ({'exact' if count == args.rows else 'WRONG'}); "
+                  f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB")
+        finally:
+            stop_server(server, data_dir)
+
+
+if __name__ == "__main__":
+    main()
