@@ -63,6 +63,11 @@ else
     log "system packages present"
 fi
 
+# `--build-only` (scripts/run-standalone.sh): just what building needs.
+if [[ "${1:-}" == "--build-only" ]]; then
+    exit 0
+fi
+
 # A JDK runs tests/jdbc as a single-file source program.
 if ! command -v javac >/dev/null 2>&1; then
     log "installing a JDK"
@@ -85,6 +90,18 @@ if [[ ! -d "$ROOT/tests/node/node_modules/pg" || ! -d "$ROOT/tests/node/node_mod
     (cd "$ROOT/tests/node" && npm ci --no-audit --no-fund --loglevel=error)
 else
     log "node packages ready (tests/node)"
+fi
+
+# ---------------------------------------------------------------------------
+# S3-compatible server for the object-store tests: s3s-fs, compiled once into
+# a cache outside the repository (a few minutes the first time).
+# ---------------------------------------------------------------------------
+SERVICES="${QUIVER_SERVICES_DIR:-$HOME/.cache/quiver-services}"
+if [[ ! -x "$SERVICES/bin/s3s-fs" ]]; then
+    log "installing s3s-fs 0.14.1 into $SERVICES (once)"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$SERVICES" --quiet
+else
+    log "s3s-fs ready ($SERVICES/bin/s3s-fs)"
 fi
 
 # ---------------------------------------------------------------------------

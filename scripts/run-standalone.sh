@@ -5,6 +5,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-./scripts/ci-deps.sh
+./scripts/ci-deps.sh --build-only
 cargo build -p quiver-frontend --bin quiver
 exec "${CARGO_TARGET_DIR:-target}/debug/quiver" standalone "$@"

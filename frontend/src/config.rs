@@ -162,6 +162,9 @@ pub enum ObjectConfig {
         #[serde(default)]
         root: Option<PathBuf>,
     },
+    /// An S3-compatible bucket: `bucket`, `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `path_style`, `allow_http`.
+    S3(quiver_segment::S3Config),
 }
 
 impl Default for Config {
@@ -268,11 +271,15 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("vector-cache"))
     }
 
-    pub fn object_root(&self) -> PathBuf {
+    /// Where segments and indexes are stored.
+    pub fn object_store(&self) -> quiver_segment::ObjectStoreConfig {
         match &self.storage.object {
-            ObjectConfig::Local { root } => root
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("objects")),
+            ObjectConfig::Local { root } => quiver_segment::ObjectStoreConfig::Local {
+                root: root
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("objects")),
+            },
+            ObjectConfig::S3(s3) => quiver_segment::ObjectStoreConfig::S3(s3.clone()),
         }
     }
 }

@@ -9,7 +9,7 @@ use quiver_coordinator::{Coordinator, CoordinatorOptions};
 use quiver_data::{DataNode, DataNodeOptions};
 use quiver_meta::{EmbeddedMeta, MetaStore};
 use quiver_query::{IndexCacheOptions, QueryNode};
-use quiver_segment::{ObjectStoreConfig, open_object_store};
+use quiver_segment::open_object_store;
 use quiver_streaming::{StreamingNode, StreamingOptions};
 use quiver_wal::{LocalWal, LocalWalOptions, Wal};
 
@@ -20,9 +20,7 @@ use crate::engine::{Backends, Engine};
 pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     std::fs::create_dir_all(&config.data_dir)?;
     let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(config.meta_dir())?);
-    let store = open_object_store(&ObjectStoreConfig::Local {
-        root: config.object_root(),
-    })?;
+    let store = open_object_store(&config.object_store())?;
     let wal: Arc<dyn Wal> = Arc::new(
         LocalWal::open(LocalWalOptions::new(
             config.wal_dir(),

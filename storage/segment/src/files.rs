@@ -22,6 +22,37 @@ use crate::SegmentError;
 pub enum ObjectStoreConfig {
     /// A directory on the local file system (standalone default: `DATA_DIR/objects`).
     Local { root: PathBuf },
+    /// An S3-compatible bucket (AWS S3, or any server speaking its API).
+    S3(S3Config),
+}
+
+/// An S3 bucket: where it is and how to sign requests to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `http(s)://host:port` of an S3-compatible server; AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which servers other
+    /// than AWS usually need; virtual-hosted style when false.
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// Allow a plain-HTTP endpoint (local servers).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub fn open_object_store(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>, SegmentError> {
@@ -32,6 +63,19 @@ pub fn open_object_store(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectSto
             })?;
             let fs = LocalFileSystem::new_with_prefix(root)?;
             Ok(Arc::new(fs))
+        }
+        ObjectStoreConfig::S3(s3) => {
+            let mut builder = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&s3.bucket)
+                .with_region(&s3.region)
+                .with_access_key_id(&s3.access_key_id)
+                .with_secret_access_key(&s3.secret_access_key)
+                .with_virtual_hosted_style_request(!s3.path_style)
+                .with_allow_http(s3.allow_http);
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            Ok(Arc::new(builder.build()?))
         }
     }
 }

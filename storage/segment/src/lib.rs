@@ -23,7 +23,7 @@ mod wal_record;
 
 pub use codec::{decode_batch, encode_batch};
 pub use files::{
-    DeleteLogEntry, ObjectStoreConfig, ParquetObject, SegmentMeta, delete_log_path,
+    DeleteLogEntry, ObjectStoreConfig, ParquetObject, S3Config, SegmentMeta, delete_log_path,
     open_object_store, read_delete_log, read_parquet, read_parquet_columns, segment_path,
     write_delete_log, write_parquet,
 };
