@@ -31,6 +31,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::scalar::ScalarValue;
 
 /// pgvector's `vector` type OID, as `arrow-pg` reports it on the wire.
 const VECTOR_TYPE_OID: i32 = arrow_pg::datatypes::PG_VECTOR_TYPE_OID as i32;
@@ -57,54 +58,31 @@ impl SchemaProvider for PgCatalog {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if let Some(extension) = Extension::for_table(name) {
-            return Ok(Some(Arc::new(Extended {
-                inner: self.inner.table(name).await?,
-                extension,
-                catalog: self.inner.clone(),
-                backends: self.backends.clone(),
-            })));
-        }
-        let Some(table) = self.inner.table(name).await? else {
+        let inner = self.inner.table(name).await?;
+        let correction = match name {
+            "pg_type" => Correction::VectorType,
+            "pg_attribute" => Correction::Columns,
+            "pg_attrdef" => Correction::Defaults,
+            other => match Extension::for_table(other) {
+                Some(extension) => Correction::Rows(extension),
+                None => return Ok(inner),
+            },
+        };
+        if inner.is_none() && correction != Correction::Rows(Extension::PgIndexes) {
             return Ok(None);
-        };
-        let inner_table = |name: &'static str| async move {
-            self.inner
-                .table(name)
-                .await?
-                .ok_or_else(|| DataFusionError::Plan(format!("pg_catalog.{name} missing")))
-        };
-        match name {
-            "pg_type" => Ok(Some(Arc::new(PgType {
-                inner: table,
-                namespaces: inner_table("pg_namespace").await?,
-            }))),
-            "pg_attribute" => Ok(Some(Arc::new(PgAttribute {
-                table_oids: self.table_oids.clone(),
-                inner: table,
-                classes: inner_table("pg_class").await?,
-                namespaces: inner_table("pg_namespace").await?,
-                backends: self.backends.clone(),
-            }))),
-            "pg_attrdef" => Ok(Some(Arc::new(PgAttrdef {
-                inner: table,
-                classes: inner_table("pg_class").await?,
-                namespaces: inner_table("pg_namespace").await?,
-                backends: self.backends.clone(),
-            }))),
-            _ => Ok(Some(table)),
         }
+        Ok(Some(Arc::new(Corrected {
+            inner,
+            correction,
+            catalog: self.inner.clone(),
+            backends: self.backends.clone(),
+            table_oids: self.table_oids.clone(),
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         name == "pg_indexes" || self.inner.table_exist(name)
     }
-}
-
-#[derive(Debug)]
-struct PgType {
-    inner: Arc<dyn TableProvider>,
-    namespaces: Arc<dyn TableProvider>,
 }
 
 async fn scan_all(table: &Arc<dyn TableProvider>, state: &dyn Session) -> Result<Vec<RecordBatch>> {
@@ -184,48 +162,6 @@ fn with_vector_row_fixed(batch: &RecordBatch, namespace: i32) -> Result<RecordBa
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-#[async_trait]
-impl TableProvider for PgType {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let namespaces = scan_all(&self.namespaces, state).await?;
-        let mut batches = scan_all(&self.inner, state).await?;
-        if let Some(public) = public_oid(&namespaces) {
-            batches = batches
-                .iter()
-                .map(|b| with_vector_row_fixed(b, public))
-                .collect::<Result<_>>()?;
-        }
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
-            self.schema(),
-            projection.cloned(),
-        )?)
-    }
-}
-
-#[derive(Debug)]
-struct PgAttribute {
-    table_oids: TableOids,
-    inner: Arc<dyn TableProvider>,
-    classes: Arc<dyn TableProvider>,
-    namespaces: Arc<dyn TableProvider>,
-    backends: Arc<Backends>,
-}
-
 /// `pg_class` OID → name of the relations in `public`.
 fn public_relations(classes: &[RecordBatch], public: i32) -> HashMap<i32, String> {
     let mut out = HashMap::new();
@@ -270,117 +206,65 @@ fn map_i32(
     Ok(Some((idx, Arc::new(out))))
 }
 
-impl PgAttribute {
-    fn correct(
-        &self,
-        batch: &RecordBatch,
-        relations: &HashMap<i32, String>,
-        tables: &HashMap<String, quiver_api::TableInfo>,
-    ) -> Result<RecordBatch> {
-        let (Some(relids), Some(names)) = (
-            batch
-                .column_by_name("attrelid")
-                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
-            batch
-                .column_by_name("attname")
-                .and_then(|c| c.as_string_opt::<i32>()),
-        ) else {
-            return Ok(batch.clone());
-        };
-        let column_of = |row: usize| {
-            let table = tables.get(relations.get(&relids.value(row))?)?;
-            let idx = table.schema.column_index(names.value(row))?;
-            Some(table.schema.columns[idx].clone())
-        };
-        let columns: Vec<Option<ColumnDef>> = (0..batch.num_rows()).map(column_of).collect();
-        let dim = |row: usize| columns[row].as_ref().and_then(|c| c.ty.vector_dim());
-        let mut out = batch.columns().to_vec();
-        for (name, f) in [
-            (
-                "atttypid",
-                Box::new(|row, v| dim(row).map_or(v, |_| VECTOR_TYPE_OID))
-                    as Box<dyn Fn(usize, i32) -> i32>,
-            ),
-            (
-                "atttypmod",
-                Box::new(|row, v| dim(row).map_or(v, |d| d as i32)),
-            ),
-        ] {
-            if let Some((idx, column)) = map_i32(batch, name, f)? {
-                out[idx] = column;
-            }
+/// `pg_attribute` rows of vector columns get pgvector's type and their
+/// dimension; columns with a DEFAULT get `atthasdef`.
+fn with_column_types(
+    batch: &RecordBatch,
+    relations: &HashMap<i32, String>,
+    tables: &HashMap<String, quiver_api::TableInfo>,
+) -> Result<RecordBatch> {
+    let (Some(relids), Some(names)) = (
+        batch
+            .column_by_name("attrelid")
+            .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+        batch
+            .column_by_name("attname")
+            .and_then(|c| c.as_string_opt::<i32>()),
+    ) else {
+        return Ok(batch.clone());
+    };
+    let column_of = |row: usize| {
+        let table = tables.get(relations.get(&relids.value(row))?)?;
+        let idx = table.schema.column_index(names.value(row))?;
+        Some(table.schema.columns[idx].clone())
+    };
+    let columns: Vec<Option<ColumnDef>> = (0..batch.num_rows()).map(column_of).collect();
+    let dim = |row: usize| columns[row].as_ref().and_then(|c| c.ty.vector_dim());
+    let mut out = batch.columns().to_vec();
+    for (name, f) in [
+        (
+            "atttypid",
+            Box::new(|row, v| dim(row).map_or(v, |_| VECTOR_TYPE_OID))
+                as Box<dyn Fn(usize, i32) -> i32>,
+        ),
+        (
+            "atttypmod",
+            Box::new(|row, v| dim(row).map_or(v, |d| d as i32)),
+        ),
+    ] {
+        if let Some((idx, column)) = map_i32(batch, name, f)? {
+            out[idx] = column;
         }
-        if let Ok(idx) = batch.schema().index_of("attlen")
-            && let Some(lens) = batch.column(idx).as_primitive_opt::<Int16Type>()
-        {
-            let fixed: Int16Array = (0..batch.num_rows())
-                .map(|i| if dim(i).is_some() { -1 } else { lens.value(i) })
-                .collect();
-            out[idx] = Arc::new(fixed);
-        }
-        if let Ok(idx) = batch.schema().index_of("atthasdef")
-            && let Some(flags) = batch.column(idx).as_boolean_opt()
-        {
-            let fixed: BooleanArray = (0..batch.num_rows())
-                .map(|i| {
-                    Some(columns[i].as_ref().is_some_and(|c| c.default.is_some()) || flags.value(i))
-                })
-                .collect();
-            out[idx] = Arc::new(fixed);
-        }
-        Ok(RecordBatch::try_new(batch.schema(), out)?)
     }
-}
-
-#[async_trait]
-impl TableProvider for PgAttribute {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+    if let Ok(idx) = batch.schema().index_of("attlen")
+        && let Some(lens) = batch.column(idx).as_primitive_opt::<Int16Type>()
+    {
+        let fixed: Int16Array = (0..batch.num_rows())
+            .map(|i| if dim(i).is_some() { -1 } else { lens.value(i) })
+            .collect();
+        out[idx] = Arc::new(fixed);
     }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
+    if let Ok(idx) = batch.schema().index_of("atthasdef")
+        && let Some(flags) = batch.column(idx).as_boolean_opt()
+    {
+        let fixed: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                Some(columns[i].as_ref().is_some_and(|c| c.default.is_some()) || flags.value(i))
+            })
+            .collect();
+        out[idx] = Arc::new(fixed);
     }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let namespaces = scan_all(&self.namespaces, state).await?;
-        let mut batches = scan_all(&self.inner, state).await?;
-        if let Some(public) = public_oid(&namespaces) {
-            let classes = scan_all(&self.classes, state).await?;
-            let relations = public_relations(&classes, public);
-            self.table_oids.write().clone_from(&relations);
-            let tables: HashMap<String, quiver_api::TableInfo> = self
-                .backends
-                .coordinator
-                .tables()
-                .into_iter()
-                .map(|t| (t.name.clone(), t))
-                .collect();
-            batches = batches
-                .iter()
-                .map(|b| self.correct(b, &relations, &tables))
-                .collect::<Result<_>>()?;
-        }
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
-            self.schema(),
-            projection.cloned(),
-        )?)
-    }
-}
-
-#[derive(Debug)]
-struct PgAttrdef {
-    inner: Arc<dyn TableProvider>,
-    classes: Arc<dyn TableProvider>,
-    namespaces: Arc<dyn TableProvider>,
-    backends: Arc<Backends>,
+    Ok(RecordBatch::try_new(batch.schema(), out)?)
 }
 
 /// A default as PostgreSQL prints it (`pg_get_expr(adbin, ...)`).
@@ -389,65 +273,6 @@ fn default_text(table: &str, column: &ColumnDef) -> Option<String> {
         ColumnDefault::Serial => format!("nextval('{table}_{}_seq'::regclass)", column.name),
         ColumnDefault::Expr { sql } => sql.clone(),
     })
-}
-
-#[async_trait]
-impl TableProvider for PgAttrdef {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        self.inner.table_type()
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let namespaces = scan_all(&self.namespaces, state).await?;
-        let classes = scan_all(&self.classes, state).await?;
-        let relations = public_oid(&namespaces)
-            .map(|public| public_relations(&classes, public))
-            .unwrap_or_default();
-        let (mut oids, mut relids, mut nums, mut exprs) = (vec![], vec![], vec![], vec![]);
-        let tables = self.backends.coordinator.tables();
-        for (relid, name) in &relations {
-            let Some(table) = tables.iter().find(|t| &t.name == name) else {
-                continue;
-            };
-            for (i, column) in table.schema.columns.iter().enumerate() {
-                if let Some(text) = default_text(name, column) {
-                    // Any OID unique among defaults will do; none refer to it.
-                    oids.push(relid.saturating_mul(1000).saturating_add(i as i32));
-                    relids.push(*relid);
-                    nums.push(i as i32 + 1);
-                    exprs.push(text);
-                }
-            }
-        }
-        let schema = self.schema();
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let values: ArrayRef = match field.name().as_str() {
-                "oid" => Arc::new(Int32Array::from(oids.clone())),
-                "adrelid" => Arc::new(Int32Array::from(relids.clone())),
-                "adnum" => Arc::new(Int32Array::from(nums.clone())),
-                "adbin" => Arc::new(arrow::array::StringArray::from(exprs.clone())),
-                _ => arrow::array::new_null_array(field.data_type(), oids.len()),
-            };
-            columns.push(arrow::compute::cast(&values, field.data_type())?);
-        }
-        let batch = RecordBatch::try_new(schema.clone(), columns)?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[vec![batch]],
-            schema,
-            projection.cloned(),
-        )?)
-    }
 }
 
 /// `pg_get_serial_sequence(table, column)`: the sequence a serial column
@@ -488,14 +313,30 @@ pub fn pg_get_serial_sequence_udf(backends: Arc<Backends>) -> datafusion::logica
     )
 }
 
-/// A catalog table with Quiver's rows appended (see `catalog_indexes`).
+/// What Quiver corrects in a catalog table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Correction {
+    /// `pg_type`: pgvector's type in `public`, with its I/O functions.
+    VectorType,
+    /// `pg_attribute`: vector columns and defaults.
+    Columns,
+    /// `pg_attrdef`: one row per column DEFAULT.
+    Defaults,
+    /// Rows appended (indexes, the extension; see `catalog_indexes`).
+    Rows(Extension),
+}
+
+/// A catalog table of the emulation with Quiver's correction applied at
+/// scan time (namespace and table OIDs are assigned by the emulation as it
+/// goes, so corrections read them from the same scan).
 #[derive(Debug)]
-struct Extended {
+struct Corrected {
     /// The emulation's table; `None` for tables it lacks (`pg_indexes`).
     inner: Option<Arc<dyn TableProvider>>,
-    extension: Extension,
+    correction: Correction,
     catalog: Arc<dyn SchemaProvider>,
     backends: Arc<Backends>,
+    table_oids: TableOids,
 }
 
 fn reloptions_type() -> arrow::datatypes::DataType {
@@ -575,11 +416,40 @@ fn with_indexes_flagged(batch: &RecordBatch, view: &CatalogView) -> Result<Recor
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// `pg_attrdef` rows: one per column with a DEFAULT.
+fn default_rows(view: &CatalogView) -> Vec<Vec<(&'static str, ScalarValue)>> {
+    let mut rows = Vec::new();
+    for table in &view.tables {
+        let Some(&relid) = view.table_oids.get(&table.name) else {
+            continue;
+        };
+        for (i, column) in table.schema.columns.iter().enumerate() {
+            if let Some(text) = default_text(&table.name, column) {
+                rows.push(vec![
+                    // Any OID unique among defaults will do; none refer to it.
+                    (
+                        "oid",
+                        ScalarValue::Int32(Some(
+                            relid.saturating_mul(1000).saturating_add(i as i32),
+                        )),
+                    ),
+                    ("adrelid", ScalarValue::Int32(Some(relid))),
+                    ("adnum", ScalarValue::Int32(Some(i as i32 + 1))),
+                    ("adbin", ScalarValue::Utf8(Some(text))),
+                ]);
+            }
+        }
+    }
+    rows
+}
+
 #[async_trait]
-impl TableProvider for Extended {
+impl TableProvider for Corrected {
     fn schema(&self) -> SchemaRef {
         match &self.inner {
-            Some(t) if self.extension == Extension::PgClass => with_reloptions(t.schema()),
+            Some(t) if self.correction == Correction::Rows(Extension::PgClass) => {
+                with_reloptions(t.schema())
+            }
             Some(t) => t.schema(),
             None => pg_indexes_schema(),
         }
@@ -604,30 +474,48 @@ impl TableProvider for Extended {
             Some(t) => scan_all(t, state).await?,
             None => Vec::new(),
         };
-        if self.extension == Extension::PgClass {
+        if self.correction == Correction::Rows(Extension::PgClass) {
             batches = batches
                 .iter()
-                .map(|b| {
-                    if b.schema().index_of("reloptions").is_ok() {
-                        return Ok(b.clone());
-                    }
-                    let mut columns = b.columns().to_vec();
-                    columns.push(arrow::array::new_null_array(
-                        &reloptions_type(),
-                        b.num_rows(),
-                    ));
-                    Ok(RecordBatch::try_new(schema.clone(), columns)?)
-                })
+                .map(|b| with_null_reloptions(b, &schema))
                 .collect::<Result<_>>()?;
         }
         if let Some(view) = catalog_view(&self.catalog, &self.backends, state).await? {
-            if self.extension == Extension::PgClass {
-                batches = batches
+            batches = match self.correction {
+                Correction::VectorType => batches
                     .iter()
-                    .map(|b| with_indexes_flagged(b, &view))
-                    .collect::<Result<_>>()?;
-            }
-            batches.push(rows_batch(&schema, &self.extension.rows(&view))?);
+                    .map(|b| with_vector_row_fixed(b, view.public))
+                    .collect::<Result<_>>()?,
+                Correction::Columns => {
+                    let relations: HashMap<i32, String> = view
+                        .table_oids
+                        .iter()
+                        .map(|(name, oid)| (*oid, name.clone()))
+                        .collect();
+                    let tables: HashMap<String, quiver_api::TableInfo> = view
+                        .tables
+                        .iter()
+                        .map(|t| (t.name.clone(), t.clone()))
+                        .collect();
+                    let corrected = batches
+                        .iter()
+                        .map(|b| with_column_types(b, &relations, &tables))
+                        .collect::<Result<_>>()?;
+                    *self.table_oids.write() = relations;
+                    corrected
+                }
+                Correction::Defaults => vec![rows_batch(&schema, &default_rows(&view))?],
+                Correction::Rows(extension) => {
+                    if extension == Extension::PgClass {
+                        batches = batches
+                            .iter()
+                            .map(|b| with_indexes_flagged(b, &view))
+                            .collect::<Result<_>>()?;
+                    }
+                    batches.push(rows_batch(&schema, &extension.rows(&view))?);
+                    batches
+                }
+            };
         }
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
@@ -635,6 +523,19 @@ impl TableProvider for Extended {
             projection.cloned(),
         )?)
     }
+}
+
+/// A `pg_class` batch of the emulation with the NULL `reloptions` column.
+fn with_null_reloptions(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().index_of("reloptions").is_ok() {
+        return Ok(batch.clone());
+    }
+    let mut columns = batch.columns().to_vec();
+    columns.push(arrow::array::new_null_array(
+        &reloptions_type(),
+        batch.num_rows(),
+    ));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// `pg_get_indexdef(oid [, column, pretty])` for Quiver's indexes (NULL
