@@ -541,7 +541,7 @@ pub async fn describe(
     session: &Session,
     statement: &Statement,
 ) -> Result<(Vec<Type>, Option<SchemaRef>), SqlError> {
-    let count = crate::engine::count_placeholders(statement);
+    let count = crate::engine::count_parameters(statement);
     let mut params = vec![Type::UNKNOWN; count];
     let (info, returning_items) = match statement {
         Statement::Insert(insert) => {

@@ -676,7 +676,7 @@ impl Engine {
             Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
                 crate::dml::describe(self, session, statement).await
             }
-            _ => Ok((vec![Type::UNKNOWN; count_placeholders(statement)], None)),
+            _ => Ok((vec![Type::UNKNOWN; count_parameters(statement)], None)),
         }
     }
 }
@@ -728,7 +728,7 @@ pub fn ordered_param_types(plan: &LogicalPlan) -> Result<Vec<Type>, SqlError> {
 }
 
 /// The highest `$n` in a statement.
-pub fn count_placeholders(statement: &Statement) -> usize {
+pub fn count_parameters(statement: &Statement) -> usize {
     let mut max = 0usize;
     let mut copy = statement.clone();
     let _ = sqlparser::ast::visit_expressions_mut(&mut copy, |e| {

@@ -75,7 +75,7 @@ impl Engine {
             .cloned()
             .ok_or_else(|| undefined(&name))?;
         let expected =
-            crate::engine::count_placeholders(&prepared.statement).max(prepared.types.len());
+            crate::engine::count_parameters(&prepared.statement).max(prepared.types.len());
         if arguments.len() != expected {
             return Err(SqlError::new(
                 sqlstate::SYNTAX_ERROR,
