@@ -217,13 +217,7 @@ impl Engine {
                 quiver_planner::catalog_functions::VectorAwareFormatType::wrap(format_type),
             );
         }
-        if let Ok(pg_get_expr) =
-            datafusion::execution::FunctionRegistry::udf(&ctx.state(), "pg_get_expr")
-        {
-            ctx.register_udf(quiver_planner::catalog_functions::PgGetExpr::wrap(
-                pg_get_expr,
-            ));
-        }
+        ctx.register_udf(quiver_planner::catalog_functions::pg_get_expr_udf());
         ctx.register_udf(crate::pg_catalog::pg_get_serial_sequence_udf(
             backends.clone(),
         ));

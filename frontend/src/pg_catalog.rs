@@ -364,11 +364,13 @@ fn with_reloptions(schema: SchemaRef) -> SchemaRef {
     ))
 }
 
-/// Reads what the appended rows are derived from.
+/// Reads what the corrections are derived from; `with_tables: false` reads
+/// only the namespaces (all `pg_type` needs, and drivers read it often).
 async fn catalog_view(
     catalog: &Arc<dyn SchemaProvider>,
     backends: &Backends,
     state: &dyn Session,
+    with_tables: bool,
 ) -> Result<Option<CatalogView>> {
     let table = |name: &'static str| async move {
         catalog
@@ -380,6 +382,13 @@ async fn catalog_view(
     let Some(public) = public_oid(&namespaces) else {
         return Ok(None);
     };
+    if !with_tables {
+        return Ok(Some(CatalogView {
+            public,
+            table_oids: HashMap::new(),
+            tables: Vec::new(),
+        }));
+    }
     let classes = scan_all(&table("pg_class").await?, state).await?;
     let table_oids = public_relations(&classes, public)
         .into_iter()
@@ -480,7 +489,14 @@ impl TableProvider for Corrected {
                 .map(|b| with_null_reloptions(b, &schema))
                 .collect::<Result<_>>()?;
         }
-        if let Some(view) = catalog_view(&self.catalog, &self.backends, state).await? {
+        if let Some(view) = catalog_view(
+            &self.catalog,
+            &self.backends,
+            state,
+            self.correction != Correction::VectorType,
+        )
+        .await?
+        {
             batches = match self.correction {
                 Correction::VectorType => batches
                     .iter()

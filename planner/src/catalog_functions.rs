@@ -169,40 +169,11 @@ impl datafusion::logical_expr::ScalarUDFImpl for VectorAwareFormatType {
 /// `pg_get_expr(expr, relation [, pretty])`: Quiver keeps expressions
 /// (column defaults in `pg_attrdef.adbin`) as SQL text already, so this
 /// returns it; the pg_catalog emulation's version returns ''.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct PgGetExpr {
-    inner: Arc<ScalarUDF>,
-}
-
-impl PgGetExpr {
-    pub fn wrap(inner: Arc<ScalarUDF>) -> ScalarUDF {
-        ScalarUDF::new_from_impl(PgGetExpr { inner })
-    }
-}
-
-impl datafusion::logical_expr::ScalarUDFImpl for PgGetExpr {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn signature(&self) -> &datafusion::logical_expr::Signature {
-        self.inner.signature()
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: datafusion::logical_expr::ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
+pub fn pg_get_expr_udf() -> ScalarUDF {
+    TextFunction::udf("pg_get_expr", Volatility::Stable, |args| {
         let text = args.args[0].to_array(args.number_rows)?;
-        Ok(ColumnarValue::Array(arrow::compute::cast(
-            &text,
-            &DataType::Utf8,
-        )?))
-    }
+        Ok(arrow::compute::cast(&text, &DataType::Utf8)?)
+    })
 }
 
 /// Catalog functions over objects Quiver keeps no data for, answering
