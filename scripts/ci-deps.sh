@@ -30,6 +30,8 @@ APT_PACKAGES=(
     libprotobuf-dev
     libcurl4-openssl-dev
     libpostgresql-jdbc-java
+    etcd-server
+    etcd-client
 )
 
 pkg_installed() {

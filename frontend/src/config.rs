@@ -2,6 +2,9 @@
 //! storage backend. See `docs/config.example.toml`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quiver_meta::{EmbeddedMeta, EtcdMeta, MetaError, MetaStore};
 
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +155,9 @@ pub enum MetaConfig {
         #[serde(default)]
         dir: Option<PathBuf>,
     },
+    /// Keys under `root` in an etcd cluster: `endpoints`, `root`,
+    /// `username`, `password`, `timeout_ms`, `max_txn_ops`.
+    Etcd(quiver_meta::EtcdConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,12 +255,14 @@ impl Config {
         }
     }
 
-    pub fn meta_dir(&self) -> PathBuf {
-        match &self.storage.meta {
-            MetaConfig::Embedded { dir } => {
-                dir.clone().unwrap_or_else(|| self.data_dir.join("meta"))
-            }
-        }
+    /// Opens the configured meta store.
+    pub async fn open_meta_store(&self) -> Result<Arc<dyn MetaStore>, MetaError> {
+        Ok(match &self.storage.meta {
+            MetaConfig::Embedded { dir } => Arc::new(EmbeddedMeta::open(
+                dir.clone().unwrap_or_else(|| self.data_dir.join("meta")),
+            )?),
+            MetaConfig::Etcd(etcd) => Arc::new(EtcdMeta::connect(etcd).await?),
+        })
     }
 
     pub fn index_cache_dir(&self) -> PathBuf {
@@ -308,6 +316,20 @@ mod tests {
         let tls = config.frontend.tls.unwrap();
         assert!(tls.required && tls.key == Path::new("k.pem"));
         assert!(Config::from_toml("[frontend]\nauth = 'md5'\n").is_err());
+    }
+
+    #[test]
+    fn etcd_meta_section_parses_with_defaults() {
+        let config = Config::from_toml(
+            "[storage.meta]\nkind = 'etcd'\nendpoints = ['http://127.0.0.1:2379']\n",
+        )
+        .unwrap();
+        let MetaConfig::Etcd(etcd) = config.storage.meta else {
+            panic!("expected etcd: {:?}", config.storage.meta);
+        };
+        assert_eq!(etcd.root, "/quiver");
+        assert_eq!(etcd.max_txn_ops, 128);
+        assert!(Config::from_toml("[storage.meta]\nkind = 'etcd'\n").is_err());
     }
 
     #[test]

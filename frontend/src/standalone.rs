@@ -7,7 +7,6 @@ use std::time::Duration;
 use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
 use quiver_coordinator::{Coordinator, CoordinatorOptions};
 use quiver_data::{DataNode, DataNodeOptions};
-use quiver_meta::{EmbeddedMeta, MetaStore};
 use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::open_object_store;
 use quiver_streaming::{StreamingNode, StreamingOptions};
@@ -19,7 +18,7 @@ use crate::engine::{Backends, Engine};
 /// Starts the roles in dependency order and returns the frontend engine.
 pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(config.meta_dir())?);
+    let meta = config.open_meta_store().await?;
     let store = open_object_store(&config.object_store())?;
     let wal: Arc<dyn Wal> = Arc::new(
         LocalWal::open(LocalWalOptions::new(

@@ -7,49 +7,20 @@ everything from the bucket without rebuilding."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import free_port
-
-SERVICES = Path(os.environ.get("QUIVER_SERVICES_DIR", Path.home() / ".cache" / "quiver-services"))
-S3S_FS = SERVICES / "bin" / "s3s-fs"
+from services import S3Server
 
 
 @pytest.fixture
 def s3(tmp_path):
-    assert S3S_FS.exists(), f"{S3S_FS} missing: run scripts/ci-deps.sh"
-    root = tmp_path / "s3"
-    (root / "quiver").mkdir(parents=True)  # a bucket is a directory
-    port = free_port()
-    log = open(tmp_path / "s3s-fs.log", "wb")
-    proc = subprocess.Popen(
-        [str(S3S_FS), "--host", "127.0.0.1", "--port", str(port),
-         "--access-key", "quiver-key", "--secret-key", "quiver-secret", str(root)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield port, root / "quiver"
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    server = S3Server(tmp_path).start()
+    yield server
+    server.stop()
 
 
 def knn(conn, q, k=10):
@@ -59,19 +30,9 @@ def knn(conn, q, k=10):
 
 
 def test_segments_and_indexes_live_in_the_bucket(s3, quiver_factory, tmp_path):
-    port, bucket = s3
+    bucket = s3.bucket_dir
     config = tmp_path / "s3.toml"
-    config.write_text(
-        f"""
-[storage.object]
-kind = "s3"
-bucket = "quiver"
-endpoint = "http://127.0.0.1:{port}"
-access_key_id = "quiver-key"
-secret_access_key = "quiver-secret"
-allow_http = true
-"""
-    )
+    config.write_text(s3.config_toml())
     server = quiver_factory(extra_args=["--config", str(config)])
     rng = np.random.default_rng(5)
     data = rng.standard_normal((4000, 16)).astype(np.float32)

@@ -3,12 +3,13 @@
 //!
 //! [`MetaStore`] is the boundary trait; [`EmbeddedMeta`] is the standalone
 //! implementation (an in-memory ordered map made durable by an fsync'd,
-//! checksummed operation log in the data directory). A networked
-//! implementation (etcd) plugs in behind the same trait. Keys are UTF-8 paths
+//! checksummed operation log in the data directory); [`EtcdMeta`] keeps the
+//! same keys in etcd for clusters. Keys are UTF-8 paths
 //! such as `/tables/7`; values are opaque bytes (JSON documents by convention,
 //! see [`get_json`]/[`put_json_op`]).
 
 mod embedded;
+mod etcd;
 pub mod keys;
 
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use embedded::EmbeddedMeta;
+pub use etcd::{EtcdConfig, EtcdMeta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -35,6 +37,14 @@ pub enum MetaError {
     },
     #[error("compare-and-swap on {key} failed: the value changed")]
     Conflict { key: String },
+    #[error("meta store request failed: {context}")]
+    Remote {
+        context: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("meta store configuration: {0}")]
+    Config(String),
 }
 
 /// One change inside an atomic [`MetaStore::batch`].

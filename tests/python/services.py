@@ -1,0 +1,129 @@
+"""The real backing services tests run Quiver against, as plain processes on
+127.0.0.1 (installed by scripts/ci-deps.sh): etcd (Debian's etcd-server)
+and s3s-fs (an S3 API over a directory, compiled once into
+~/.cache/quiver-services). Each helper starts one process and stops exactly
+that process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import free_port
+
+SERVICES = Path(os.environ.get("QUIVER_SERVICES_DIR", Path.home() / ".cache" / "quiver-services"))
+S3S_FS = SERVICES / "bin" / "s3s-fs"
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+            time.sleep(0.1)
+
+
+class Etcd:
+    """One etcd member with its own data directory; `kill()` is SIGKILL and
+    `start()` again reuses the data directory and ports."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.data_dir = base / "etcd-data"
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self) -> "Etcd":
+        etcd = shutil.which("etcd")
+        assert etcd, "etcd missing: run scripts/ci-deps.sh (apt-get install etcd-server)"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        log = open(self.base / "etcd.log", "ab")
+        self.proc = subprocess.Popen(
+            [etcd, "--name", "n1", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"n1={peer}", "--max-txn-ops", "1024"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for_port(self.client_port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def keys(self, prefix: str) -> list[str]:
+        out = subprocess.run(
+            ["etcdctl", "--endpoints", self.endpoint, "get", "--prefix", "--keys-only", prefix],
+            env={**os.environ, "ETCDCTL_API": "3"}, check=True, capture_output=True, text=True,
+        ).stdout
+        return [line for line in out.splitlines() if line]
+
+
+class S3Server:
+    """s3s-fs serving ROOT (a bucket is a sub-directory) with fixed test credentials."""
+
+    ACCESS_KEY = "quiver-key"
+    SECRET_KEY = "quiver-secret"
+
+    def __init__(self, base: Path, bucket: str = "quiver"):
+        self.root = base / "s3"
+        self.bucket_dir = self.root / bucket
+        self.bucket_dir.mkdir(parents=True, exist_ok=True)
+        self.bucket = bucket
+        self.port = free_port()
+        self.log_path = base / "s3s-fs.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "S3Server":
+        assert S3S_FS.exists(), f"{S3S_FS} missing: run scripts/ci-deps.sh"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(S3S_FS), "--host", "127.0.0.1", "--port", str(self.port),
+             "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(self.root)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        # s3s-fs stops cleanly on SIGINT (SIGTERM kills it at once).
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def config_toml(self) -> str:
+        return f"""
+[storage.object]
+kind = "s3"
+bucket = "{self.bucket}"
+endpoint = "{self.endpoint}"
+access_key_id = "{self.ACCESS_KEY}"
+secret_access_key = "{self.SECRET_KEY}"
+allow_http = true
+"""
