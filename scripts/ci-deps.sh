@@ -95,8 +95,9 @@ else
 fi
 
 # ---------------------------------------------------------------------------
-# S3-compatible server for the object-store tests: s3s-fs, compiled once into
-# a cache outside the repository (a few minutes the first time).
+# Backing services compiled once into a cache outside the repository:
+# s3s-fs (S3 API over a directory, a few minutes) and tansu (below). etcd
+# comes from apt (etcd-server, above).
 # ---------------------------------------------------------------------------
 SERVICES="${QUIVER_SERVICES_DIR:-$HOME/.cache/quiver-services}"
 if [[ ! -x "$SERVICES/bin/s3s-fs" ]]; then
@@ -104,6 +105,14 @@ if [[ ! -x "$SERVICES/bin/s3s-fs" ]]; then
     cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$SERVICES" --quiet
 else
     log "s3s-fs ready ($SERVICES/bin/s3s-fs)"
+fi
+# Kafka-protocol broker for the Kafka WAL tests: tansu (Apache-2.0, Rust),
+# compiled once (~12-15 minutes on 2 cores; no Kafka is packaged here).
+if [[ ! -x "$SERVICES/bin/tansu" ]]; then
+    log "installing tansu 0.6.0 into $SERVICES (once, ~15 min)"
+    cargo install tansu --version 0.6.0 --features libsql,dynostore --locked --root "$SERVICES" --quiet
+else
+    log "tansu ready ($SERVICES/bin/tansu)"
 fi
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use quiver_meta::{EmbeddedMeta, EtcdMeta, MetaError, MetaStore};
+use quiver_wal::{KafkaWal, LocalWal, LocalWalOptions, Wal, WalError};
 
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +146,10 @@ pub enum WalConfig {
         #[serde(default)]
         dir: Option<PathBuf>,
     },
+    /// One partition per shard of a topic on a Kafka-protocol broker:
+    /// `brokers`, `topic`, `replication_factor`, `delivery_timeout_ms`,
+    /// `properties` (extra librdkafka settings).
+    Kafka(quiver_wal::KafkaWalConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,10 +254,19 @@ impl Config {
         Ok(Self::from_toml(&text)?)
     }
 
-    pub fn wal_dir(&self) -> PathBuf {
-        match &self.storage.wal {
-            WalConfig::Local { dir } => dir.clone().unwrap_or_else(|| self.data_dir.join("wal")),
-        }
+    /// Opens the configured WAL with one channel per shard.
+    pub async fn open_wal(&self) -> Result<Arc<dyn Wal>, WalError> {
+        let channels = self.coordinator.shards;
+        Ok(match &self.storage.wal {
+            WalConfig::Local { dir } => Arc::new(
+                LocalWal::open(LocalWalOptions::new(
+                    dir.clone().unwrap_or_else(|| self.data_dir.join("wal")),
+                    channels,
+                ))
+                .await?,
+            ),
+            WalConfig::Kafka(kafka) => Arc::new(KafkaWal::open(kafka.clone(), channels).await?),
+        })
     }
 
     /// Opens the configured meta store.
@@ -330,6 +344,18 @@ mod tests {
         assert_eq!(etcd.root, "/quiver");
         assert_eq!(etcd.max_txn_ops, 128);
         assert!(Config::from_toml("[storage.meta]\nkind = 'etcd'\n").is_err());
+    }
+
+    #[test]
+    fn kafka_wal_section_parses_with_defaults() {
+        let config =
+            Config::from_toml("[storage.wal]\nkind = 'kafka'\nbrokers = '127.0.0.1:9092'\n")
+                .unwrap();
+        let WalConfig::Kafka(kafka) = config.storage.wal else {
+            panic!("expected kafka: {:?}", config.storage.wal);
+        };
+        assert_eq!(kafka.topic, "quiver-wal");
+        assert_eq!(kafka.delivery_timeout_ms, 10_000);
     }
 
     #[test]

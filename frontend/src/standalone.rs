@@ -10,7 +10,6 @@ use quiver_data::{DataNode, DataNodeOptions};
 use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::open_object_store;
 use quiver_streaming::{StreamingNode, StreamingOptions};
-use quiver_wal::{LocalWal, LocalWalOptions, Wal};
 
 use crate::config::Config;
 use crate::engine::{Backends, Engine};
@@ -20,13 +19,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     std::fs::create_dir_all(&config.data_dir)?;
     let meta = config.open_meta_store().await?;
     let store = open_object_store(&config.object_store())?;
-    let wal: Arc<dyn Wal> = Arc::new(
-        LocalWal::open(LocalWalOptions::new(
-            config.wal_dir(),
-            config.coordinator.shards,
-        ))
-        .await?,
-    );
+    let wal = config.open_wal().await?;
     let query_node = QueryNode::new(
         store.clone(),
         IndexCacheOptions {

@@ -127,3 +127,40 @@ access_key_id = "{self.ACCESS_KEY}"
 secret_access_key = "{self.SECRET_KEY}"
 allow_http = true
 """
+
+
+TANSU = SERVICES / "bin" / "tansu"
+
+
+class KafkaBroker:
+    """A tansu broker (Kafka protocol) storing into SQLite under `base`;
+    `kill()` is SIGKILL, and `start()` again reuses the port and the data."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.db = base / "tansu.db"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "KafkaBroker":
+        assert TANSU.exists(), f"{TANSU} missing: run scripts/ci-deps.sh"
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self.base / "tansu.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             # tansu resolves the SQLite path against its working directory.
+             "--storage-engine", f"sqlite://{self.db.name}"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.base,
+        )
+        log.close()
+        wait_for_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

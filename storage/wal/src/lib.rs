@@ -10,9 +10,11 @@
 //! channels never contend with each other.
 //!
 //! [`Wal`] is the boundary trait the rest of Quiver programs against;
-//! [`LocalWal`] is the implementation backed by segment files on a local disk.
+//! [`LocalWal`] is the implementation backed by segment files on a local disk,
+//! [`KafkaWal`] the one on a Kafka-protocol broker (one partition per channel).
 
 mod format;
+mod kafka;
 mod local;
 mod recovery;
 mod writer;
@@ -24,10 +26,12 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
+pub use kafka::{KafkaWal, KafkaWalConfig};
 pub use local::{DEFAULT_SEGMENT_BYTES, LocalWal, LocalWalOptions, MAX_RECORD_BYTES, WalStats};
 
-/// Log sequence number. Dense per channel: the first record of a channel is 0,
-/// the next 1, and so on.
+/// Log sequence number: increasing per channel, and consecutive within one
+/// append (its records are `first, first + 1, ...`). [`LocalWal`]'s are dense
+/// (0, 1, 2, ...); [`KafkaWal`]'s leave gaps between appends.
 pub type Lsn = u64;
 
 /// Errors returned by a [`Wal`].
@@ -64,6 +68,13 @@ pub enum WalError {
     /// Another [`LocalWal`] (in this or another process) holds the directory lock.
     #[error("wal directory {} is already open", .dir.display())]
     AlreadyOpen { dir: PathBuf },
+    /// The Kafka-protocol broker failed or could not be reached.
+    #[error("wal broker request failed while {context}: {source}")]
+    Broker {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// The options passed to [`LocalWal::open`] are unusable.
     #[error("invalid wal options: {0}")]
     InvalidOptions(String),

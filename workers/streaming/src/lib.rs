@@ -212,16 +212,17 @@ impl StreamingNode {
         .await;
         if let Some(failure) = appends.iter().find_map(|a| a.as_ref().err()) {
             let error = ApiError::from_error(StatusCode::StorageFailure, failure);
-            if records.len() > 1 {
-                let ts = records[0].2.ts;
-                if let Err(e) = self
-                    .ctx
-                    .meta
-                    .put(&keys::aborted_statement(ts), Vec::new())
-                    .await
-                {
-                    tracing::error!(ts = %ts, error = %e, "could not record an aborted statement");
-                }
+            // The outcome of a failed append is unknown (a broker may have
+            // kept it); recording the statement as aborted keeps recovery
+            // from replaying a write that was never applied or acknowledged.
+            let ts = records[0].2.ts;
+            if let Err(e) = self
+                .ctx
+                .meta
+                .put(&keys::aborted_statement(ts), Vec::new())
+                .await
+            {
+                tracing::error!(ts = %ts, error = %e, "could not record an aborted statement");
             }
             return Err(error);
         }

@@ -161,21 +161,19 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
         let (mut replayed, mut skipped) = (0usize, 0usize);
         for (lsn, record) in &records {
             data.last_lsn = Some(*lsn);
-            if record.participants.len() > 1 {
-                let key = keys::aborted_statement(record.ts);
-                if aborted.contains(&key) {
-                    skipped += 1;
-                    continue;
-                }
-                if !durable_everywhere(record) {
-                    aborted.insert(key.clone());
-                    newly_aborted.push(MetaOp::Put {
-                        key,
-                        value: Vec::new(),
-                    });
-                    skipped += 1;
-                    continue;
-                }
+            let key = keys::aborted_statement(record.ts);
+            if aborted.contains(&key) {
+                skipped += 1;
+                continue;
+            }
+            if record.participants.len() > 1 && !durable_everywhere(record) {
+                aborted.insert(key.clone());
+                newly_aborted.push(MetaOp::Put {
+                    key,
+                    value: Vec::new(),
+                });
+                skipped += 1;
+                continue;
             }
             if let Some(info) = tables.get(&record.table) {
                 data.apply(info, record)?;
