@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
+    TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,8 +109,25 @@ impl EtcdMeta {
             .with_timeout(timeout)
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(10), timeout);
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options.with_user(user, password);
+        match (&config.username, &config.password) {
+            (Some(user), Some(password)) => {
+                // Login tokens expire (and do not survive an etcd restart).
+                options = options
+                    .with_user(user, password)
+                    .with_auto_token_refresh(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(MetaError::Config(
+                    "storage.meta: set both username and password, or neither".into(),
+                ));
+            }
+        }
+        let root = config.root.trim_end_matches('/');
+        if root.is_empty() {
+            return Err(MetaError::Config(
+                "storage.meta: root must be a non-empty prefix such as \"/quiver\"".into(),
+            ));
         }
         let endpoints = config.endpoints.join(",");
         let client = Client::connect(&config.endpoints, Some(options))
@@ -117,7 +135,7 @@ impl EtcdMeta {
             .map_err(remote(format!("connecting to etcd at {endpoints}")))?;
         let meta = EtcdMeta {
             kv: client.kv_client(),
-            root: config.root.trim_end_matches('/').to_string(),
+            root: root.to_string(),
             max_txn_ops: config.max_txn_ops.max(1),
         };
         meta.kv
@@ -137,18 +155,51 @@ impl EtcdMeta {
         String::from_utf8(key.to_vec()).map_err(|_| MetaError::Corrupt { offset: 0 })
     }
 
-    fn txn_ops(&self, ops: Vec<MetaOp>) -> Vec<TxnOp> {
-        net_effect(ops, |key| self.full_key(key))
-            .into_iter()
+    /// Whether the store shows a batch's whole effect (read in one
+    /// snapshot): every put key holds its value and every deleted key or
+    /// range is empty. `false` when etcd cannot be read either.
+    async fn batch_effect_visible(&self, net: &[EtcdOp]) -> bool {
+        let reads: Vec<TxnOp> = net
+            .iter()
             .map(|op| match op {
-                EtcdOp::Put(key, value) => TxnOp::put(key, value, None),
-                EtcdOp::Delete(key) => TxnOp::delete(key, None),
-                EtcdOp::DeleteRange(from, end) => {
-                    TxnOp::delete(from, Some(DeleteOptions::new().with_range(end)))
+                EtcdOp::Put(key, _) | EtcdOp::Delete(key) => TxnOp::get(key.clone(), None),
+                EtcdOp::DeleteRange(from, end) => TxnOp::get(
+                    from.clone(),
+                    Some(GetOptions::new().with_range(end.clone()).with_count_only()),
+                ),
+            })
+            .collect();
+        let Ok(resp) = self.kv.clone().txn(Txn::new().and_then(reads)).await else {
+            return false;
+        };
+        let responses = resp.op_responses();
+        responses.len() == net.len()
+            && net.iter().zip(responses).all(|(op, resp)| {
+                let TxnOpResponse::Get(get) = resp else {
+                    return false;
+                };
+                match op {
+                    EtcdOp::Put(_, value) => {
+                        get.kvs().first().is_some_and(|kv| kv.value() == value)
+                    }
+                    EtcdOp::Delete(_) => get.kvs().is_empty(),
+                    EtcdOp::DeleteRange(..) => get.count() == 0,
                 }
             })
-            .collect()
     }
+}
+
+fn txn_ops(net: &[EtcdOp]) -> Vec<TxnOp> {
+    net.iter()
+        .map(|op| match op {
+            EtcdOp::Put(key, value) => TxnOp::put(key.clone(), value.clone(), None),
+            EtcdOp::Delete(key) => TxnOp::delete(key.clone(), None),
+            EtcdOp::DeleteRange(from, end) => TxnOp::delete(
+                from.clone(),
+                Some(DeleteOptions::new().with_range(end.clone())),
+            ),
+        })
+        .collect()
 }
 
 /// One operation of an etcd transaction.
@@ -270,7 +321,8 @@ impl MetaStore for EtcdMeta {
     }
 
     async fn batch(&self, ops: Vec<MetaOp>) -> Result<(), MetaError> {
-        let ops = self.txn_ops(ops);
+        let net = net_effect(ops, |key| self.full_key(key));
+        let ops = txn_ops(&net);
         if ops.is_empty() {
             return Ok(());
         }
@@ -283,12 +335,20 @@ impl MetaStore for EtcdMeta {
             )));
         }
         let count = ops.len();
-        self.kv
-            .clone()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(remote(format!("etcd transaction of {count} operations")))?;
-        Ok(())
+        let Err(error) = self.kv.clone().txn(Txn::new().and_then(ops)).await else {
+            return Ok(());
+        };
+        // A timeout or a leader change can fail a transaction that etcd
+        // applied anyway. Callers treat an error as "nothing happened" (a
+        // flush would seal the same rows again), so look before reporting.
+        if self.batch_effect_visible(&net).await {
+            tracing::warn!(error = %error, "etcd reported a failed transaction that was applied");
+            return Ok(());
+        }
+        Err(MetaError::Remote {
+            context: format!("etcd transaction of {count} operations"),
+            source: error,
+        })
     }
 
     async fn compare_and_put(

@@ -16,7 +16,7 @@
 //!
 //! [`LocalWal`]: crate::LocalWal
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -223,6 +223,9 @@ fn decode_chunk(bytes: &[u8]) -> Option<Chunk<'_>> {
 #[derive(Default)]
 struct Reassembler {
     pending: HashMap<u64, Assembly>,
+    /// Appends already returned: a broker without idempotence may store a
+    /// retried chunk twice, and an append must not be replayed twice.
+    completed: HashSet<u64>,
 }
 
 struct Assembly {
@@ -236,7 +239,7 @@ impl Reassembler {
     /// its first chunk.
     fn push(&mut self, offset: i64, payload: &[u8]) -> Option<(i64, Vec<u8>)> {
         let chunk = decode_chunk(payload)?;
-        if chunk.part >= chunk.parts {
+        if chunk.part >= chunk.parts || self.completed.contains(&chunk.append_id) {
             return None;
         }
         let assembly = self.pending.entry(chunk.append_id).or_insert(Assembly {
@@ -255,6 +258,7 @@ impl Reassembler {
             return None;
         }
         let done = self.pending.remove(&chunk.append_id)?;
+        self.completed.insert(chunk.append_id);
         let first = done.first_offset?;
         Some((first, done.bodies.into_values().flatten().collect()))
     }
@@ -396,7 +400,7 @@ impl Wal for KafkaWal {
             .send_chunks(&producer, channel, partition, &chunks)
             .await;
         if result.is_err() {
-            self.replace_producer(generation);
+            self.replace_producer(generation, producer);
         }
         result
     }
@@ -404,8 +408,20 @@ impl Wal for KafkaWal {
     async fn read_from(&self, channel: u32, from: Lsn) -> Result<Vec<(Lsn, Bytes)>, WalError> {
         let partition = self.check_channel(channel)?;
         let (low, high) = self.watermarks(partition).await?;
-        let start = offset_of(from).max(low);
-        if start >= high {
+        let start = offset_of(from);
+        // Records the checkpoint still needs are gone (retention, or the
+        // topic was recreated): replaying around the hole would silently
+        // drop acknowledged writes.
+        if start < low || start > high {
+            return Err(WalError::Corrupt {
+                path: format!("{}/{partition}", self.config.topic).into(),
+                offset: start as u64,
+                reason: format!(
+                    "replay must start at offset {start} but the partition holds offsets {low}..{high}"
+                ),
+            });
+        }
+        if start == high {
             return Ok(Vec::new());
         }
         let consumer: BaseConsumer = self
@@ -414,6 +430,7 @@ impl Wal for KafkaWal {
             .set("group.id", "quiver-wal-replay")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "error")
             .create()
             .map_err(broker("creating a Kafka consumer"))?;
         let topic = self.config.topic.clone();
@@ -487,18 +504,25 @@ impl Wal for KafkaWal {
             )
             .map_err(broker("preparing DeleteRecords"))?;
         let options = AdminOptions::new().operation_timeout(Some(self.config.timeout()));
-        match self.admin.delete_records(&offsets, &options).await {
-            Ok(result) => {
-                if let Some(e) = result.elements().iter().find_map(|e| e.error().err()) {
-                    self.truncate_unsupported(&e);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.truncate_unsupported(&e);
-                Ok(())
-            }
+        let error = match self.admin.delete_records(&offsets, &options).await {
+            Ok(result) => match result.elements().iter().find_map(|e| e.error().err()) {
+                None => return Ok(()),
+                Some(e) => e,
+            },
+            Err(e) => e,
+        };
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::InvalidRequest)
+        ) {
+            self.truncate_unsupported(&error);
+            return Ok(());
         }
+        // Transient (broker down, leader moving): the next seal retries.
+        Err(WalError::Broker {
+            context: format!("removing sealed records of channel {channel}"),
+            source: error,
+        })
     }
 
     async fn next_lsn(&self, channel: u32) -> Result<Lsn, WalError> {
@@ -552,6 +576,12 @@ impl KafkaWal {
                     "writing to the WAL of channel {channel} (broker {})",
                     self.config.brokers
                 )))?;
+            if delivered.offset < 0 {
+                return Err(WalError::Broker {
+                    context: format!("writing to the WAL of channel {channel}: no offset returned"),
+                    source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidMessage),
+                });
+            }
             // The lowest offset, so a replay from this LSN sees every chunk.
             first_offset = first_offset.min(delivered.offset);
         }
@@ -562,9 +592,13 @@ impl KafkaWal {
     /// its idempotence state (sequence numbers, epoch) no longer matches a
     /// broker that restarted or lost requests, and some brokers (tansu 0.6)
     /// fail every later request from it.
-    fn replace_producer(&self, failed_generation: u64) {
+    fn replace_producer(&self, failed_generation: u64, failed: FutureProducer) {
+        // Dropping the last handle of a client flushes and joins its
+        // threads: do it off the async workers.
         let mut current = self.producer.write();
         if current.0 != failed_generation {
+            drop(current);
+            tokio::task::spawn_blocking(move || drop(failed));
             return; // another append already replaced it
         }
         match self.config.producer() {
@@ -572,8 +606,7 @@ impl KafkaWal {
                 let old = std::mem::replace(&mut current.1, fresh);
                 current.0 += 1;
                 drop(current);
-                // Dropping a client joins its threads: off the async workers.
-                tokio::task::spawn_blocking(move || drop(old));
+                tokio::task::spawn_blocking(move || drop((old, failed)));
                 tracing::warn!(topic = %self.config.topic, "WAL append failed; the Kafka producer was recreated");
             }
             Err(e) => tracing::error!(error = %e, "could not recreate the Kafka producer"),
@@ -624,6 +657,8 @@ mod tests {
         let (first, body) = reassembler.push(1, &ok[0]).expect("complete");
         assert_eq!(first, 1);
         assert_eq!(decode_envelope(&body).expect("decodes").len(), 1);
+        // A broker that stored a retried chunk twice: replayed once.
+        assert!(reassembler.push(5, &ok[0]).is_none());
         // Its missing tail arriving late, amid another append, is harmless.
         let big = encode_chunks(3, &encode_envelope(&[Bytes::from(vec![9u8; CHUNK_BYTES])]));
         assert!(reassembler.push(2, &big[0]).is_none());

@@ -216,13 +216,19 @@ impl StreamingNode {
             // kept it); recording the statement as aborted keeps recovery
             // from replaying a write that was never applied or acknowledged.
             let ts = records[0].2.ts;
-            if let Err(e) = self
+            let mut attempt = 0;
+            while let Err(e) = self
                 .ctx
                 .meta
                 .put(&keys::aborted_statement(ts), Vec::new())
                 .await
             {
-                tracing::error!(ts = %ts, error = %e, "could not record an aborted statement");
+                attempt += 1;
+                if attempt == 5 {
+                    tracing::error!(ts = %ts, error = %e, "could not record an aborted statement; a restart may replay it");
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
             }
             return Err(error);
         }
