@@ -12,7 +12,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::vector::{L1_OPERATOR_TOKEN, format_vector};
+use crate::vector::{L1_OPERATOR_TOKEN, format_vector_literal};
 use crate::{SqlError, sqlstate};
 
 /// Token-level respellings before parsing:
@@ -437,7 +437,7 @@ pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
             let vectors = crate::vector::to_vectors(&array)
                 .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
             match vectors.row(0) {
-                Some(row) => Expr::value(Value::SingleQuotedString(format_vector(row))),
+                Some(row) => Expr::value(Value::SingleQuotedString(format_vector_literal(row))),
                 None => Expr::value(Value::Null),
             }
         }
