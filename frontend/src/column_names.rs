@@ -8,7 +8,7 @@
 
 use sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement};
 
-fn expr_name(expr: &Expr) -> String {
+pub(crate) fn expr_name(expr: &Expr) -> String {
     match expr {
         Expr::Identifier(ident) => ident.value.clone(),
         Expr::CompoundIdentifier(parts) => {

@@ -499,9 +499,13 @@ impl Engine {
         statement: Statement,
     ) -> Result<Output, SqlError> {
         match statement {
-            Statement::Query(_) | Statement::Explain { .. } => {
-                self.run_query(session, statement).await
+            Statement::Query(_) => {
+                match crate::knn_fast_path::recognize(self, session, &statement) {
+                    Some(knn) => crate::knn_fast_path::run(self, session, knn).await,
+                    None => self.run_query(session, statement).await,
+                }
             }
+            Statement::Explain { .. } => self.run_query(session, statement).await,
             Statement::CreateTable(create) => crate::ddl::create_table(self, create).await,
             Statement::Drop {
                 object_type: sqlparser::ast::ObjectType::Role | sqlparser::ast::ObjectType::User,

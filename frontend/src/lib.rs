@@ -21,6 +21,7 @@ pub mod dml;
 pub mod engine;
 pub mod error;
 pub mod index_ddl;
+pub mod knn_fast_path;
 pub mod literal_values;
 pub mod pg_catalog;
 pub mod prepared;

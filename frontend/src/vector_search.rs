@@ -270,6 +270,37 @@ fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<
     Ok(arrow::compute::take_record_batch(batch, &rows)?)
 }
 
+/// The candidates of a search over every part of a table at `ts` (at most
+/// k per part, all columns), without planning: what the planned operator
+/// produces, for the direct k-NN path.
+pub(crate) async fn search_candidates(
+    backends: Arc<Backends>,
+    table: TableInfo,
+    ts: Timestamp,
+    request: VectorSearchRequest,
+) -> Result<Vec<RecordBatch>> {
+    let schema = table.schema.arrow_schema();
+    let exec = VectorSearchExec {
+        properties: Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        )),
+        schema,
+        table,
+        backends,
+        snapshot: Some(ts),
+        projection: None,
+        request,
+        description: String::new(),
+        segment_report: None,
+        overlay: None,
+        metrics: ExecutionPlanMetricsSet::new(),
+    };
+    exec.run().await
+}
+
 impl VectorSearchExec {
     async fn run(&self) -> Result<Vec<RecordBatch>> {
         let ts = self.backends.read_ts(self.snapshot).await?;

@@ -349,6 +349,7 @@ fn function(name: &'static str, kind: Kind, arity: usize) -> ScalarUDF {
     })
 }
 
+use quiver_types::VectorMetric;
 use quiver_types::distance::{dot, l1, l2_squared};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -363,6 +364,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
         return f64::NAN;
     }
     1.0 - (ab / denom).clamp(-1.0, 1.0)
+}
+
+/// The value of pgvector's ordering operator for a metric (`<->`, `<#>`,
+/// `<=>`), computed exactly as the SQL functions compute it.
+pub fn operator_distance(metric: VectorMetric, a: &[f32], b: &[f32]) -> f64 {
+    match metric {
+        VectorMetric::L2 => (l2_squared(a, b) as f64).sqrt(),
+        VectorMetric::InnerProduct => -(dot(a, b) as f64),
+        VectorMetric::Cosine => cosine(a, b),
+    }
 }
 
 fn as_array(value: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
@@ -394,10 +405,10 @@ impl VectorFunction {
                 return Err(dimension_mismatch(a.len(), b.len()).into_datafusion());
             }
             let d = match self.kind {
-                Kind::L2 => (l2_squared(a, b) as f64).sqrt(),
+                Kind::L2 => operator_distance(VectorMetric::L2, a, b),
                 Kind::InnerProduct => dot(a, b) as f64,
-                Kind::NegativeInnerProduct => -(dot(a, b) as f64),
-                Kind::Cosine => cosine(a, b),
+                Kind::NegativeInnerProduct => operator_distance(VectorMetric::InnerProduct, a, b),
+                Kind::Cosine => operator_distance(VectorMetric::Cosine, a, b),
                 Kind::L1 => l1(a, b) as f64,
                 _ => unreachable_kind()?,
             };

@@ -1,0 +1,388 @@
+//! The direct path for the commonest vector statement:
+//!
+//! ```sql
+//! SELECT id, embedding <-> $1 AS distance FROM items ORDER BY embedding <-> $1 LIMIT 10
+//! ```
+//!
+//! Planning such a statement through DataFusion (SQL → logical plan,
+//! optimiser, physical planner) costs more server time than searching two
+//! 50,000-row DiskANN segments (docs/benchmarks.md). A statement of exactly
+//! this shape — one table, no WHERE, projections that are columns, `*` or the
+//! ordering distance itself, `ORDER BY column <op> 'vector' [ASC]`, a
+//! constant `LIMIT` and no OFFSET — is recognised on its syntax tree and run
+//! by the same search the planned operator uses (every part of the table at
+//! the statement's snapshot, at most k candidates per part), then ranked by
+//! the exact SQL distance. Anything else, and every statement inside a
+//! transaction block, takes the general path, so results never depend on
+//! which path ran.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use quiver_api::{TableInfo, VectorSearchRequest};
+use quiver_planner::SqlError;
+use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
+use quiver_types::VectorMetric;
+use sqlparser::ast::{
+    BinaryOperator, DataType as SqlDataType, Expr, GroupByExpr, Ident, LimitClause, ObjectName,
+    OrderByKind, Query, SelectItem, SetExpr, Statement, TableFactor, Value,
+};
+
+use crate::column_names::expr_name;
+use crate::engine::{Engine, Output};
+use crate::error::from_datafusion;
+use crate::session::Session;
+use crate::settings::search_list;
+use crate::vector_search::search_candidates;
+
+/// A recognised k-NN statement.
+#[derive(Debug)]
+pub struct KnnStatement {
+    table: TableInfo,
+    column: usize,
+    metric: VectorMetric,
+    query: Vec<f32>,
+    k: usize,
+    outputs: Vec<OutputColumn>,
+}
+
+#[derive(Debug)]
+struct OutputColumn {
+    name: String,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Column(usize),
+    Distance,
+}
+
+/// PostgreSQL's folding of an identifier: unquoted names are lower-cased.
+fn folded(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
+    match op {
+        BinaryOperator::LtDashGt => Some(VectorMetric::L2),
+        BinaryOperator::Spaceship => Some(VectorMetric::Cosine),
+        BinaryOperator::Custom(token) if token == "<#>" => Some(VectorMetric::InnerProduct),
+        _ => None,
+    }
+}
+
+/// `'[..]'` or `'[..]'::vector[(n)]`.
+fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(text) => parse_vector_text(text).ok(),
+            _ => None,
+        },
+        Expr::Cast {
+            expr, data_type, ..
+        } => match data_type {
+            SqlDataType::Custom(name, _) if name.to_string().eq_ignore_ascii_case("vector") => {
+                vector_constant(expr)
+            }
+            _ => None,
+        },
+        Expr::Nested(inner) => vector_constant(inner),
+        _ => None,
+    }
+}
+
+/// The referenced column's name, if `expr` names a column of the one table
+/// (bare, or qualified by the table's name or alias).
+fn column_name(expr: &Expr, qualifiers: &[String]) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(folded(ident)),
+        Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+            [qualifier, column] if qualifiers.contains(&folded(qualifier)) => Some(folded(column)),
+            _ => None,
+        },
+        Expr::Nested(inner) => column_name(inner, qualifiers),
+        _ => None,
+    }
+}
+
+fn table_name(name: &ObjectName) -> Option<String> {
+    let parts: Vec<&Ident> = name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [table] => Some(folded(table)),
+        [schema, table] if folded(schema) == "public" => Some(folded(table)),
+        _ => None,
+    }
+}
+
+fn positive_integer(expr: &Expr) -> Option<usize> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse::<usize>().ok().filter(|k| *k > 0),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Recognises the statement shape the direct path serves; `None` sends the
+/// statement down the general path.
+pub fn recognize(
+    engine: &Engine,
+    session: &Session,
+    statement: &Statement,
+) -> Option<KnnStatement> {
+    if session.in_transaction_block() {
+        return None;
+    }
+    let Statement::Query(query) = statement else {
+        return None;
+    };
+    let Query {
+        with: None,
+        body,
+        order_by: Some(order_by),
+        limit_clause:
+            Some(LimitClause::LimitOffset {
+                limit: Some(limit),
+                offset: None,
+                limit_by,
+            }),
+        fetch: None,
+        locks,
+        for_clause: None,
+        settings: None,
+        format_clause: None,
+        pipe_operators,
+    } = query.as_ref()
+    else {
+        return None;
+    };
+    if !limit_by.is_empty() || !locks.is_empty() || !pipe_operators.is_empty() {
+        return None;
+    }
+    let k = positive_integer(limit)?;
+    let SetExpr::Select(select) = body.as_ref() else {
+        return None;
+    };
+    let plain_select = select.distinct.is_none()
+        && select.top.is_none()
+        && select.exclude.is_none()
+        && select.into.is_none()
+        && select.lateral_views.is_empty()
+        && select.prewhere.is_none()
+        && select.selection.is_none()
+        && select.connect_by.is_empty()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
+        && select.cluster_by.is_empty()
+        && select.distribute_by.is_empty()
+        && select.sort_by.is_empty()
+        && select.having.is_none()
+        && select.named_window.is_empty()
+        && select.qualify.is_none()
+        && select.value_table_mode.is_none();
+    if !plain_select {
+        return None;
+    }
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let TableFactor::Table {
+        name,
+        alias,
+        args: None,
+        with_hints,
+        version: None,
+        with_ordinality: false,
+        partitions,
+        json_path: None,
+        sample: None,
+        index_hints,
+    } = &from.relation
+    else {
+        return None;
+    };
+    if !with_hints.is_empty() || !partitions.is_empty() || !index_hints.is_empty() {
+        return None;
+    }
+    let table_name = table_name(name)?;
+    let mut qualifiers = vec![table_name.clone()];
+    if let Some(alias) = alias {
+        if !alias.columns.is_empty() {
+            return None;
+        }
+        qualifiers = vec![folded(&alias.name)];
+    }
+    let table = engine.backends.coordinator.table(&table_name)?;
+
+    let OrderByKind::Expressions(order) = &order_by.kind else {
+        return None;
+    };
+    let [order] = order.as_slice() else {
+        return None;
+    };
+    if order.options.asc == Some(false)
+        || order.options.nulls_first.is_some()
+        || order.with_fill.is_some()
+    {
+        return None;
+    }
+    let Expr::BinaryOp { left, op, right } = &order.expr else {
+        return None;
+    };
+    let metric = metric_of(op)?;
+    let ordered_column = column_name(left, &qualifiers)?;
+    let query_vector = vector_constant(right)?;
+    let columns = &table.schema.columns;
+    let column = columns.iter().position(|c| c.name == ordered_column)?;
+    let schema = table.schema.arrow_schema();
+    match schema.field(column).data_type() {
+        DataType::FixedSizeList(item, dim)
+            if item.data_type() == &DataType::Float32 && *dim as usize == query_vector.len() => {}
+        _ => return None,
+    }
+
+    let mut outputs = Vec::new();
+    for item in &select.projection {
+        let (expr, alias) = match item {
+            SelectItem::Wildcard(options)
+                if options.opt_exclude.is_none()
+                    && options.opt_except.is_none()
+                    && options.opt_replace.is_none()
+                    && options.opt_rename.is_none()
+                    && options.opt_ilike.is_none() =>
+            {
+                outputs.extend(columns.iter().enumerate().map(|(i, c)| OutputColumn {
+                    name: c.name.clone(),
+                    source: Source::Column(i),
+                }));
+                continue;
+            }
+            SelectItem::UnnamedExpr(expr) => (expr, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(folded(alias))),
+            _ => return None,
+        };
+        let source = if *expr == order.expr {
+            Source::Distance
+        } else {
+            let name = column_name(expr, &qualifiers)?;
+            Source::Column(columns.iter().position(|c| c.name == name)?)
+        };
+        let name = match (alias, source) {
+            (Some(alias), _) => alias,
+            (None, Source::Column(i)) => columns[i].name.clone(),
+            // PostgreSQL's name for the expression, as the general path reports it.
+            (None, Source::Distance) => expr_name(expr),
+        };
+        outputs.push(OutputColumn { name, source });
+    }
+    Some(KnnStatement {
+        table,
+        column,
+        metric,
+        query: query_vector,
+        k,
+        outputs,
+    })
+}
+
+/// Runs a recognised statement at the session's snapshot.
+pub async fn run(
+    engine: &Engine,
+    session: &Session,
+    knn: KnnStatement,
+) -> Result<Output, SqlError> {
+    let ts = engine.read_snapshot(session).await?;
+    let index = knn
+        .table
+        .index_for(&knn.table.schema.columns[knn.column].name, knn.metric)
+        .map(|i| i.id);
+    let request = VectorSearchRequest {
+        column: knn.column,
+        metric: knn.metric,
+        query: Arc::new(knn.query.clone()),
+        k: knn.k,
+        search_list: search_list(session),
+        index,
+        filter: None,
+        filter_columns: Vec::new(),
+    };
+    let table_schema = knn.table.schema.arrow_schema();
+    let parts = search_candidates(engine.backends.clone(), knn.table.clone(), ts, request)
+        .await
+        .map_err(from_datafusion)?;
+    let candidates = arrow::compute::concat_batches(&table_schema, &parts)
+        .map_err(|e| from_datafusion(e.into()))?;
+
+    // Rank by the exact SQL distance: NULL vectors last, NaN after numbers
+    // (PostgreSQL's float order), ties in candidate order.
+    let vectors = candidates
+        .column(knn.column)
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .map(|a| to_vectors(&(Arc::new(a.clone()) as ArrayRef)))
+        .transpose()
+        .map_err(from_datafusion)?;
+    let distances: Vec<Option<f64>> = (0..candidates.num_rows())
+        .map(|row| {
+            vectors
+                .as_ref()
+                .and_then(|v| v.row(row))
+                .map(|v| operator_distance(knn.metric, v, &knn.query))
+        })
+        .collect();
+    let mut order: Vec<u32> = (0..candidates.num_rows() as u32).collect();
+    order.sort_by(
+        |&a, &b| match (distances[a as usize], distances[b as usize]) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        },
+    );
+    order.truncate(knn.k);
+    let take = UInt32Array::from(order);
+    let distance_column: ArrayRef = Arc::new(Float64Array::from(
+        take.values()
+            .iter()
+            .map(|&i| distances[i as usize])
+            .collect::<Vec<_>>(),
+    ));
+    let mut fields = Vec::with_capacity(knn.outputs.len());
+    let mut arrays = Vec::with_capacity(knn.outputs.len());
+    for output in &knn.outputs {
+        match output.source {
+            Source::Column(i) => {
+                let field = table_schema.field(i);
+                fields.push(
+                    Field::new(&output.name, field.data_type().clone(), true)
+                        .with_metadata(field.metadata().clone()),
+                );
+                arrays.push(
+                    arrow::compute::take(candidates.column(i).as_ref(), &take, None)
+                        .map_err(|e| from_datafusion(e.into()))?,
+                );
+            }
+            Source::Distance => {
+                fields.push(Field::new(&output.name, DataType::Float64, true));
+                arrays.push(distance_column.clone());
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch =
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| from_datafusion(e.into()))?;
+    let batches = if batch.num_rows() == 0 {
+        Vec::new()
+    } else {
+        vec![batch]
+    };
+    Ok(Output::Rows(schema, batches))
+}

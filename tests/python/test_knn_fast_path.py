@@ -1,0 +1,109 @@
+"""The direct k-NN path (frontend/src/knn_fast_path.rs) must answer exactly
+as the planned path does. `WHERE true` keeps a statement off the direct
+path, so every statement is run both ways and compared: metrics, `*`,
+aliases, qualified and quoted names, NULL and zero vectors, ties, LIMIT
+larger than the table, growing and sealed (indexed) parts, bound
+parameters, and a transaction block's own writes (which the direct path
+leaves to the planned one)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+
+def lit(v) -> str:
+    return "[" + ",".join(f"{x:.4f}" for x in v) + "]"
+
+
+@pytest.fixture(scope="module")
+def server(module_quiver_factory):
+    srv = module_quiver_factory(extra_args=["--seal-rows", "1500"])
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((4000, 8)).astype(np.float32)
+    with srv.connect() as conn:
+        conn.execute('CREATE TABLE "Items" (id bigint PRIMARY KEY, tag text, embedding vector(8))')
+        with conn.cursor().copy('COPY "Items" (id, tag, embedding) FROM STDIN') as copy:
+            for i, row in enumerate(data):
+                copy.write_row((i, f"t{i % 5}", lit(row)))
+            copy.write_row((4000, "null", None))
+            copy.write_row((4001, "zero", lit([0] * 8)))
+        conn.execute("CHECKPOINT")
+        conn.execute('CREATE INDEX ON "Items" USING diskann (embedding vector_l2_ops)')
+        # Both paths must see the same parts: wait for the index builds.
+        deadline = time.monotonic() + 120
+        while conn.execute(
+            "SELECT count(*) FROM quiver.index_builds WHERE state IN ('queued', 'running')"
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "index builds did not finish"
+            time.sleep(0.2)
+        # Rows after the seal stay in growing segments.
+        conn.execute("""INSERT INTO "Items" VALUES (5000, 'late', '[1,1,1,1,1,1,1,1]'), (5001, 'late', '[1,1,1,1,1,1,1,1]')""")
+    return srv
+
+
+QUERIES = [
+    'SELECT id FROM "Items" ORDER BY embedding <-> {q} LIMIT 10',
+    'SELECT id, embedding <-> {q} AS d FROM "Items" ORDER BY embedding <-> {q} LIMIT 25',
+    'SELECT *, embedding <=> {q} AS cos FROM "Items" ORDER BY embedding <=> {q} LIMIT 7',
+    'SELECT i.id, i.tag AS "Tag" FROM public."Items" i ORDER BY i.embedding <#> {q} ASC LIMIT 12',
+    'SELECT tag, id FROM "Items" ORDER BY embedding <-> {q}::vector LIMIT 5000',
+]
+
+
+@pytest.mark.parametrize("sql", QUERIES)
+def test_direct_path_answers_like_the_planned_path(server, sql):
+    rng = np.random.default_rng(3)
+    with server.connect() as conn:
+        for q in [rng.standard_normal(8), np.zeros(8), np.ones(8), rng.standard_normal(8)]:
+            text = f"'{lit(q)}'"
+            direct = conn.execute(sql.format(q=text))
+            names = [c.name for c in direct.description]
+            rows = direct.fetchall()
+            planned_sql = sql.format(q=text).replace(" ORDER BY", " WHERE true ORDER BY")
+            planned = conn.execute(planned_sql)
+            assert [c.name for c in planned.description] == names
+            expected = planned.fetchall()
+            # Ties (rows 5000 and 5001 are equal) may be listed in either order.
+            assert sorted(map(repr, rows)) == sorted(map(repr, expected)), sql
+            assert len(rows) == len(expected)
+
+
+def test_bound_parameters_take_the_direct_path_with_equal_results(server):
+    rng = np.random.default_rng(5)
+    with server.connect() as conn:
+        for _ in range(10):  # psycopg prepares the statement after 5 runs
+            q = lit(rng.standard_normal(8))
+            got = conn.execute(
+                'SELECT id, embedding <-> %s AS d FROM "Items" ORDER BY embedding <-> %s LIMIT 10', (q, q)
+            ).fetchall()
+            want = conn.execute(
+                'SELECT id, embedding <-> %s AS d FROM "Items" WHERE true ORDER BY embedding <-> %s LIMIT 10', (q, q)
+            ).fetchall()
+            assert [d for _, d in got] == [d for _, d in want]
+            assert sorted(got) == sorted(want)
+
+
+def test_a_transaction_sees_its_own_writes(server):
+    with server.connect(autocommit=False) as conn:
+        conn.execute("""INSERT INTO "Items" VALUES (9000, 'mine', '[9,9,9,9,9,9,9,9]')""")
+        top = conn.execute("""SELECT id FROM "Items" ORDER BY embedding <-> '[9,9,9,9,9,9,9,9]' LIMIT 1""").fetchone()
+        assert top == (9000,)
+        conn.rollback()
+        top = conn.execute("""SELECT id FROM "Items" ORDER BY embedding <-> '[9,9,9,9,9,9,9,9]' LIMIT 1""").fetchone()
+        assert top != (9000,)
+
+
+def test_errors_match_the_planned_path(server):
+    import psycopg
+
+    with server.connect() as conn:
+        for sql in ["""SELECT id FROM "Items" ORDER BY embedding <-> '[1,2]' LIMIT 3""",
+                    """SELECT nope FROM "Items" ORDER BY embedding <-> '[1,1,1,1,1,1,1,1]' LIMIT 3"""]:
+            with pytest.raises(psycopg.Error) as direct:
+                conn.execute(sql)
+            with pytest.raises(psycopg.Error) as planned:
+                conn.execute(sql.replace(" ORDER BY", " WHERE true ORDER BY"))
+            assert direct.value.sqlstate == planned.value.sqlstate
