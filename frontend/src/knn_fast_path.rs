@@ -7,7 +7,7 @@
 //! Planning such a statement through DataFusion (SQL → logical plan,
 //! optimiser, physical planner) costs more server time than searching two
 //! 50,000-row DiskANN segments (docs/benchmarks.md). A statement of exactly
-//! this shape — one table, no WHERE, projections that are columns, `*` or the
+//! this shape — one table, an optional WHERE, projections that are columns, `*` or the
 //! ordering distance itself, `ORDER BY column <op> 'vector' [ASC]`, a
 //! constant `LIMIT` and no OFFSET — is recognised on its syntax tree and run
 //! by the same search the planned operator uses (every part of the table at
@@ -20,14 +20,19 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::ExprSchemable;
+use datafusion::physical_expr::PhysicalExpr;
 use quiver_api::{TableInfo, VectorSearchRequest};
 use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
 use sqlparser::ast::{
-    BinaryOperator, DataType as SqlDataType, Expr, GroupByExpr, Ident, LimitClause, ObjectName,
-    OrderByKind, Query, SelectItem, SetExpr, Statement, TableFactor, Value,
+    BinaryOperator, DataType as SqlDataType, Expr, ExprWithAlias as SqlExprWithAlias, GroupByExpr,
+    Ident, LimitClause, ObjectName, OrderByKind, Query, SelectItem, SetExpr, Statement,
+    TableFactor, Value, visit_expressions_mut,
 };
+use std::ops::ControlFlow;
 
 use crate::column_names::expr_name;
 use crate::engine::{Engine, Output};
@@ -45,6 +50,9 @@ pub struct KnnStatement {
     query: Vec<f32>,
     k: usize,
     outputs: Vec<OutputColumn>,
+    /// The WHERE clause, bound to the columns it reads (`filter_columns`).
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    filter_columns: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -175,7 +183,6 @@ pub fn recognize(
         && select.into.is_none()
         && select.lateral_views.is_empty()
         && select.prewhere.is_none()
-        && select.selection.is_none()
         && select.connect_by.is_empty()
         && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
         && select.cluster_by.is_empty()
@@ -283,6 +290,14 @@ pub fn recognize(
         };
         outputs.push(OutputColumn { name, source });
     }
+    let (filter, filter_columns) = match &select.selection {
+        None => (None, Vec::new()),
+        Some(selection) => {
+            let (filter, columns) = bind_filter(session, &table, selection, &qualifiers)?;
+            (Some(filter), columns)
+        }
+    };
+    tracing::debug!(table = %table.name, k, filtered = filter.is_some(), "direct k-NN path");
     Some(KnnStatement {
         table,
         column,
@@ -290,7 +305,64 @@ pub fn recognize(
         query: query_vector,
         k,
         outputs,
+        filter,
+        filter_columns,
     })
+}
+
+/// Plans a WHERE clause as a physical expression over just the columns it
+/// reads, as the planned path binds it. `None` (a subquery, a type or name
+/// error, not a boolean) leaves the statement to the general path, which
+/// reports errors with their proper SQLSTATE.
+fn bind_filter(
+    session: &Session,
+    table: &TableInfo,
+    selection: &Expr,
+    qualifiers: &[String],
+) -> Option<(Arc<dyn PhysicalExpr>, Vec<usize>)> {
+    let mut expr = selection.clone();
+    let mut needs_general_path = false;
+    let _ = visit_expressions_mut(&mut expr, |e: &mut Expr| {
+        match e {
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                needs_general_path = true;
+            }
+            // The table is the only relation: drop its qualifier.
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                if qualifiers.contains(&folded(&parts[0])) {
+                    *e = Expr::Identifier(parts[1].clone());
+                } else {
+                    needs_general_path = true;
+                }
+            }
+            Expr::CompoundIdentifier(_) => needs_general_path = true,
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if needs_general_path {
+        return None;
+    }
+    let schema = table.schema.arrow_schema();
+    let state = session.ctx.state_ref();
+    let state = state.read();
+    let full = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    let logical = state
+        .create_logical_expr_from_sql_expr(SqlExprWithAlias { expr, alias: None }, &full)
+        .ok()?;
+    if logical.get_type(&full).ok()? != DataType::Boolean {
+        return None;
+    }
+    let mut columns: Vec<usize> = logical
+        .column_refs()
+        .iter()
+        .map(|c| schema.index_of(&c.name).ok())
+        .collect::<Option<_>>()?;
+    columns.sort_unstable();
+    columns.dedup();
+    let projected = DFSchema::try_from(schema.project(&columns).ok()?).ok()?;
+    let physical = state.create_physical_expr(logical, &projected).ok()?;
+    Some((physical, columns))
 }
 
 /// Runs a recognised statement at the session's snapshot.
@@ -311,8 +383,8 @@ pub async fn run(
         k: knn.k,
         search_list: search_list(session),
         index,
-        filter: None,
-        filter_columns: Vec::new(),
+        filter: knn.filter.clone(),
+        filter_columns: knn.filter_columns.clone(),
     };
     let table_schema = knn.table.schema.arrow_schema();
     let parts = search_candidates(engine.backends.clone(), knn.table.clone(), ts, request)
