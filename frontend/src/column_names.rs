@@ -8,12 +8,20 @@
 
 use sqlparser::ast::{Expr, Query, SelectItem, SetExpr, Statement};
 
+/// An identifier as PostgreSQL stores it: unquoted names are lower-cased
+/// (ASCII letters only, as PostgreSQL does in UTF-8 databases).
+pub(crate) fn folded_name(ident: &sqlparser::ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
 pub(crate) fn expr_name(expr: &Expr) -> String {
     match expr {
-        Expr::Identifier(ident) => ident.value.clone(),
-        Expr::CompoundIdentifier(parts) => {
-            parts.last().map(|i| i.value.clone()).unwrap_or_default()
-        }
+        // PostgreSQL folds unquoted names to lower case (ASCII only).
+        Expr::Identifier(ident) => folded_name(ident),
+        Expr::CompoundIdentifier(parts) => parts.last().map(folded_name).unwrap_or_default(),
         Expr::Function(f) => {
             let name = f
                 .name
@@ -60,29 +68,63 @@ fn first_argument(f: &sqlparser::ast::Function) -> Option<&Expr> {
     }
 }
 
-/// The PostgreSQL names of a query's result columns, or `None` when they
-/// cannot be matched one-to-one (wildcards, set operations).
-pub fn postgres_column_names(statement: &Statement) -> Option<Vec<Option<String>>> {
+/// The PostgreSQL names of a query's result columns, one entry per select
+/// item (`None`: keep DataFusion's name), or `None` when they cannot be
+/// matched to the output (set operations, more than one wildcard). A
+/// wildcard's columns keep their names; [`apply_names`] expands it.
+pub fn postgres_column_names(statement: &Statement) -> Option<Vec<ColumnName>> {
     let Statement::Query(query) = statement else {
         return None;
     };
     select_names(query)
 }
 
-fn select_names(query: &Query) -> Option<Vec<Option<String>>> {
+/// The name of one select item's result column(s).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnName {
+    /// As DataFusion reports it (an explicit alias).
+    Keep,
+    Rename(String),
+    /// `*` or `t.*`: every column of its relations, names kept.
+    Wildcard,
+}
+
+fn select_names(query: &Query) -> Option<Vec<ColumnName>> {
     let SetExpr::Select(select) = query.body.as_ref() else {
         return None;
     };
-    select
+    let names: Vec<ColumnName> = select
         .projection
         .iter()
         .map(|item| match item {
-            // An explicit alias is kept as DataFusion reports it.
-            SelectItem::ExprWithAlias { .. } => Some(None),
-            SelectItem::UnnamedExpr(expr) => Some(Some(expr_name(expr))),
+            SelectItem::ExprWithAlias { .. } => Some(ColumnName::Keep),
+            SelectItem::UnnamedExpr(expr) => Some(ColumnName::Rename(expr_name(expr))),
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                Some(ColumnName::Wildcard)
+            }
             _ => None,
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    (names.iter().filter(|n| **n == ColumnName::Wildcard).count() <= 1).then_some(names)
+}
+
+/// One name per output column (`None`: keep), a wildcard standing for
+/// however many columns the output has beyond the other items.
+pub fn apply_names(names: Vec<ColumnName>, width: usize) -> Option<Vec<Option<String>>> {
+    let expanded = (width + 1).checked_sub(names.len())?;
+    let has_wildcard = names.contains(&ColumnName::Wildcard);
+    if !has_wildcard && names.len() != width {
+        return None;
+    }
+    let mut out = Vec::with_capacity(width);
+    for name in names {
+        match name {
+            ColumnName::Keep => out.push(None),
+            ColumnName::Rename(n) => out.push(Some(n)),
+            ColumnName::Wildcard => out.extend(std::iter::repeat_n(None, expanded)),
+        }
+    }
+    (out.len() == width).then_some(out)
 }
 
 /// Gives every unaliased computed column an internal alias. PostgreSQL
@@ -120,7 +162,23 @@ mod tests {
     use sqlparser::parser::Parser;
 
     fn names(sql: &str) -> Option<Vec<Option<String>>> {
-        postgres_column_names(&Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap()[0])
+        let names =
+            postgres_column_names(&Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap()[0])?;
+        let width = names.len();
+        apply_names(names, width)
+    }
+
+    #[test]
+    fn a_wildcard_keeps_its_columns_and_the_rest_are_named() {
+        let statement =
+            &Parser::parse_sql(&PostgreSqlDialect {}, "SELECT *, v <-> '[1]' FROM t").unwrap()[0];
+        let names = postgres_column_names(statement).unwrap();
+        assert_eq!(
+            apply_names(names, 3),
+            Some(vec![None, None, Some("?column?".into())])
+        );
+        let two = &Parser::parse_sql(&PostgreSqlDialect {}, "SELECT *, * FROM t").unwrap()[0];
+        assert_eq!(postgres_column_names(two), None);
     }
 
     #[test]
@@ -141,7 +199,7 @@ mod tests {
                 Some("text".into()),
             ])
         );
-        assert_eq!(names("SELECT * FROM t"), None);
+        assert_eq!(names("SELECT * FROM t"), Some(vec![None]));
         let mut dup = Parser::parse_sql(&PostgreSqlDialect {}, "SELECT a, f(a), a + 1 FROM t")
             .unwrap()
             .remove(0);

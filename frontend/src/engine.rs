@@ -23,7 +23,9 @@ use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
 use sqlparser::ast::{Expr, ObjectName, Statement, Value};
 
-use crate::column_names::{alias_computed_expressions, postgres_column_names};
+use crate::column_names::{
+    ColumnName, alias_computed_expressions, apply_names, postgres_column_names,
+};
 use crate::error::{from_api, from_datafusion};
 use crate::session::{Consistency, Session, TransactionState};
 use crate::settings::{bind_current_setting, search_list};
@@ -680,8 +682,8 @@ impl Engine {
 }
 
 /// The result schema with PostgreSQL's names for unaliased columns.
-fn with_postgres_names(schema: &Schema, names: Option<Vec<Option<String>>>) -> SchemaRef {
-    match names {
+fn with_postgres_names(schema: &Schema, names: Option<Vec<ColumnName>>) -> SchemaRef {
+    match names.and_then(|n| apply_names(n, schema.fields().len())) {
         Some(names) if names.len() == schema.fields().len() => Arc::new(Schema::new_with_metadata(
             schema
                 .fields()

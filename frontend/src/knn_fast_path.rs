@@ -28,13 +28,13 @@ use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
 use sqlparser::ast::{
-    BinaryOperator, DataType as SqlDataType, Expr, ExprWithAlias as SqlExprWithAlias, GroupByExpr,
-    Ident, LimitClause, ObjectName, OrderByKind, Query, SelectItem, SetExpr, Statement,
-    TableFactor, Value, visit_expressions_mut,
+    BinaryOperator, DataType as SqlDataType, Expr, ExprWithAlias as SqlExprWithAlias, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderByKind,
+    Query, SelectItem, SetExpr, Statement, TableFactor, Value, visit_expressions_mut,
 };
 use std::ops::ControlFlow;
 
-use crate::column_names::expr_name;
+use crate::column_names::{expr_name, folded_name};
 use crate::engine::{Engine, Output};
 use crate::error::from_datafusion;
 use crate::session::Session;
@@ -67,12 +67,8 @@ enum Source {
     Distance,
 }
 
-/// PostgreSQL's folding of an identifier: unquoted names are lower-cased.
 fn folded(ident: &Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
+    folded_name(ident)
 }
 
 fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
@@ -100,6 +96,28 @@ fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
             _ => None,
         },
         Expr::Nested(inner) => vector_constant(inner),
+        // `'[..]'::vector(n)` as the parser rewrites it: `to_vector('[..]', n)`.
+        Expr::Function(call) if call.name.to_string().eq_ignore_ascii_case("to_vector") => {
+            let FunctionArguments::List(list) = &call.args else {
+                return None;
+            };
+            let args: Vec<&Expr> = list
+                .args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?;
+            let (text, dim) = match args.as_slice() {
+                [text] => (*text, None),
+                [text, dim] => (*text, Some(positive_integer(dim)?)),
+                _ => return None,
+            };
+            let vector = vector_constant(text)?;
+            // A wrong dimension is the general path's error to report.
+            dim.is_none_or(|d| d == vector.len()).then_some(vector)
+        }
         _ => None,
     }
 }
@@ -130,7 +148,8 @@ fn table_name(name: &ObjectName) -> Option<String> {
 fn positive_integer(expr: &Expr) -> Option<usize> {
     match expr {
         Expr::Value(v) => match &v.value {
-            Value::Number(n, _) => n.parse::<usize>().ok().filter(|k| *k > 0),
+            // Beyond i64 PostgreSQL refuses the LIMIT: the general path reports it.
+            Value::Number(n, _) => n.parse::<i64>().ok().filter(|k| *k > 0).map(|k| k as usize),
             _ => None,
         },
         _ => None,
@@ -229,6 +248,21 @@ pub fn recognize(
     }
     let table = engine.backends.coordinator.table(&table_name)?;
 
+    // DataFusion resolves an ORDER BY name to a select alias first; a
+    // statement whose alias shadows a column stays on the general path so
+    // both paths answer alike.
+    let shadows_column = select.projection.iter().any(|item| match item {
+        SelectItem::ExprWithAlias { alias, .. } => {
+            let alias = folded(alias);
+            table.schema.columns.iter().any(|c| c.name == alias)
+                && !matches!(item, SelectItem::ExprWithAlias { expr, .. }
+                    if column_name(expr, &qualifiers).as_deref() == Some(alias.as_str()))
+        }
+        _ => false,
+    });
+    if shadows_column {
+        return None;
+    }
     let OrderByKind::Expressions(order) = &order_by.kind else {
         return None;
     };
@@ -324,7 +358,12 @@ fn bind_filter(
     let mut needs_general_path = false;
     let _ = visit_expressions_mut(&mut expr, |e: &mut Expr| {
         match e {
-            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+            // Functions may need the optimiser's rewrites (coalesce, now(),
+            // arrow_cast) or a statement start time: general path.
+            Expr::Subquery(_)
+            | Expr::Exists { .. }
+            | Expr::InSubquery { .. }
+            | Expr::Function(_) => {
                 needs_general_path = true;
             }
             // The table is the only relation: drop its qualifier.

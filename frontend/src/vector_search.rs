@@ -333,7 +333,7 @@ impl VectorSearchExec {
         // candidates), and its own rows are searched like growing ones.
         let mut sealed_request = self.request.clone();
         if let Some(overlay) = &self.overlay {
-            sealed_request.k += overlay.hidden_count();
+            sealed_request.k = sealed_request.k.saturating_add(overlay.hidden_count());
             for batch in &mut growing {
                 *batch = overlay.without_hidden(batch)?;
             }

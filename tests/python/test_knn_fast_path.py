@@ -48,11 +48,14 @@ QUERIES = [
     'SELECT id FROM "Items" ORDER BY embedding <-> {q} LIMIT 10',
     'SELECT id, embedding <-> {q} AS d FROM "Items" ORDER BY embedding <-> {q} LIMIT 25',
     'SELECT *, embedding <=> {q} AS cos FROM "Items" ORDER BY embedding <=> {q} LIMIT 7',
+    'SELECT *, embedding <-> {q} FROM "Items" ORDER BY embedding <-> {q} LIMIT 7',
     'SELECT i.id, i.tag AS "Tag" FROM public."Items" i ORDER BY i.embedding <#> {q} ASC LIMIT 12',
     'SELECT tag, id FROM "Items" ORDER BY embedding <-> {q}::vector LIMIT 5000',
     "SELECT id, tag FROM \"Items\" WHERE tag = 't3' ORDER BY embedding <-> {q} LIMIT 10",
     'SELECT id FROM "Items" i WHERE i.id % 100 = 7 AND i.tag IS NOT NULL ORDER BY i.embedding <-> {q} LIMIT 10',
     'SELECT id, embedding <-> {q} AS d FROM "Items" WHERE id BETWEEN 100 AND 3900 ORDER BY embedding <-> {q} LIMIT 20',
+    "SELECT ID, Items.TAG FROM \"Items\" Items WHERE coalesce(tag, '') <> 't1' ORDER BY embedding <-> {q}::vector(8) LIMIT 6",
+    'SELECT id FROM "Items" ORDER BY embedding <-> {q} LIMIT 10000000000000',
 ]
 
 
@@ -72,6 +75,10 @@ def test_direct_path_answers_like_the_planned_path(server, sql):
             rows = direct.fetchall()
             general = conn.execute(planned(sql.format(q=text)))
             assert [c.name for c in general.description] == names
+            if "SELECT *, embedding <->" in sql:
+                assert names == ["id", "tag", "embedding", "?column?"]
+            if "SELECT ID" in sql:
+                assert names == ["id", "tag"]
             expected = general.fetchall()
             if "<=>" in sql and not np.any(q):
                 # Cosine distance to the zero vector is NaN for every row:

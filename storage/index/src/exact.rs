@@ -85,7 +85,9 @@ pub fn exact_top_k(
             query.len()
         )));
     }
-    let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
+    // Never reserve more than the rows there are: k comes from SQL's LIMIT.
+    let mut heap: BinaryHeap<Candidate> =
+        BinaryHeap::with_capacity(k.min(column.len()).saturating_add(1));
     if k == 0 {
         return Ok(Vec::new());
     }

@@ -91,11 +91,12 @@ pub(crate) async fn decide(
         .map_or(rows, |a| a.iter().filter(|x| **x).count());
     let search_list = request.search_list.max(request.k);
     let widened = if matching < rows && matching > 0 {
-        ((search_list * rows).div_ceil(matching)).min(MAX_SEARCH_LIST)
+        (search_list.saturating_mul(rows).div_ceil(matching)).min(MAX_SEARCH_LIST)
     } else {
         search_list
     };
-    let graph = (has_index && matching > widened * EXACT_ROWS_PER_LIST_ENTRY).then_some(widened);
+    let graph = (has_index && matching > widened.saturating_mul(EXACT_ROWS_PER_LIST_ENTRY))
+        .then_some(widened);
     Ok(Decision {
         data,
         allowed: allowed.map(Arc::new),
