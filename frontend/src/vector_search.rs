@@ -142,12 +142,7 @@ impl ExtensionPlanner for VectorSearchPlanner {
             None
         };
         Ok(Some(Arc::new(VectorSearchExec {
-            properties: Arc::new(PlanProperties::new(
-                EquivalenceProperties::new(schema.clone()),
-                Partitioning::UnknownPartitioning(1),
-                EmissionType::Final,
-                Boundedness::Bounded,
-            )),
+            properties: search_properties(&schema),
             schema,
             table: info,
             backends: table.backends(),
@@ -270,6 +265,16 @@ fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<
     Ok(arrow::compute::take_record_batch(batch, &rows)?)
 }
 
+/// One partition, emitted at the end, bounded.
+fn search_properties(schema: &SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema.clone()),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
+}
+
 /// The candidates of a search over every part of a table at `ts` (at most
 /// k per part, all columns), without planning: what the planned operator
 /// produces, for the direct k-NN path.
@@ -281,12 +286,7 @@ pub(crate) async fn search_candidates(
 ) -> Result<Vec<RecordBatch>> {
     let schema = table.schema.arrow_schema();
     let exec = VectorSearchExec {
-        properties: Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        )),
+        properties: search_properties(&schema),
         schema,
         table,
         backends,

@@ -289,3 +289,13 @@ def quiver(quiver_factory) -> QuiverServer:
 @pytest.fixture(scope="module")
 def module_quiver(module_quiver_factory) -> QuiverServer:
     return module_quiver_factory()
+
+
+def wait_for_index_builds(conn, timeout: float = 180.0) -> None:
+    """Waits until no index build is queued or running."""
+    deadline = time.monotonic() + timeout
+    while conn.execute(
+        "SELECT count(*) FROM quiver.index_builds WHERE state IN ('queued', 'running')"
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline, "index builds did not finish"
+        time.sleep(0.2)

@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+from conftest import free_port, wait_for_index_builds
 from services import Etcd
 
 ROOT = "/qtest"
@@ -42,15 +43,6 @@ max_txn_ops = 1024
     return str(path)
 
 
-def wait_for_builds(conn, timeout=120):
-    deadline = time.monotonic() + timeout
-    while conn.execute(
-        "SELECT count(*) FROM quiver.index_builds WHERE state IN ('queued', 'running')"
-    ).fetchone()[0]:
-        assert time.monotonic() < deadline, "index builds did not finish"
-        time.sleep(0.3)
-
-
 def test_metadata_lives_in_etcd_and_survives_kill_9(etcd, quiver_factory, tmp_path):
     server = quiver_factory(extra_args=["--config", etcd_config(tmp_path, etcd)])
     with server.connect() as conn:
@@ -61,7 +53,7 @@ def test_metadata_lives_in_etcd_and_survives_kill_9(etcd, quiver_factory, tmp_pa
         conn.execute("CHECKPOINT")
         conn.execute("CREATE INDEX docs_v ON docs USING diskann (v)")
         conn.execute("CREATE ROLE reader LOGIN PASSWORD 'secret'")
-        wait_for_builds(conn)
+        wait_for_index_builds(conn)
         builds = conn.execute("SELECT segment_id, state FROM quiver.index_builds ORDER BY 1").fetchall()
         assert builds and all(state == "done" for _, state in builds)
         before = conn.execute("SELECT max(id), count(*) FROM docs").fetchone()
@@ -123,8 +115,6 @@ def test_etcd_outage_fails_ddl_clearly_and_recovers(etcd, quiver_factory, tmp_pa
 
 
 def test_start_fails_clearly_without_etcd(quiver_factory, tmp_path):
-    from conftest import free_port
-
     config = tmp_path / "no-etcd.toml"
     config.write_text(
         f'[storage.meta]\nkind = "etcd"\nendpoints = ["http://127.0.0.1:{free_port()}"]\ntimeout_ms = 1000\n'

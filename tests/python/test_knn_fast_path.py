@@ -8,10 +8,10 @@ writes (which the direct path leaves to the planned one)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+
+from conftest import wait_for_index_builds
 
 
 def lit(v) -> str:
@@ -33,12 +33,7 @@ def server(module_quiver_factory):
         conn.execute("CHECKPOINT")
         conn.execute('CREATE INDEX ON "Items" USING diskann (embedding vector_l2_ops)')
         # Both paths must see the same parts: wait for the index builds.
-        deadline = time.monotonic() + 120
-        while conn.execute(
-            "SELECT count(*) FROM quiver.index_builds WHERE state IN ('queued', 'running')"
-        ).fetchone()[0]:
-            assert time.monotonic() < deadline, "index builds did not finish"
-            time.sleep(0.2)
+        wait_for_index_builds(conn)
         # Rows after the seal stay in growing segments.
         conn.execute("""INSERT INTO "Items" VALUES (5000, 'late', '[1,1,1,1,1,1,1,1]'), (5001, 'late', '[1,1,1,1,1,1,1,1]')""")
     return srv

@@ -8,11 +8,11 @@ everything from the bucket without rebuilding."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import numpy as np
 import pytest
 
+from conftest import wait_for_index_builds
 from services import S3Server
 
 
@@ -49,12 +49,7 @@ def test_segments_and_indexes_live_in_the_bucket(s3, quiver_factory, tmp_path):
         assert not (server.data_dir / "objects").exists() or not list((server.data_dir / "objects").rglob("*.parquet"))
         assert [knn(conn, q) for q in queries] == exact  # exact search over S3 segments
         conn.execute("CREATE INDEX ON s3_items USING diskann (v)")
-        deadline = time.monotonic() + 180
-        while conn.execute(
-            "SELECT count(*) FROM quiver.index_builds WHERE state IN ('queued', 'running')"
-        ).fetchone()[0]:
-            assert time.monotonic() < deadline, "index builds did not finish"
-            time.sleep(0.5)
+        wait_for_index_builds(conn)
         builds = conn.execute("SELECT segment_id, state FROM quiver.index_builds ORDER BY segment_id").fetchall()
         assert builds and all(state == "done" for _, state in builds)
         conn.execute("SET diskann.search_list = 200")
