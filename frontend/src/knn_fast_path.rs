@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, FixedSizeListArray, Float64Array, RecordBatch, UInt32Array};
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
@@ -28,9 +28,9 @@ use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
 use sqlparser::ast::{
-    BinaryOperator, DataType as SqlDataType, Expr, ExprWithAlias as SqlExprWithAlias, FunctionArg,
-    FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderByKind,
-    Query, SelectItem, SetExpr, Statement, TableFactor, Value, visit_expressions_mut,
+    BinaryOperator, Expr, ExprWithAlias as SqlExprWithAlias, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderByKind, Query, SelectItem,
+    SetExpr, Statement, TableFactor, Value, visit_expressions_mut,
 };
 use std::ops::ControlFlow;
 
@@ -67,10 +67,6 @@ enum Source {
     Distance,
 }
 
-fn folded(ident: &Ident) -> String {
-    folded_name(ident)
-}
-
 fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
     match op {
         BinaryOperator::LtDashGt => Some(VectorMetric::L2),
@@ -80,19 +76,12 @@ fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
     }
 }
 
-/// `'[..]'` or `'[..]'::vector[(n)]`.
+/// `'[..]'`, or `'[..]'::vector[(n)]` / `CAST(.. AS vector)`, which the
+/// parser has rewritten into `to_vector('[..]'[, n])`.
 fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
     match expr {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(text) => parse_vector_text(text).ok(),
-            _ => None,
-        },
-        Expr::Cast {
-            expr, data_type, ..
-        } => match data_type {
-            SqlDataType::Custom(name, _) if name.to_string().eq_ignore_ascii_case("vector") => {
-                vector_constant(expr)
-            }
             _ => None,
         },
         Expr::Nested(inner) => vector_constant(inner),
@@ -126,9 +115,11 @@ fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
 /// (bare, or qualified by the table's name or alias).
 fn column_name(expr: &Expr, qualifiers: &[String]) -> Option<String> {
     match expr {
-        Expr::Identifier(ident) => Some(folded(ident)),
+        Expr::Identifier(ident) => Some(folded_name(ident)),
         Expr::CompoundIdentifier(parts) => match parts.as_slice() {
-            [qualifier, column] if qualifiers.contains(&folded(qualifier)) => Some(folded(column)),
+            [qualifier, column] if qualifiers.contains(&folded_name(qualifier)) => {
+                Some(folded_name(column))
+            }
             _ => None,
         },
         Expr::Nested(inner) => column_name(inner, qualifiers),
@@ -139,8 +130,8 @@ fn column_name(expr: &Expr, qualifiers: &[String]) -> Option<String> {
 fn table_name(name: &ObjectName) -> Option<String> {
     let parts: Vec<&Ident> = name.0.iter().map(|p| p.as_ident()).collect::<Option<_>>()?;
     match parts.as_slice() {
-        [table] => Some(folded(table)),
-        [schema, table] if folded(schema) == "public" => Some(folded(table)),
+        [table] => Some(folded_name(table)),
+        [schema, table] if folded_name(schema) == "public" => Some(folded_name(table)),
         _ => None,
     }
 }
@@ -244,7 +235,7 @@ pub fn recognize(
         if !alias.columns.is_empty() {
             return None;
         }
-        qualifiers = vec![folded(&alias.name)];
+        qualifiers = vec![folded_name(&alias.name)];
     }
     let table = engine.backends.coordinator.table(&table_name)?;
 
@@ -252,11 +243,10 @@ pub fn recognize(
     // statement whose alias shadows a column stays on the general path so
     // both paths answer alike.
     let shadows_column = select.projection.iter().any(|item| match item {
-        SelectItem::ExprWithAlias { alias, .. } => {
-            let alias = folded(alias);
+        SelectItem::ExprWithAlias { expr, alias } => {
+            let alias = folded_name(alias);
             table.schema.columns.iter().any(|c| c.name == alias)
-                && !matches!(item, SelectItem::ExprWithAlias { expr, .. }
-                    if column_name(expr, &qualifiers).as_deref() == Some(alias.as_str()))
+                && column_name(expr, &qualifiers).as_deref() != Some(alias.as_str())
         }
         _ => false,
     });
@@ -307,7 +297,7 @@ pub fn recognize(
                 continue;
             }
             SelectItem::UnnamedExpr(expr) => (expr, None),
-            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(folded(alias))),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(folded_name(alias))),
             _ => return None,
         };
         let source = if *expr == order.expr {
@@ -368,7 +358,7 @@ fn bind_filter(
             }
             // The table is the only relation: drop its qualifier.
             Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                if qualifiers.contains(&folded(&parts[0])) {
+                if qualifiers.contains(&folded_name(&parts[0])) {
                     *e = Expr::Identifier(parts[1].clone());
                 } else {
                     needs_general_path = true;
@@ -434,18 +424,11 @@ pub async fn run(
 
     // Rank by the exact SQL distance: NULL vectors last, NaN after numbers
     // (PostgreSQL's float order), ties in candidate order.
-    let vectors = candidates
-        .column(knn.column)
-        .as_any()
-        .downcast_ref::<FixedSizeListArray>()
-        .map(|a| to_vectors(&(Arc::new(a.clone()) as ArrayRef)))
-        .transpose()
-        .map_err(from_datafusion)?;
+    let vectors = to_vectors(candidates.column(knn.column)).map_err(from_datafusion)?;
     let distances: Vec<Option<f64>> = (0..candidates.num_rows())
         .map(|row| {
             vectors
-                .as_ref()
-                .and_then(|v| v.row(row))
+                .row(row)
                 .map(|v| operator_distance(knn.metric, v, &knn.query))
         })
         .collect();

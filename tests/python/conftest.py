@@ -83,6 +83,8 @@ class QuiverServer:
         self.starts = 0
         # Extra libpq options for every connection (password, sslmode, ...).
         self.client_options: dict = {}
+        # Extra environment for the server process (e.g. RUST_LOG).
+        self.env: dict = {}
         _ALL_SERVERS.append(self)
 
     # -- process control ---------------------------------------------------
@@ -124,6 +126,7 @@ class QuiverServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=str(self.data_dir.parent),
+                    env={**os.environ, **self.env},
                     start_new_session=True,
                 )
             try:

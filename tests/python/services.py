@@ -32,7 +32,24 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.1)
 
 
-class Etcd:
+class _Service:
+    """One service process: started with its output appended to a log file,
+    ready once its port accepts connections; `kill()` is SIGKILL."""
+
+    proc: subprocess.Popen | None = None
+
+    def _spawn(self, args: list[str], log_path: Path, port: int, cwd: Path | None = None) -> None:
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+        wait_for_port(port)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Etcd(_Service):
     """One etcd member with its own data directory; `kill()` is SIGKILL and
     `start()` again reuses the data directory and ports."""
 
@@ -41,7 +58,6 @@ class Etcd:
         self.data_dir = base / "etcd-data"
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
@@ -51,22 +67,14 @@ class Etcd:
         etcd = shutil.which("etcd")
         assert etcd, "etcd missing: run scripts/ci-deps.sh (apt-get install etcd-server)"
         peer = f"http://127.0.0.1:{self.peer_port}"
-        log = open(self.base / "etcd.log", "ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [etcd, "--name", "n1", "--data-dir", str(self.data_dir),
              "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", f"n1={peer}", "--max-txn-ops", "1024"],
-            stdout=log, stderr=subprocess.STDOUT,
+            self.base / "etcd.log", self.client_port,
         )
-        log.close()
-        wait_for_port(self.client_port)
         return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
     def keys(self, prefix: str) -> list[str]:
         out = subprocess.run(
@@ -76,7 +84,7 @@ class Etcd:
         return [line for line in out.splitlines() if line]
 
 
-class S3Server:
+class S3Server(_Service):
     """s3s-fs serving ROOT (a bucket is a sub-directory) with fixed test credentials."""
 
     ACCESS_KEY = "quiver-key"
@@ -89,7 +97,6 @@ class S3Server:
         self.bucket = bucket
         self.port = free_port()
         self.log_path = base / "s3s-fs.log"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
@@ -97,14 +104,11 @@ class S3Server:
 
     def start(self) -> "S3Server":
         assert S3S_FS.exists(), f"{S3S_FS} missing: run scripts/ci-deps.sh"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [str(S3S_FS), "--host", "127.0.0.1", "--port", str(self.port),
              "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(self.root)],
-            stdout=log, stderr=subprocess.STDOUT,
+            self.log_path, self.port,
         )
-        log.close()
-        wait_for_port(self.port)
         return self
 
     def stop(self) -> None:
@@ -132,7 +136,7 @@ allow_http = true
 TANSU = SERVICES / "bin" / "tansu"
 
 
-class KafkaBroker:
+class KafkaBroker(_Service):
     """A tansu broker (Kafka protocol) storing into SQLite under `base`;
     `kill()` is SIGKILL, and `start()` again reuses the port and the data."""
 
@@ -140,7 +144,6 @@ class KafkaBroker:
         self.base = base
         self.db = base / "tansu.db"
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -149,18 +152,10 @@ class KafkaBroker:
     def start(self) -> "KafkaBroker":
         assert TANSU.exists(), f"{TANSU} missing: run scripts/ci-deps.sh"
         url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self.base / "tansu.log", "ab")
-        self.proc = subprocess.Popen(
+        self._spawn(
             [str(TANSU), "broker", "--listener-url", url, "--advertised-listener-url", url,
              # tansu resolves the SQLite path against its working directory.
              "--storage-engine", f"sqlite://{self.db.name}"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.base,
+            self.base / "tansu.log", self.port, cwd=self.base,
         )
-        log.close()
-        wait_for_port(self.port)
         return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)

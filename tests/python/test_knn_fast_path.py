@@ -20,7 +20,10 @@ def lit(v) -> str:
 
 @pytest.fixture(scope="module")
 def server(module_quiver_factory):
-    srv = module_quiver_factory(extra_args=["--seal-rows", "1500"])
+    srv = module_quiver_factory(extra_args=["--seal-rows", "1500"], start=False)
+    # The direct path logs each statement it serves at debug level.
+    srv.env["RUST_LOG"] = "info,quiver_frontend::knn_fast_path=debug"
+    srv.start()
     rng = np.random.default_rng(11)
     data = rng.standard_normal((4000, 8)).astype(np.float32)
     with srv.connect() as conn:
@@ -54,6 +57,11 @@ QUERIES = [
 ]
 
 
+def direct_runs(server) -> int:
+    """Statements the direct path has served so far (from the server log)."""
+    return server.log_path.read_text(errors="replace").count("direct k-NN path")
+
+
 def planned(sql: str) -> str:
     """The same statement, kept on the planned path."""
     return sql + " OFFSET 0"
@@ -65,10 +73,15 @@ def test_direct_path_answers_like_the_planned_path(server, sql):
     with server.connect() as conn:
         for q in [rng.standard_normal(8), np.zeros(8), np.ones(8), rng.standard_normal(8)]:
             text = f"'{lit(q)}'"
+            before = direct_runs(server)
             direct = conn.execute(sql.format(q=text))
+            # Function calls in WHERE keep a statement on the planned path.
+            assert direct_runs(server) == before + ("coalesce" not in sql), sql
             names = [c.name for c in direct.description]
             rows = direct.fetchall()
+            before = direct_runs(server)
             general = conn.execute(planned(sql.format(q=text)))
+            assert direct_runs(server) == before
             assert [c.name for c in general.description] == names
             if "SELECT *, embedding <->" in sql:
                 assert names == ["id", "tag", "embedding", "?column?"]
