@@ -6,5 +6,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/ci-deps.sh --build-only
-cargo build -p quiver-frontend --bin quiver
+cargo build -p quiver-cmd --bin quiver
 exec "${CARGO_TARGET_DIR:-target}/debug/quiver" standalone "$@"

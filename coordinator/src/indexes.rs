@@ -112,15 +112,24 @@ impl Coordinator {
         self.index_ready(manifest).await
     }
 
-    /// Records a built index and tells the segment's query node.
+    /// Records a built index and tells the segment's query node. A node
+    /// that cannot be reached gets it when its segments are loaded again
+    /// (on it or on the node taking them over).
     pub(crate) async fn index_ready(&self, manifest: SegmentIndexMeta) -> ApiResult<()> {
         let key = (manifest.segment, manifest.index);
-        let node = self.query_nodes[self.segment_owner(manifest.segment)].clone();
-        node.load_index(manifest.clone()).await?;
         self.builds
             .mark(key, BuildState::Done, Some(manifest.build_ms));
-        self.segment_indexes.write().insert(key, manifest);
-        Ok(())
+        self.segment_indexes.write().insert(key, manifest.clone());
+        let Some(owner) = self.segment_owner(manifest.segment) else {
+            return Ok(());
+        };
+        match self.placement.node(owner).load_index(manifest).await {
+            Err(e) if e.code == StatusCode::Unavailable => {
+                tracing::warn!(segment = %key.0, index = %key.1, error = %e.message, "query node unreachable; the index is loaded when the segment is placed again");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn schedule(&self, segment: &SegmentMeta, index: &IndexInfo) {
@@ -210,8 +219,15 @@ impl Coordinator {
             .await
             .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
         for m in &removed {
-            let node = self.query_nodes[self.segment_owner(m.segment)].clone();
-            node.release_index(m.segment, m.index).await?;
+            if let Some(owner) = self.segment_owner(m.segment) {
+                // An unreachable node lost or will lose it anyway.
+                ignore_unreachable(
+                    self.placement
+                        .node(owner)
+                        .release_index(m.segment, m.index)
+                        .await,
+                )?;
+            }
         }
         futures::stream::iter(removed.iter())
             .for_each_concurrent(8, |m| self.delete_index_files(m))
@@ -235,8 +251,9 @@ impl Coordinator {
         }
         self.builds.forget(|k| ids.contains(&k.0));
         self.remove_manifests(|m| ids.contains(&m.segment)).await?;
-        for node in &self.query_nodes {
-            node.release_segments(ids.clone()).await?;
+        self.placement.forget(&ids);
+        for node in self.placement.nodes() {
+            ignore_unreachable(node.release_segments(ids.clone()).await)?;
         }
         Ok(())
     }
@@ -275,5 +292,15 @@ impl Coordinator {
                 })
             })
             .collect()
+    }
+}
+
+fn ignore_unreachable(result: ApiResult<()>) -> ApiResult<()> {
+    match result {
+        Err(e) if e.code == StatusCode::Unavailable => {
+            tracing::warn!(error = %e.message, "query node unreachable; release skipped");
+            Ok(())
+        }
+        other => other,
     }
 }

@@ -11,6 +11,7 @@
 mod catalog;
 mod index_builds;
 mod indexes;
+mod placement;
 mod roles;
 mod sequences;
 mod tso;
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
-    ApiError, ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, DataApi,
+    ApiError, ApiResult, BuildState, CompactionOutput, CompactionTask, CoordinatorApi, DataApi,
     IndexBuildStatus, IndexDef, IndexInfo, QueryApi, RoleInfo, StatusCode, TableInfo,
 };
 use quiver_meta::{MetaError, MetaStore, keys};
@@ -30,6 +31,7 @@ use quiver_segment::{SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, TableId, TableSchema, Timestamp};
 
 pub use catalog::Catalog;
+pub use placement::NodeMonitorOptions;
 pub use tso::Tso;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +77,7 @@ pub struct Coordinator {
     segment_ids: Mutex<IdWindow>,
     sequences: sequences::Sequences,
     roles: roles::Roles,
-    query_nodes: Vec<Arc<dyn QueryApi>>,
+    placement: placement::Placement,
     data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
     /// Where index files live, for removing those of dropped indexes.
     store: Arc<dyn ObjectStore>,
@@ -120,7 +122,7 @@ impl Coordinator {
             segment_ids: Mutex::new(IdWindow { next, limit: next }),
             sequences,
             roles,
-            query_nodes,
+            placement: placement::Placement::new(query_nodes),
             data_nodes: RwLock::new(Vec::new()),
             store,
             min_index_rows: options.min_index_rows,
@@ -148,44 +150,40 @@ impl Coordinator {
                 source: std::io::Error::other(e.message),
             })
         };
+        coordinator.probe_query_nodes().await;
+        {
+            let mut known = coordinator.segments.write();
+            for s in &segments {
+                known.insert(s.id, s.clone());
+            }
+            let mut indexes = coordinator.segment_indexes.write();
+            for m in manifests {
+                coordinator
+                    .builds
+                    .mark((m.segment, m.index), BuildState::Done, Some(m.build_ms));
+                indexes.insert((m.segment, m.index), m);
+            }
+        }
         if !segments.is_empty() {
             tracing::info!(
                 count = segments.len(),
-                indexes = manifests.len(),
+                indexes = coordinator.segment_indexes.read().len(),
                 "assigning sealed segments to query nodes"
             );
-            coordinator.assign(segments).await.map_err(startup_failed)?;
-        }
-        for m in manifests {
-            coordinator.index_ready(m).await.map_err(startup_failed)?;
+            coordinator.place(segments).await.map_err(startup_failed)?;
         }
         coordinator.schedule_missing_builds();
         Ok(coordinator)
     }
 
     async fn assign(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
-        if self.query_nodes.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::Unavailable,
-                "no query node is registered",
-            ));
-        }
-        let mut per_node: Vec<Vec<SegmentMeta>> = vec![Vec::new(); self.query_nodes.len()];
         {
             let mut known = self.segments.write();
             for s in &segments {
                 known.insert(s.id, s.clone());
             }
         }
-        for s in segments {
-            per_node[self.segment_owner(s.id)].push(s);
-        }
-        for (node, segs) in self.query_nodes.iter().zip(per_node) {
-            if !segs.is_empty() {
-                node.load_segments(segs).await?;
-            }
-        }
-        Ok(())
+        self.place(segments).await
     }
 }
 
@@ -268,8 +266,8 @@ impl CoordinatorApi for Coordinator {
         self.catalog.list()
     }
 
-    fn segment_owner(&self, segment: SegmentId) -> usize {
-        (segment.0 % self.query_nodes.len().max(1) as u64) as usize
+    fn segment_owner(&self, segment: SegmentId) -> Option<usize> {
+        self.placement.owner(segment)
     }
 
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {

@@ -24,6 +24,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueryConfig {
+    /// `HOST:PORT` the gRPC/Flight service of `quiver query-node` listens on.
+    pub listen: String,
     /// Local cache of segment index files (`DATA_DIR/index-cache` if unset).
     pub index_cache_dir: Option<PathBuf>,
     /// Size limit of the index cache in MiB; least recently used go first.
@@ -38,6 +40,8 @@ pub struct QueryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
+    /// `HOST:PORT` the gRPC/Flight service of `quiver data-node` listens on.
+    pub listen: String,
     /// Threads one index build uses.
     pub build_threads: usize,
 }
@@ -45,6 +49,7 @@ pub struct DataConfig {
 impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig {
+            listen: "127.0.0.1:5490".to_string(),
             index_cache_dir: None,
             index_cache_mb: 10 * 1024,
             search_threads: 8,
@@ -55,7 +60,10 @@ impl Default for QueryConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { build_threads: 1 }
+        DataConfig {
+            listen: "127.0.0.1:5491".to_string(),
+            build_threads: 1,
+        }
     }
 }
 
@@ -114,6 +122,17 @@ pub struct CoordinatorConfig {
     pub shards: u32,
     /// Sealed segments with fewer rows get no vector index (searched exactly).
     pub min_index_rows: u64,
+    /// Query-node processes (`host:port` of `quiver query-node`) that serve
+    /// sealed segments; empty: one query node inside this process.
+    pub query_nodes: Vec<String>,
+    /// Data-node processes (`quiver data-node`) that build indexes and
+    /// compact; empty: one data node inside this process.
+    pub data_nodes: Vec<String>,
+    /// How often query nodes are probed, in milliseconds.
+    pub node_probe_interval_ms: u64,
+    /// A query node unreachable this long is dead: its segments move to
+    /// the live ones (queries meanwhile fail with a retryable error).
+    pub node_failure_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +229,10 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             shards: 2,
             min_index_rows: 1_000,
+            query_nodes: Vec::new(),
+            data_nodes: Vec::new(),
+            node_probe_interval_ms: 1_000,
+            node_failure_timeout_ms: 3_000,
         }
     }
 }

@@ -107,9 +107,21 @@ impl Backends {
         }
     }
 
-    pub fn query_node(&self, segment: SegmentId) -> Arc<dyn QueryApi> {
-        let idx = self.coordinator.segment_owner(segment);
-        self.query_nodes[idx.min(self.query_nodes.len().saturating_sub(1))].clone()
+    /// The query node serving a segment; a retryable error while none does
+    /// (its node died and the segment is not placed elsewhere yet).
+    pub fn query_node(
+        &self,
+        segment: SegmentId,
+    ) -> Result<Arc<dyn QueryApi>, quiver_api::ApiError> {
+        self.coordinator
+            .segment_owner(segment)
+            .and_then(|i| self.query_nodes.get(i).cloned())
+            .ok_or_else(|| {
+                quiver_api::ApiError::new(
+                    quiver_api::StatusCode::Unavailable,
+                    format!("segment {segment} has no live query node; retry shortly"),
+                )
+            })
     }
 }
 

@@ -22,8 +22,7 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
-use datafusion::physical_expr::PhysicalExpr;
-use quiver_api::{TableInfo, VectorSearchRequest};
+use quiver_api::{SearchFilter, TableInfo, VectorSearchRequest};
 use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
@@ -50,9 +49,8 @@ pub struct KnnStatement {
     query: Vec<f32>,
     k: usize,
     outputs: Vec<OutputColumn>,
-    /// The WHERE clause, bound to the columns it reads (`filter_columns`).
-    filter: Option<Arc<dyn PhysicalExpr>>,
-    filter_columns: Vec<usize>,
+    /// The WHERE clause, bound to the columns it reads.
+    filter: Option<SearchFilter>,
 }
 
 #[derive(Debug)]
@@ -314,12 +312,9 @@ pub fn recognize(
         };
         outputs.push(OutputColumn { name, source });
     }
-    let (filter, filter_columns) = match &select.selection {
-        None => (None, Vec::new()),
-        Some(selection) => {
-            let (filter, columns) = bind_filter(session, &table, selection, &qualifiers)?;
-            (Some(filter), columns)
-        }
+    let filter = match &select.selection {
+        None => None,
+        Some(selection) => Some(bind_filter(session, &table, selection, &qualifiers)?),
     };
     tracing::debug!(table = %table.name, k, filtered = filter.is_some(), "direct k-NN path");
     Some(KnnStatement {
@@ -330,7 +325,6 @@ pub fn recognize(
         k,
         outputs,
         filter,
-        filter_columns,
     })
 }
 
@@ -343,7 +337,7 @@ fn bind_filter(
     table: &TableInfo,
     selection: &Expr,
     qualifiers: &[String],
-) -> Option<(Arc<dyn PhysicalExpr>, Vec<usize>)> {
+) -> Option<SearchFilter> {
     let mut expr = selection.clone();
     let mut needs_general_path = false;
     let _ = visit_expressions_mut(&mut expr, |e: &mut Expr| {
@@ -389,9 +383,14 @@ fn bind_filter(
         .collect::<Option<_>>()?;
     columns.sort_unstable();
     columns.dedup();
-    let projected = DFSchema::try_from(schema.project(&columns).ok()?).ok()?;
-    let physical = state.create_physical_expr(logical, &projected).ok()?;
-    Some((physical, columns))
+    let filter_schema = Arc::new(schema.project(&columns).ok()?);
+    let projected = DFSchema::try_from(filter_schema.as_ref().clone()).ok()?;
+    let predicate = state.create_physical_expr(logical, &projected).ok()?;
+    Some(SearchFilter {
+        predicate,
+        columns,
+        schema: filter_schema,
+    })
 }
 
 /// Runs a recognised statement at the session's snapshot.
@@ -413,7 +412,6 @@ pub async fn run(
         search_list: search_list(session),
         index,
         filter: knn.filter.clone(),
-        filter_columns: knn.filter_columns.clone(),
     };
     let table_schema = knn.table.schema.arrow_schema();
     let parts = search_candidates(engine.backends.clone(), knn.table.clone(), ts, request)

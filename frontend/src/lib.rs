@@ -29,7 +29,6 @@ pub mod roles;
 pub mod server;
 pub mod session;
 pub mod settings;
-pub mod standalone;
 pub mod system_views;
 pub mod table;
 pub mod text_format;

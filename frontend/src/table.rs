@@ -127,7 +127,7 @@ impl TableProvider for QuiverTable {
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             for seg in snap.sealed {
-                let node = self.backends.query_node(seg.segment);
+                let node = self.backends.query_node(seg.segment).map_err(api_err)?;
                 batches.extend(
                     node.scan_segment(
                         seg.segment,

@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use quiver_api::{SearchStrategy, TableInfo, VectorSearchRequest};
+use quiver_api::{SearchFilter, SearchStrategy, TableInfo, VectorSearchRequest};
 use quiver_index::exact_top_k;
 use quiver_planner::vector_search::VectorSearchNode;
 use quiver_types::{ShardId, Timestamp};
@@ -110,10 +110,16 @@ impl ExtensionPlanner for VectorSearchPlanner {
             .unwrap_or_default();
         filter_columns.sort_unstable();
         filter_columns.dedup();
-        let df_schema = DFSchema::try_from(table_schema.project(&filter_columns)?)?;
+        let filter_schema = Arc::new(table_schema.project(&filter_columns)?);
+        let df_schema = DFSchema::try_from(filter_schema.as_ref().clone())?;
         let filter = predicate
             .map(|e| planner.create_physical_expr(&e, &df_schema, session_state, planning_ctx))
-            .transpose()?;
+            .transpose()?
+            .map(|predicate| SearchFilter {
+                predicate,
+                columns: filter_columns,
+                schema: filter_schema,
+            });
         let config = session_state.config();
         let search_list = config
             .get_extension::<SearchSettings>()
@@ -133,7 +139,6 @@ impl ExtensionPlanner for VectorSearchPlanner {
             search_list,
             index,
             filter,
-            filter_columns,
         };
         let explain = config.get_extension::<ExplainSearch>().is_some_and(|e| e.0);
         let segment_report = if explain {
@@ -220,6 +225,7 @@ async fn explain_parts(
         for seg in snap.sealed {
             let plan = backends
                 .query_node(seg.segment)
+                .map_err(api_err)?
                 .explain_search(seg.segment, ts, &seg.deletes, request)
                 .await
                 .map_err(api_err)?;
@@ -246,8 +252,11 @@ async fn explain_parts(
 fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<RecordBatch> {
     let allowed = match &request.filter {
         Some(filter) => {
-            let input = batch.project(&request.filter_columns)?;
-            let values = filter.evaluate(&input)?.into_array(batch.num_rows())?;
+            let input = batch.project(&filter.columns)?;
+            let values = filter
+                .predicate
+                .evaluate(&input)?
+                .into_array(batch.num_rows())?;
             Some(values.as_boolean().clone())
         }
         None => None,
@@ -362,7 +371,8 @@ impl VectorSearchExec {
             let node = self.backends.query_node(seg.segment);
             let request = &sealed_request;
             async move {
-                node.search_segment(seg.segment, ts, &seg.deletes, request)
+                node?
+                    .search_segment(seg.segment, ts, &seg.deletes, request)
                     .await
             }
         }))
@@ -414,7 +424,7 @@ impl ExecutionPlan for VectorSearchExec {
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
         match &self.request.filter {
-            Some(filter) => f(filter),
+            Some(filter) => f(&filter.predicate),
             None => Ok(TreeNodeRecursion::Continue),
         }
     }

@@ -159,3 +159,43 @@ class KafkaBroker(_Service):
             self.base / "tansu.log", self.port, cwd=self.base,
         )
         return self
+
+
+class QuiverNode(_Service):
+    """One Quiver role process (`quiver query-node` / `quiver data-node`)
+    with its own local directory; `kill()` is SIGKILL and `start()` again
+    reuses the port and directory. Flight calls are logged (debug) so tests
+    can see which node served what."""
+
+    def __init__(self, base: Path, role: str, name: str, config: Path):
+        from conftest import quiver_bin
+
+        self.bin = quiver_bin()
+        self.role = role
+        self.name = name
+        self.config = config
+        self.data_dir = base / name
+        self.port = free_port()
+        self.log_path = base / f"{name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "QuiverNode":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.bin), self.role, "--config", str(self.config),
+                 "--data-dir", str(self.data_dir), "--listen", self.address],
+                stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "RUST_LOG": "info,quiver_transport=debug"},
+            )
+        wait_for_port(self.port)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def probe(self) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin), "probe", self.address],
+                              capture_output=True, text=True, timeout=30)

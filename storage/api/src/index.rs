@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion_physical_expr_common::physical_expr::PhysicalExpr;
@@ -55,7 +56,7 @@ pub struct IndexInfo {
 }
 
 /// One segment's build, sent by the coordinator to a data node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexBuildTask {
     pub index: IndexInfo,
     /// Position of the indexed column among the table's user columns.
@@ -101,7 +102,7 @@ pub struct IndexBuildStatus {
 
 /// Merging sealed segments of one (table, shard) into one, without the
 /// rows deleted long enough ago that no reader can still see them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactionTask {
     pub new_segment: SegmentId,
     pub segments: Vec<SegmentMeta>,
@@ -109,7 +110,7 @@ pub struct CompactionTask {
     pub drop_rows: Vec<Vec<u32>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompactionOutput {
     /// The merged segment, already in the object store (`None` when no row
     /// survived).
@@ -141,14 +142,25 @@ pub struct VectorSearchRequest {
     pub search_list: usize,
     /// The index to use, if one exists for this column and metric.
     pub index: Option<IndexId>,
-    /// Only rows for which this predicate is true. It is bound to a batch
-    /// of the `filter_columns` user columns, in that order.
-    pub filter: Option<Arc<dyn PhysicalExpr>>,
-    pub filter_columns: Vec<usize>,
+    /// Only rows for which this predicate is true.
+    pub filter: Option<SearchFilter>,
+}
+
+/// A search's WHERE clause, bound to just the user columns it reads (so
+/// segments need not materialise the others, vectors above all).
+#[derive(Debug, Clone)]
+pub struct SearchFilter {
+    /// Evaluated over a batch of `columns`, in that order, shaped `schema`.
+    pub predicate: Arc<dyn PhysicalExpr>,
+    /// Positions among the table's user columns, ascending.
+    pub columns: Vec<usize>,
+    /// The batch the predicate is bound to (a remote node needs it to
+    /// decode the predicate).
+    pub schema: SchemaRef,
 }
 
 /// How a segment was searched (shown by `EXPLAIN ANALYZE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SearchStrategy {
     /// Graph search over the segment's DiskANN index.
     Index { search_list: usize, filtered: bool },
@@ -168,7 +180,7 @@ pub struct SegmentSearchResult {
 }
 
 /// What a search of one segment would do (`EXPLAIN`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SegmentSearchPlan {
     pub strategy: SearchStrategy,
     /// Rows visible and matching the filter.

@@ -18,13 +18,13 @@ use quiver_types::{IndexId, SegmentId, ShardId, TableId, TableSchema, Timestamp}
 
 pub use index::{
     BuildState, CompactionOutput, CompactionTask, DataApi, IndexBuildStatus, IndexBuildTask,
-    IndexDef, IndexInfo, IndexParams, SearchStrategy, SegmentSearchPlan, SegmentSearchResult,
-    VectorSearchRequest,
+    IndexDef, IndexInfo, IndexParams, SearchFilter, SearchStrategy, SegmentSearchPlan,
+    SegmentSearchResult, VectorSearchRequest,
 };
 use serde::{Deserialize, Serialize};
 
 /// Failure classes that cross role boundaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StatusCode {
     /// A row's primary key already exists (23505).
     UniqueViolation,
@@ -151,8 +151,9 @@ pub trait CoordinatorApi: Send + Sync {
     /// `count` consecutive values of a serial column's sequence (never
     /// handed out before, also across restarts); returns the first.
     async fn next_serial_values(&self, table: TableId, column: &str, count: u64) -> ApiResult<i64>;
-    /// Which query node (index into the registered list) serves a segment.
-    fn segment_owner(&self, segment: SegmentId) -> usize;
+    /// Which query node (index into the registered list) serves a segment;
+    /// `None` while no live node has it.
+    fn segment_owner(&self, segment: SegmentId) -> Option<usize>;
     fn tables(&self) -> Vec<TableInfo>;
     /// A streaming node sealed these segments (already durable in the meta
     /// store); the coordinator assigns them to query nodes and returns once
@@ -274,6 +275,9 @@ pub trait StreamingApi: Send + Sync {
 /// Serves sealed segments from object storage.
 #[async_trait]
 pub trait QueryApi: Send + Sync {
+    /// Identifies this run of the node: a new value means it restarted and
+    /// lost what was loaded into it. Fails when the node is unreachable.
+    async fn incarnation(&self) -> ApiResult<u64>;
     async fn load_segments(&self, segments: Vec<SegmentMeta>) -> ApiResult<()>;
     async fn release_segments(&self, segments: Vec<SegmentId>) -> ApiResult<()>;
     /// A segment index was built; serve searches from it (files are fetched

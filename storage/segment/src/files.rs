@@ -199,7 +199,7 @@ impl ParquetObject {
 }
 
 /// A row of a sealed segment deleted at a timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeleteLogEntry {
     pub row: u32,
     pub ts: Timestamp,

@@ -82,6 +82,8 @@ pub struct QueryNode {
     cache: IndexCache,
     /// Raw vector files of indexed segments.
     vector_dir: PathBuf,
+    /// When this run started (see [`QueryApi::incarnation`]).
+    incarnation: u64,
 }
 
 impl QueryNode {
@@ -104,6 +106,9 @@ impl QueryNode {
             segments: RwLock::new(HashMap::new()),
             indexes: RwLock::new(HashMap::new()),
             vector_dir,
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
         }))
     }
 
@@ -220,6 +225,10 @@ pub(crate) fn visibility(
 
 #[async_trait]
 impl QueryApi for QueryNode {
+    async fn incarnation(&self) -> ApiResult<u64> {
+        Ok(self.incarnation)
+    }
+
     async fn load_segments(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
         let mut map = self.segments.write();
         for meta in segments {

@@ -35,8 +35,8 @@ fn allowed_rows(
     let Some(filter) = &request.filter else {
         return Ok(visible);
     };
-    let input = data.project(&request.filter_columns, None)?;
-    let values = filter.evaluate(&input)?.into_array(data.rows)?;
+    let input = data.project(&filter.columns, None)?;
+    let values = filter.predicate.evaluate(&input)?.into_array(data.rows)?;
     let matches = values.as_boolean_opt().ok_or_else(|| {
         QueryNodeError::Arrow(arrow::error::ArrowError::InvalidArgumentError(
             "filter is not a boolean expression".into(),

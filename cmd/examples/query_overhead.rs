@@ -2,7 +2,7 @@
 //! touched: parsing, SQL → logical plan, optimisation, physical planning.
 //! Runs an embedded standalone engine on a temporary data directory.
 //!
-//!     cargo run --release -p quiver-frontend --example query_overhead
+//!     cargo run --release -p quiver-cmd --example query_overhead
 
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
-    let engine = quiver_frontend::standalone::start(&config).await?;
+    let engine = quiver_cmd::standalone::start(&config).await?;
     let session = engine.new_session();
     let run = |sql: String| {
         let engine = engine.clone();

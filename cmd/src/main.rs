@@ -1,8 +1,11 @@
-//! The `quiver` binary: one subcommand per deployment shape.
+//! The `quiver` binary: one subcommand per deployment shape or role
+//! process. This crate only wires roles together; what each role does lives
+//! in its own crate.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use quiver_cmd::{nodes, standalone};
 use quiver_frontend::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -37,8 +40,49 @@ enum Command {
         #[arg(long)]
         shards: Option<u32>,
     },
+    /// Serve sealed segments (search and scan) over gRPC/Flight, for a
+    /// coordinator that lists this node in `[coordinator] query_nodes`.
+    QueryNode(NodeArgs),
+    /// Build indexes and compact segments over gRPC/Flight, for a
+    /// coordinator that lists this node in `[coordinator] data_nodes`.
+    DataNode(NodeArgs),
+    /// Ask a role process's gRPC health service whether it serves; prints
+    /// the status and exits non-zero unless it is SERVING.
+    Probe {
+        /// `host:port` of the node.
+        address: String,
+    },
     /// Parse a configuration file and print the effective configuration.
     CheckConfig { path: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// TOML configuration file (the same file every process reads).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Local directory of this node's caches and scratch files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the gRPC/Flight service (overrides the role's `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+impl NodeArgs {
+    fn load(self, listen: fn(&mut Config) -> &mut String) -> anyhow::Result<Config> {
+        let mut cfg = match self.config {
+            Some(path) => Config::load(&path)?,
+            None => Config::default(),
+        };
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(l) = self.listen {
+            *listen(&mut cfg) = l;
+        }
+        Ok(cfg)
+    }
 }
 
 #[tokio::main]
@@ -75,12 +119,10 @@ async fn main() -> anyhow::Result<()> {
             if let Some(s) = shards {
                 cfg.coordinator.shards = s;
             }
-            let engine = quiver_frontend::standalone::start(&cfg)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = format!("{e:#}"), "startup failed");
-                    e
-                })?;
+            let engine = standalone::start(&cfg).await.map_err(|e| {
+                tracing::error!(error = format!("{e:#}"), "startup failed");
+                e
+            })?;
             let listener = tokio::net::TcpListener::bind(&cfg.frontend.listen).await?;
             tracing::info!(
                 listen = %cfg.frontend.listen,
@@ -89,6 +131,31 @@ async fn main() -> anyhow::Result<()> {
             );
             quiver_frontend::server::serve(engine, listener, &cfg.frontend).await?;
             Ok(())
+        }
+        Command::QueryNode(args) => {
+            let cfg = args.load(|c| &mut c.query.listen)?;
+            nodes::run_query_node(&cfg).await
+        }
+        Command::DataNode(args) => {
+            let cfg = args.load(|c| &mut c.data.listen)?;
+            nodes::run_data_node(&cfg).await
+        }
+        Command::Probe { address } => {
+            match quiver_transport::check_health(&address, std::time::Duration::from_secs(3)).await
+            {
+                Ok(status) => {
+                    println!("{status}");
+                    if status == "SERVING" {
+                        Ok(())
+                    } else {
+                        std::process::exit(1)
+                    }
+                }
+                Err(e) => {
+                    println!("UNREACHABLE: {}", e.message);
+                    std::process::exit(1)
+                }
+            }
         }
         Command::CheckConfig { path } => {
             let cfg = Config::load(&path)?;

@@ -1,0 +1,63 @@
+//! The role processes that serve one role over gRPC/Flight: `quiver
+//! query-node` and `quiver data-node`. They are the very role
+//! implementations standalone calls in-process, behind the transport.
+
+use std::sync::Arc;
+
+use datafusion::execution::TaskContext;
+use datafusion::prelude::SessionContext;
+use quiver_frontend::config::Config;
+use quiver_segment::open_object_store;
+use quiver_transport::NodeService;
+
+/// Functions a search filter may name: DataFusion's built-ins and pgvector's
+/// vector functions, as the proxy plans them.
+fn filter_functions() -> Arc<TaskContext> {
+    let ctx = SessionContext::new();
+    for udf in quiver_planner::vector::udfs() {
+        ctx.register_udf(udf);
+    }
+    ctx.task_ctx()
+}
+
+pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = open_object_store(&config.object_store())?;
+    let node = crate::standalone::query_node(config, store)?;
+    let service = NodeService::new(filter_functions()).with_query(node);
+    serve("query node", &config.query.listen, service).await
+}
+
+pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = open_object_store(&config.object_store())?;
+    let node = crate::standalone::data_node(config, store)?;
+    let service = NodeService::new(filter_functions()).with_data(node);
+    serve("data node", &config.data.listen, service).await
+}
+
+async fn serve(role: &str, listen: &str, service: NodeService) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(listen = %listener.local_addr()?, "quiver {role} ready");
+    quiver_transport::serve(listener, service, shutdown_signal()).await?;
+    tracing::info!("quiver {role} stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

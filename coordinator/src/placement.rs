@@ -1,0 +1,308 @@
+//! Which query node serves each sealed segment, and keeping that true while
+//! nodes fail and restart.
+//!
+//! A segment is owned by one live node, chosen as the one owning fewest
+//! segments. A background monitor probes every node: a node that stays
+//! unreachable for the failure timeout is declared dead and its segments
+//! (with their indexes) are loaded onto the live nodes; a node that answers
+//! with a new incarnation restarted and lost its state, so what it owns is
+//! loaded into it again. Until then, searches sent to a failed node fail
+//! with a retryable error: a query never returns partial results.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use quiver_api::{ApiError, ApiResult, QueryApi, StatusCode};
+use quiver_segment::{SegmentIndexMeta, SegmentMeta};
+use quiver_types::SegmentId;
+
+use crate::Coordinator;
+
+pub(crate) struct Placement {
+    nodes: Vec<NodeSlot>,
+    owners: RwLock<HashMap<SegmentId, usize>>,
+    /// Serialises changes of ownership (and the loads that go with them).
+    changes: tokio::sync::Mutex<()>,
+}
+
+struct NodeSlot {
+    api: Arc<dyn QueryApi>,
+    state: Mutex<NodeState>,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    alive: bool,
+    incarnation: Option<u64>,
+    failing_since: Option<Instant>,
+}
+
+/// How the coordinator watches query nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeMonitorOptions {
+    pub probe_interval: Duration,
+    /// Unreachable this long: the node is dead and its segments move.
+    pub failure_timeout: Duration,
+}
+
+impl Placement {
+    pub(crate) fn new(nodes: Vec<Arc<dyn QueryApi>>) -> Self {
+        Placement {
+            nodes: nodes
+                .into_iter()
+                .map(|api| NodeSlot {
+                    api,
+                    state: Mutex::new(NodeState::default()),
+                })
+                .collect(),
+            owners: RwLock::new(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn owner(&self, segment: SegmentId) -> Option<usize> {
+        self.owners.read().get(&segment).copied()
+    }
+
+    pub(crate) fn node(&self, index: usize) -> Arc<dyn QueryApi> {
+        self.nodes[index].api.clone()
+    }
+
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<dyn QueryApi>> {
+        self.nodes.iter().map(|n| &n.api)
+    }
+
+    pub(crate) fn forget(&self, segments: &[SegmentId]) {
+        let mut owners = self.owners.write();
+        for s in segments {
+            owners.remove(s);
+        }
+    }
+
+    /// Probes every node once; returns the ones that answered.
+    async fn probe_all(&self, timeout: Duration) -> Vec<(usize, ApiResult<u64>)> {
+        futures::future::join_all(self.nodes.iter().enumerate().map(|(i, n)| async move {
+            let result = match tokio::time::timeout(timeout, n.api.incarnation()).await {
+                Ok(r) => r,
+                Err(_) => Err(ApiError::new(
+                    StatusCode::Unavailable,
+                    format!("no answer within {} ms", timeout.as_millis()),
+                )),
+            };
+            (i, result)
+        }))
+        .await
+    }
+
+    fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].state.lock().alive)
+            .collect()
+    }
+
+    fn owned_by(&self, node: usize) -> Vec<SegmentId> {
+        self.owners
+            .read()
+            .iter()
+            .filter(|(_, n)| **n == node)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+impl Coordinator {
+    /// Marks the nodes that answer as alive (at start-up, before assigning).
+    pub(crate) async fn probe_query_nodes(&self) {
+        for (i, result) in self.placement.probe_all(Duration::from_secs(2)).await {
+            let mut state = self.placement.nodes[i].state.lock();
+            match result {
+                Ok(incarnation) => {
+                    state.alive = true;
+                    state.incarnation = Some(incarnation);
+                }
+                Err(e) => {
+                    tracing::warn!(node = i, error = %e.message, "query node unreachable at start-up");
+                    state.alive = false;
+                }
+            }
+        }
+    }
+
+    /// Gives each segment without a live owner to the least loaded live
+    /// node and loads it (and its built indexes) there. Segments stay
+    /// unplaced when no node is alive; the monitor places them later.
+    pub(crate) async fn place(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
+        let _changes = self.placement.changes.lock().await;
+        self.place_locked(segments).await
+    }
+
+    async fn place_locked(&self, mut segments: Vec<SegmentMeta>) -> ApiResult<()> {
+        let mut last_error = None;
+        // Nodes that failed a load in this call (the monitor decides whether
+        // they are dead).
+        let mut failed = Vec::new();
+        while !segments.is_empty() {
+            let mut live = self.placement.live_nodes();
+            live.retain(|n| !failed.contains(n));
+            let Some(&target) = live
+                .iter()
+                .min_by_key(|n| self.placement.owned_by(**n).len())
+            else {
+                tracing::warn!(
+                    segments = segments.len(),
+                    "no live query node: segments wait to be placed"
+                );
+                return Err(last_error.unwrap_or_else(|| {
+                    ApiError::new(StatusCode::Unavailable, "no query node is alive")
+                }));
+            };
+            // One node at a time keeps the counts used for balancing exact;
+            // spread the batch by handing each node its share.
+            let share = segments.len().div_ceil(live.len()).max(1);
+            let batch: Vec<SegmentMeta> = segments.drain(..share.min(segments.len())).collect();
+            match self.load_onto(target, &batch).await {
+                Ok(()) => {
+                    let mut owners = self.placement.owners.write();
+                    for s in &batch {
+                        owners.insert(s.id, target);
+                    }
+                }
+                Err(e) if e.code == StatusCode::Unavailable => {
+                    tracing::warn!(node = target, error = %e.message, "query node failed while loading segments; trying another");
+                    failed.push(target);
+                    segments.extend(batch);
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads segments and their built indexes onto one node.
+    async fn load_onto(&self, node: usize, segments: &[SegmentMeta]) -> ApiResult<()> {
+        let api = self.placement.node(node);
+        api.load_segments(segments.to_vec()).await?;
+        let manifests: Vec<SegmentIndexMeta> = {
+            let indexes = self.segment_indexes.read();
+            indexes
+                .values()
+                .filter(|m| segments.iter().any(|s| s.id == m.segment))
+                .cloned()
+                .collect()
+        };
+        for m in manifests {
+            api.load_index(m).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the background probe of query nodes.
+    pub fn start_node_monitor(self: &Arc<Self>, options: NodeMonitorOptions) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(options.probe_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(coordinator) = weak.upgrade() else {
+                    return;
+                };
+                coordinator.check_nodes(options).await;
+            }
+        });
+    }
+
+    async fn check_nodes(&self, options: NodeMonitorOptions) {
+        let timeout = options.probe_interval.max(Duration::from_secs(1));
+        let probes = self.placement.probe_all(timeout).await;
+        let _changes = self.placement.changes.lock().await;
+        for (i, result) in probes {
+            let event = {
+                let mut state = self.placement.nodes[i].state.lock();
+                match result {
+                    Ok(incarnation) => {
+                        state.failing_since = None;
+                        let event = if !state.alive {
+                            Some(NodeEvent::Joined)
+                        } else if state.incarnation != Some(incarnation) {
+                            Some(NodeEvent::Restarted)
+                        } else {
+                            None
+                        };
+                        state.alive = true;
+                        state.incarnation = Some(incarnation);
+                        event
+                    }
+                    Err(e) => {
+                        let since = *state.failing_since.get_or_insert_with(Instant::now);
+                        if state.alive && since.elapsed() >= options.failure_timeout {
+                            tracing::warn!(node = i, error = %e.message, "query node is dead");
+                            state.alive = false;
+                            Some(NodeEvent::Died)
+                        } else {
+                            None
+                        }
+                    }
+                }
+            };
+            let result = match event {
+                None => Ok(()),
+                // A node that answers again may have lost what it had
+                // loaded: load what it owns (loads are idempotent).
+                Some(NodeEvent::Joined | NodeEvent::Restarted) => {
+                    let owned = self.segment_metas(&self.placement.owned_by(i));
+                    tracing::info!(
+                        node = i,
+                        segments = owned.len(),
+                        "query node is alive: loading its segments"
+                    );
+                    self.load_onto(i, &owned).await
+                }
+                Some(NodeEvent::Died) => {
+                    let owned = self.placement.owned_by(i);
+                    self.placement.forget(&owned);
+                    let metas = self.segment_metas(&owned);
+                    tracing::info!(
+                        node = i,
+                        segments = metas.len(),
+                        "moving a dead query node's segments"
+                    );
+                    self.place_locked(metas).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(node = i, error = %e.message, "query node change not completed; retried at the next probe");
+                // Forget the incarnation so the next probe loads again.
+                self.placement.nodes[i].state.lock().incarnation = None;
+            }
+        }
+        // Segments left unplaced while no node was alive.
+        let unplaced: Vec<SegmentMeta> = self
+            .segments
+            .read()
+            .values()
+            .filter(|s| self.placement.owner(s.id).is_none())
+            .cloned()
+            .collect();
+        if !unplaced.is_empty()
+            && !self.placement.live_nodes().is_empty()
+            && let Err(e) = self.place_locked(unplaced).await
+        {
+            tracing::warn!(error = %e.message, "placing segments failed; retried at the next probe");
+        }
+    }
+
+    fn segment_metas(&self, ids: &[SegmentId]) -> Vec<SegmentMeta> {
+        let known = self.segments.read();
+        ids.iter().filter_map(|id| known.get(id).cloned()).collect()
+    }
+}
+
+enum NodeEvent {
+    Joined,
+    Restarted,
+    Died,
+}

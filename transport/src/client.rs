@@ -1,0 +1,325 @@
+//! The calling side: role traits implemented by calls to a remote node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, Ticket as FlightTicket};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use quiver_api::{
+    ApiError, ApiResult, CompactionOutput, CompactionTask, DataApi, IndexBuildTask, QueryApi,
+    SegmentSearchPlan, SegmentSearchResult, StatusCode, VectorSearchRequest,
+};
+use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
+use quiver_types::{IndexId, SegmentId, Timestamp};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::status::from_status;
+use crate::wire::{
+    self, NodeStatus, ScanCall, SearchCall, SearchOutcome, Ticket, WireSearchRequest,
+};
+use crate::{MAX_MESSAGE_BYTES, TransportError};
+
+/// A connection to one role process. Cheap to clone; connects lazily and
+/// reconnects after failures by itself.
+#[derive(Clone)]
+pub struct NodeClient {
+    endpoint: Arc<str>,
+    channel: Channel,
+    flight: FlightServiceClient<Channel>,
+}
+
+impl std::fmt::Debug for NodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeClient")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+impl NodeClient {
+    /// `address` is `host:port` or an `http://` URL.
+    pub fn new(address: &str) -> Result<Self, TransportError> {
+        let url = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|source| TransportError::InvalidEndpoint {
+                address: address.to_string(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        let flight = FlightServiceClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(NodeClient {
+            endpoint: url.into(),
+            channel,
+            flight,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Who the node is, or an `Unavailable` error after `timeout`.
+    pub async fn status(&self, timeout: Duration) -> ApiResult<NodeStatus> {
+        match tokio::time::timeout(timeout, self.action(wire::NODE_STATUS, &())).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::new(
+                StatusCode::Unavailable,
+                format!(
+                    "node {} did not answer within {} ms",
+                    self.endpoint,
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    async fn action<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        kind: &str,
+        request: &Req,
+    ) -> ApiResult<Resp> {
+        let body = serde_json::to_vec(request).map_err(|e| internal(&e))?;
+        let action = Action {
+            r#type: kind.to_string(),
+            body: Bytes::from(body),
+        };
+        let mut results = self
+            .flight
+            .clone()
+            .do_action(action)
+            .await
+            .map_err(|s| from_status(&self.endpoint, s))?
+            .into_inner();
+        let result = results
+            .message()
+            .await
+            .map_err(|s| from_status(&self.endpoint, s))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::Unavailable,
+                    format!("node {} sent no reply to {kind}", self.endpoint),
+                )
+            })?;
+        serde_json::from_slice(&result.body).map_err(|e| internal(&e))
+    }
+
+    /// Runs a `DoGet`; returns the batches and the schema message's metadata.
+    async fn get(&self, ticket: &Ticket) -> ApiResult<(Vec<RecordBatch>, Bytes)> {
+        let ticket = FlightTicket {
+            ticket: Bytes::from(serde_json::to_vec(ticket).map_err(|e| internal(&e))?),
+        };
+        let stream = self
+            .flight
+            .clone()
+            .do_get(ticket)
+            .await
+            .map_err(|s| from_status(&self.endpoint, s))?
+            .into_inner()
+            .map_err(FlightError::from);
+        let mut decoder = FlightDataDecoder::new(stream);
+        let mut batches = Vec::new();
+        let mut meta = Bytes::new();
+        while let Some(item) = decoder.next().await {
+            let item = item.map_err(|e| match e {
+                FlightError::Tonic(status) => from_status(&self.endpoint, *status),
+                other => ApiError::new(
+                    StatusCode::Unavailable,
+                    format!("node {}: {other}", self.endpoint),
+                ),
+            })?;
+            match item.payload {
+                DecodedPayload::Schema(_) => meta = item.inner.app_metadata,
+                DecodedPayload::RecordBatch(batch) => batches.push(batch),
+                DecodedPayload::None => {}
+            }
+        }
+        Ok((batches, meta))
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::Internal, format!("transport encoding: {e}"))
+}
+
+/// How long a liveness probe waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A query node in another process.
+#[derive(Debug, Clone)]
+pub struct RemoteQueryNode {
+    client: NodeClient,
+}
+
+impl RemoteQueryNode {
+    pub fn new(client: NodeClient) -> Self {
+        RemoteQueryNode { client }
+    }
+
+    pub fn client(&self) -> &NodeClient {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl QueryApi for RemoteQueryNode {
+    async fn incarnation(&self) -> ApiResult<u64> {
+        Ok(self.client.status(PROBE_TIMEOUT).await?.incarnation)
+    }
+
+    async fn load_segments(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
+        self.client
+            .action(wire::QUERY_LOAD_SEGMENTS, &segments)
+            .await
+    }
+
+    async fn release_segments(&self, segments: Vec<SegmentId>) -> ApiResult<()> {
+        self.client
+            .action(wire::QUERY_RELEASE_SEGMENTS, &segments)
+            .await
+    }
+
+    async fn load_index(&self, index: SegmentIndexMeta) -> ApiResult<()> {
+        self.client.action(wire::QUERY_LOAD_INDEX, &index).await
+    }
+
+    async fn release_index(&self, segment: SegmentId, index: IndexId) -> ApiResult<()> {
+        self.client
+            .action(
+                wire::QUERY_RELEASE_INDEX,
+                &wire::ReleaseIndexCall { segment, index },
+            )
+            .await
+    }
+
+    async fn search_segment(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        request: &VectorSearchRequest,
+    ) -> ApiResult<SegmentSearchResult> {
+        let call = Ticket::Search(SearchCall {
+            segment,
+            ts,
+            deletes: deletes.to_vec(),
+            request: WireSearchRequest::encode(request)?,
+        });
+        let (batches, meta) = self.client.get(&call).await?;
+        let outcome: SearchOutcome = serde_json::from_slice(&meta).map_err(|e| internal(&e))?;
+        let rows = match batches.len() {
+            1 => batches.into_iter().next().unwrap_or_else(|| unreachable!()),
+            0 => {
+                return Err(ApiError::new(
+                    StatusCode::Internal,
+                    format!("node {} sent no search result", self.client.endpoint),
+                ));
+            }
+            _ => {
+                let schema = batches[0].schema();
+                arrow::compute::concat_batches(&schema, &batches).map_err(|e| internal(&e))?
+            }
+        };
+        Ok(SegmentSearchResult {
+            rows,
+            strategy: outcome.strategy,
+            matching: outcome.matching,
+        })
+    }
+
+    async fn explain_search(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        request: &VectorSearchRequest,
+    ) -> ApiResult<SegmentSearchPlan> {
+        let call = SearchCall {
+            segment,
+            ts,
+            deletes: deletes.to_vec(),
+            request: WireSearchRequest::encode(request)?,
+        };
+        self.client.action(wire::QUERY_EXPLAIN_SEARCH, &call).await
+    }
+
+    async fn scan_segment(
+        &self,
+        segment: SegmentId,
+        ts: Timestamp,
+        deletes: &[DeleteLogEntry],
+        projection: Option<&[usize]>,
+    ) -> ApiResult<Vec<RecordBatch>> {
+        let call = Ticket::Scan(ScanCall {
+            segment,
+            ts,
+            deletes: deletes.to_vec(),
+            projection: projection.map(<[usize]>::to_vec),
+        });
+        Ok(self.client.get(&call).await?.0)
+    }
+}
+
+/// A data node in another process.
+#[derive(Debug, Clone)]
+pub struct RemoteDataNode {
+    client: NodeClient,
+}
+
+impl RemoteDataNode {
+    pub fn new(client: NodeClient) -> Self {
+        RemoteDataNode { client }
+    }
+}
+
+#[async_trait]
+impl DataApi for RemoteDataNode {
+    async fn build_index(&self, task: IndexBuildTask) -> ApiResult<SegmentIndexMeta> {
+        self.client.action(wire::DATA_BUILD_INDEX, &task).await
+    }
+
+    async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
+        self.client.action(wire::DATA_COMPACT, &task).await
+    }
+}
+
+/// Asks a node's standard gRPC health service (`grpc.health.v1`) whether it
+/// serves; returns the reported status name (`SERVING` when healthy).
+pub async fn check_health(address: &str, timeout: Duration) -> ApiResult<String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let client = NodeClient::new(address)
+        .map_err(|e| ApiError::new(StatusCode::InvalidRequest, e.to_string()))?;
+    let mut health = HealthClient::new(client.channel);
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(response)) => Ok(response.into_inner().status().as_str_name().to_string()),
+        Ok(Err(status)) => Err(from_status(address, status)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::Unavailable,
+            format!(
+                "node {address} did not answer within {} ms",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}

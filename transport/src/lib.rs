@@ -1,0 +1,48 @@
+//! The network transport of the role interfaces.
+//!
+//! Standalone mode calls [`quiver_api::QueryApi`] and [`quiver_api::DataApi`]
+//! in-process; a cluster puts this crate between the caller and the role, so
+//! no role logic exists twice. Every role process serves one Arrow Flight
+//! service (gRPC over tonic): control calls are Flight actions whose bodies
+//! are JSON, record batches travel as Arrow IPC in `DoGet` streams, and
+//! failures carry their [`quiver_api::StatusCode`] in a trailer so the
+//! caller sees the same error the role raised. The same server answers the
+//! standard gRPC health protocol (`grpc.health.v1`), which orchestrators'
+//! probes and the coordinator's liveness checks use.
+//!
+//! Flight rather than a bespoke protobuf service: its batch encoding
+//! (splitting, dictionaries, schema messages) is exactly what scans and
+//! search results need, and the generated code ships with `arrow-flight`.
+
+mod client;
+mod filter;
+mod server;
+mod status;
+mod wire;
+
+use std::net::SocketAddr;
+
+pub use client::{NodeClient, RemoteDataNode, RemoteQueryNode, check_health};
+pub use server::{NodeService, serve};
+pub use wire::NodeStatus;
+
+/// Failures of the transport itself (role failures are `ApiError`s).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("invalid node address \"{address}\"")]
+    InvalidEndpoint {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("gRPC server on {listen} failed")]
+    Serve {
+        listen: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Largest message either side accepts: a scan of a whole segment or a
+/// search carrying a long delete list must fit.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;

@@ -1,0 +1,327 @@
+//! The serving side: one Flight service per process, dispatching to the
+//! roles the process hosts.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult,
+};
+use bytes::Bytes;
+use datafusion::execution::TaskContext;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use quiver_api::{ApiError, ApiResult, DataApi, QueryApi, StatusCode, VectorSearchRequest};
+use quiver_segment::SegmentMeta;
+use quiver_types::SegmentId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::status::{bad_request, to_status};
+use crate::wire::{self, NodeStatus, SearchCall, SearchOutcome, Ticket, WireSearchRequest};
+use crate::{MAX_MESSAGE_BYTES, TransportError};
+
+/// The roles one process serves over the network.
+pub struct NodeService {
+    query: Option<Arc<dyn QueryApi>>,
+    data: Option<Arc<dyn DataApi>>,
+    /// Resolves functions named in search filters.
+    functions: Arc<TaskContext>,
+    incarnation: u64,
+}
+
+impl NodeService {
+    /// `functions` must hold every function a proxy may put in a filter.
+    pub fn new(functions: Arc<TaskContext>) -> Self {
+        NodeService {
+            query: None,
+            data: None,
+            functions,
+            incarnation: rand::random(),
+        }
+    }
+
+    pub fn with_query(mut self, node: Arc<dyn QueryApi>) -> Self {
+        self.query = Some(node);
+        self
+    }
+
+    pub fn with_data(mut self, node: Arc<dyn DataApi>) -> Self {
+        self.data = Some(node);
+        self
+    }
+
+    fn query(&self) -> Result<&Arc<dyn QueryApi>, Status> {
+        self.query.as_ref().ok_or_else(|| not_served("query"))
+    }
+
+    fn data(&self) -> Result<&Arc<dyn DataApi>, Status> {
+        self.data.as_ref().ok_or_else(|| not_served("data"))
+    }
+
+    fn status(&self) -> NodeStatus {
+        let mut roles = Vec::new();
+        if self.query.is_some() {
+            roles.push("query".to_string());
+        }
+        if self.data.is_some() {
+            roles.push("data".to_string());
+        }
+        NodeStatus {
+            incarnation: self.incarnation,
+            roles,
+        }
+    }
+
+    fn search_request(&self, wire: WireSearchRequest) -> ApiResult<VectorSearchRequest> {
+        let filter = wire.filter.map(|f| f.decode(&self.functions)).transpose()?;
+        Ok(VectorSearchRequest {
+            column: wire.column,
+            metric: wire.metric,
+            query: Arc::new(wire.query),
+            k: wire.k,
+            search_list: wire.search_list,
+            index: wire.index,
+            filter,
+        })
+    }
+
+    async fn action(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, Status> {
+        match kind {
+            wire::NODE_STATUS => reply(Ok(self.status())),
+            wire::QUERY_LOAD_SEGMENTS => {
+                let segments: Vec<SegmentMeta> = parse(body)?;
+                reply(self.query()?.load_segments(segments).await)
+            }
+            wire::QUERY_RELEASE_SEGMENTS => {
+                let segments: Vec<SegmentId> = parse(body)?;
+                reply(self.query()?.release_segments(segments).await)
+            }
+            wire::QUERY_LOAD_INDEX => reply(self.query()?.load_index(parse(body)?).await),
+            wire::QUERY_RELEASE_INDEX => {
+                let call: wire::ReleaseIndexCall = parse(body)?;
+                reply(self.query()?.release_index(call.segment, call.index).await)
+            }
+            wire::QUERY_EXPLAIN_SEARCH => {
+                let call: wire::ExplainCall = parse(body)?;
+                let request = self.search_request(call.request).map_err(to_status)?;
+                reply(
+                    self.query()?
+                        .explain_search(call.segment, call.ts, &call.deletes, &request)
+                        .await,
+                )
+            }
+            wire::DATA_BUILD_INDEX => reply(self.data()?.build_index(parse(body)?).await),
+            wire::DATA_COMPACT => reply(self.data()?.compact(parse(body)?).await),
+            other => Err(Status::unimplemented(format!("unknown action {other}"))),
+        }
+    }
+
+    /// Runs a batch-returning call; returns the batches, their schema and
+    /// what goes into the schema message.
+    async fn get(&self, ticket: Ticket) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
+        let query = self.query().map_err(|_| {
+            ApiError::new(StatusCode::Unavailable, "this node serves no query role")
+        })?;
+        match ticket {
+            Ticket::Search(SearchCall {
+                segment,
+                ts,
+                deletes,
+                request,
+            }) => {
+                let request = self.search_request(request)?;
+                let result = query
+                    .search_segment(segment, ts, &deletes, &request)
+                    .await?;
+                let outcome = SearchOutcome {
+                    strategy: result.strategy,
+                    matching: result.matching,
+                };
+                let meta = serde_json::to_vec(&outcome)
+                    .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
+                Ok((vec![result.rows], Some(Bytes::from(meta))))
+            }
+            Ticket::Scan(call) => {
+                let batches = query
+                    .scan_segment(
+                        call.segment,
+                        call.ts,
+                        &call.deletes,
+                        call.projection.as_deref(),
+                    )
+                    .await?;
+                Ok((batches, None))
+            }
+        }
+    }
+}
+
+fn not_served(role: &str) -> Status {
+    to_status(ApiError::new(
+        StatusCode::Unavailable,
+        format!("this node serves no {role} role"),
+    ))
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body).map_err(bad_request)
+}
+
+fn reply<T: Serialize>(result: ApiResult<T>) -> Result<Vec<u8>, Status> {
+    let value = result.map_err(to_status)?;
+    serde_json::to_vec(&value).map_err(|e| Status::internal(e.to_string()))
+}
+
+type Stream<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for NodeService {
+    type HandshakeStream = Stream<HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<FlightData>;
+    type DoPutStream = Stream<PutResult>;
+    type DoExchangeStream = Stream<FlightData>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<ActionType>;
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        tracing::debug!(action = %action.r#type, bytes = action.body.len(), "flight action");
+        let body = self.action(&action.r#type, &action.body).await?;
+        let result = arrow_flight::Result {
+            body: Bytes::from(body),
+        };
+        Ok(Response::new(stream::iter([Ok(result)]).boxed()))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket: Ticket = parse(&request.into_inner().ticket)?;
+        tracing::debug!(call = ticket.name(), "flight get");
+        let (batches, meta) = self.get(ticket).await.map_err(to_status)?;
+        let mut encoder = FlightDataEncoderBuilder::new().with_max_flight_data_size(4 << 20);
+        if let Some(first) = batches.first() {
+            encoder = encoder.with_schema(first.schema());
+        }
+        if let Some(meta) = meta {
+            encoder = encoder.with_metadata(meta);
+        }
+        let stream = encoder
+            .build(stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let names = [
+            wire::NODE_STATUS,
+            wire::QUERY_LOAD_SEGMENTS,
+            wire::QUERY_RELEASE_SEGMENTS,
+            wire::QUERY_LOAD_INDEX,
+            wire::QUERY_RELEASE_INDEX,
+            wire::QUERY_EXPLAIN_SEARCH,
+            wire::DATA_BUILD_INDEX,
+            wire::DATA_COMPACT,
+        ];
+        let types = names.map(|n| {
+            Ok(ActionType {
+                r#type: n.to_string(),
+                description: String::new(),
+            })
+        });
+        Ok(Response::new(stream::iter(types).boxed()))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("handshake"))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented("list_flights"))
+    }
+
+    async fn get_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("get_flight_info"))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("poll_flight_info"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("get_schema"))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("do_put"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("do_exchange"))
+    }
+}
+
+/// Serves `service` and the gRPC health protocol on `listener` until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    service: NodeService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError> {
+    let listen = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<FlightServiceServer<NodeService>>()
+        .await;
+    let flight = FlightServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(flight)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|source| TransportError::Serve { listen, source })
+}

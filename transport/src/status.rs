@@ -1,0 +1,88 @@
+//! Role errors across the wire: the gRPC status carries the message, and a
+//! metadata entry carries the [`StatusCode`] so the caller re-raises the
+//! very error the role raised. A status without that entry did not come
+//! from a role (connection refused, reset, timeout): the node is
+//! unreachable, which callers may retry.
+
+use quiver_api::{ApiError, StatusCode};
+use tonic::metadata::MetadataValue;
+
+const CODE_KEY: &str = "quiver-status";
+
+pub fn to_status(e: ApiError) -> tonic::Status {
+    let grpc = match e.code {
+        StatusCode::UniqueViolation | StatusCode::DuplicateTable | StatusCode::DuplicateObject => {
+            tonic::Code::AlreadyExists
+        }
+        StatusCode::NotNullViolation | StatusCode::InvalidData | StatusCode::InvalidRequest => {
+            tonic::Code::InvalidArgument
+        }
+        StatusCode::UndefinedTable | StatusCode::UndefinedObject => tonic::Code::NotFound,
+        StatusCode::Unavailable => tonic::Code::Unavailable,
+        StatusCode::StorageFailure | StatusCode::Internal => tonic::Code::Internal,
+    };
+    let mut status = tonic::Status::new(grpc, e.message);
+    if let Ok(value) = MetadataValue::try_from(format!("{:?}", e.code)) {
+        status.metadata_mut().insert(CODE_KEY, value);
+    }
+    status
+}
+
+pub fn from_status(endpoint: &str, status: tonic::Status) -> ApiError {
+    let code = status
+        .metadata()
+        .get(CODE_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| serde_json::from_str::<StatusCode>(&format!("\"{v}\"")).ok());
+    match code {
+        Some(code) => ApiError::new(code, status.message()),
+        None => {
+            let mut message = format!("node {endpoint} is unreachable: {}", status.message());
+            let mut source = std::error::Error::source(&status);
+            // tonic repeats causes in its messages: add only what is new.
+            while let Some(s) = source {
+                let cause = s.to_string();
+                if !message.contains(&cause) {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
+                source = s.source();
+            }
+            ApiError::new(StatusCode::Unavailable, message)
+        }
+    }
+}
+
+pub fn bad_request(message: impl std::fmt::Display) -> tonic::Status {
+    to_status(ApiError::new(
+        StatusCode::InvalidRequest,
+        format!("malformed request: {message}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_errors_keep_their_code() {
+        for code in [
+            StatusCode::UniqueViolation,
+            StatusCode::UndefinedObject,
+            StatusCode::Unavailable,
+            StatusCode::StorageFailure,
+        ] {
+            let back = from_status("n", to_status(ApiError::new(code, "boom")));
+            assert_eq!(back.code, code);
+            assert_eq!(back.message, "boom");
+        }
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable() {
+        let e = from_status("http://x", tonic::Status::unavailable("connection refused"));
+        assert_eq!(e.code, StatusCode::Unavailable);
+        assert!(e.message.contains("http://x"), "{}", e.message);
+        assert!(e.message.contains("connection refused"), "{}", e.message);
+    }
+}
