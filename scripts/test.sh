@@ -7,7 +7,10 @@
 #   4. sqllogictest: one standalone server on a free port with a temp data dir,
 #      target/debug/quiver-slt over sqllogictest/test_files/*.slt; the
 #      `# quiver: restart` points SIGKILL the server and start it again on the
-#      same data dir and port (via `scripts/test.sh --restart-slt-server`)
+#      same data dir and port (via `scripts/test.sh --restart-slt-server`).
+#      Then the same files again with tiny segments served by two
+#      `quiver query-node` processes and built by a `quiver data-node`
+#      (the server restarts onto the same nodes).
 #   5. .venv/bin/pytest -q tests/python  (starts its own servers)
 #
 # Every stage after the build runs even if an earlier one failed; the script
@@ -37,9 +40,11 @@ log() { echo "test.sh: $*" >&2; }
 start_slt_server() {
     : >>"$QUIVER_SLT_LOG"
     echo "=== $(date '+%F %T') starting: $QUIVER_BIN standalone --data-dir $QUIVER_SLT_DATA --listen 127.0.0.1:$QUIVER_SLT_PORT" >>"$QUIVER_SLT_LOG"
+    # shellcheck disable=SC2086
     "$QUIVER_BIN" standalone \
         --data-dir "$QUIVER_SLT_DATA" \
         --listen "127.0.0.1:$QUIVER_SLT_PORT" \
+        ${QUIVER_SLT_ARGS:-} \
         </dev/null >>"$QUIVER_SLT_LOG" 2>&1 &
     echo $! >"$QUIVER_SLT_PIDFILE"
     disown $! 2>/dev/null || true
@@ -120,7 +125,23 @@ export QUIVER_SLT_DATA="$WORK/slt-data"
 export QUIVER_SLT_LOG="$WORK/slt-server.log"
 export QUIVER_SLT_PIDFILE="$WORK/slt-server.pid"
 export QUIVER_SLT_PORT=""
+export QUIVER_SLT_ARGS=""
 PYTEST_PID=""
+# Role processes (query/data nodes) started for the second slt pass.
+declare -a NODE_PIDS=()
+
+stop_role_nodes() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    NODE_PIDS=()
+}
+
+free_port() {
+    "$ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 cleanup() {
     local rc=$?
@@ -133,6 +154,7 @@ cleanup() {
         wait "$PYTEST_PID" 2>/dev/null || true
     fi
     kill_slt_server KILL
+    stop_role_nodes
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -193,7 +215,7 @@ run_slt() {
         log "quiver-slt binary not found at $SLT_BIN"
         return 1
     fi
-    QUIVER_SLT_PORT="$("$ROOT/.venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    QUIVER_SLT_PORT="$(free_port)"
     export QUIVER_SLT_PORT
     mkdir -p "$QUIVER_SLT_DATA"
     start_slt_server
@@ -218,6 +240,57 @@ if run_slt; then
     record "sqllogictest" ok
 else
     record "sqllogictest" FAIL
+fi
+
+# 4b. the same files through query and data nodes in processes of their own
+run_slt_with_role_nodes() {
+    local config="$WORK/role-nodes.toml" q1 q2 d1 name port
+    q1="$(free_port)"; q2="$(free_port)"; d1="$(free_port)"
+    cat >"$config" <<EOF
+[coordinator]
+query_nodes = ["127.0.0.1:$q1", "127.0.0.1:$q2"]
+data_nodes = ["127.0.0.1:$d1"]
+node_probe_interval_ms = 200
+min_index_rows = 2
+
+[streaming]
+seal_rows = 3
+
+[storage.object]
+kind = "local"
+root = "$WORK/role-nodes-objects"
+EOF
+    for spec in "query-node q1 $q1" "query-node q2 $q2" "data-node d1 $d1"; do
+        read -r role name port <<<"$spec"
+        "$QUIVER_BIN" "$role" --config "$config" --data-dir "$WORK/$name" \
+            --listen "127.0.0.1:$port" </dev/null >>"$WORK/$name.log" 2>&1 &
+        NODE_PIDS+=($!)
+    done
+    for port in "$q1" "$q2" "$d1"; do
+        for _ in $(seq 1 150); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            sleep 0.2
+        done
+    done
+    QUIVER_SLT_DATA="$WORK/slt-data-role-nodes"
+    QUIVER_SLT_LOG="$WORK/slt-server-role-nodes.log"
+    QUIVER_SLT_ARGS="--config $config"
+    local rc=0
+    run_slt || rc=1
+    if ((rc != 0)); then
+        for name in q1 q2 d1; do
+            log "last lines of $name's log:"
+            tail -n 20 "$WORK/$name.log" >&2
+        done
+    fi
+    stop_role_nodes
+    QUIVER_SLT_ARGS=""
+    return "$rc"
+}
+if run_slt_with_role_nodes; then
+    record "sqllogictest (query/data nodes as processes)" ok
+else
+    record "sqllogictest (query/data nodes as processes)" FAIL
 fi
 
 # 5. Python suite (starts its own servers)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
@@ -121,8 +122,13 @@ impl NodeClient {
         serde_json::from_slice(&result.body).map_err(|e| internal(&e))
     }
 
-    /// Runs a `DoGet`; returns the batches and the schema message's metadata.
-    async fn get(&self, ticket: &Ticket) -> ApiResult<(Vec<RecordBatch>, Bytes)> {
+    /// Runs a `DoGet`; returns the batches, the schema (when the stream had
+    /// one: Flight sends no message for an empty batch) and the schema
+    /// message's metadata.
+    async fn get(
+        &self,
+        ticket: &Ticket,
+    ) -> ApiResult<(Vec<RecordBatch>, Option<SchemaRef>, Bytes)> {
         let ticket = FlightTicket {
             ticket: Bytes::from(serde_json::to_vec(ticket).map_err(|e| internal(&e))?),
         };
@@ -137,6 +143,7 @@ impl NodeClient {
         let mut decoder = FlightDataDecoder::new(stream);
         let mut batches = Vec::new();
         let mut meta = Bytes::new();
+        let mut schema = None;
         while let Some(item) = decoder.next().await {
             let item = item.map_err(|e| match e {
                 FlightError::Tonic(status) => from_status(&self.endpoint, *status),
@@ -146,12 +153,15 @@ impl NodeClient {
                 ),
             })?;
             match item.payload {
-                DecodedPayload::Schema(_) => meta = item.inner.app_metadata,
+                DecodedPayload::Schema(s) => {
+                    schema = Some(s);
+                    meta = item.inner.app_metadata;
+                }
                 DecodedPayload::RecordBatch(batch) => batches.push(batch),
                 DecodedPayload::None => {}
             }
         }
-        Ok((batches, meta))
+        Ok((batches, schema, meta))
     }
 }
 
@@ -222,20 +232,25 @@ impl QueryApi for RemoteQueryNode {
             deletes: deletes.to_vec(),
             request: WireSearchRequest::encode(request)?,
         });
-        let (batches, meta) = self.client.get(&call).await?;
+        let (batches, schema, meta) = self.client.get(&call).await?;
         let outcome: SearchOutcome = serde_json::from_slice(&meta).map_err(|e| internal(&e))?;
-        let rows = match batches.len() {
-            1 => batches.into_iter().next().unwrap_or_else(|| unreachable!()),
-            0 => {
-                return Err(ApiError::new(
-                    StatusCode::Internal,
-                    format!("node {} sent no search result", self.client.endpoint),
-                ));
-            }
-            _ => {
-                let schema = batches[0].schema();
-                arrow::compute::concat_batches(&schema, &batches).map_err(|e| internal(&e))?
-            }
+        let schema = schema.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::Internal,
+                format!(
+                    "node {} sent a search result without a schema",
+                    self.client.endpoint
+                ),
+            )
+        })?;
+        let rows = if batches.len() == 1 {
+            batches
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| RecordBatch::new_empty(schema))
+        } else {
+            // None (no row matched) or several (split for size).
+            arrow::compute::concat_batches(&schema, &batches).map_err(|e| internal(&e))?
         };
         Ok(SegmentSearchResult {
             rows,
