@@ -3,12 +3,15 @@
 //! implementations standalone calls in-process, behind the transport.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
-use quiver_frontend::config::Config;
+use quiver_frontend::config::{Config, MetaConfig};
+use quiver_meta::keys;
 use quiver_segment::open_object_store;
 use quiver_transport::NodeService;
+use tokio::net::TcpListener;
 
 /// Functions a search filter may name: DataFusion's built-ins and pgvector's
 /// vector functions, as the proxy plans them.
@@ -25,7 +28,27 @@ pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
     let store = open_object_store(&config.object_store())?;
     let node = crate::standalone::query_node(config, store)?;
     let service = NodeService::new(filter_functions()).with_query(node);
-    serve("query node", &config.query.listen, service).await
+    let listener = bind(&config.query.listen).await?;
+    // On a shared meta store the node registers itself, leased: coordinators
+    // that discover query nodes find it, and lose it when it dies.
+    let _registration = match &config.storage.meta {
+        MetaConfig::Etcd(_) => {
+            let meta = config.open_meta_store().await?;
+            let address = match &config.query.advertise {
+                Some(a) => a.clone(),
+                None => listener.local_addr()?.to_string(),
+            };
+            let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
+            let value = serde_json::to_vec(&address)?;
+            let registration = meta
+                .register(&keys::query_node(&address), value, ttl)
+                .await?;
+            tracing::info!(%address, ttl_ms = ttl.as_millis() as u64, "query node registered");
+            Some(registration)
+        }
+        _ => None,
+    };
+    serve("query node", listener, service).await
 }
 
 pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
@@ -33,13 +56,16 @@ pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
     let store = open_object_store(&config.object_store())?;
     let node = crate::standalone::data_node(config, store)?;
     let service = NodeService::new(filter_functions()).with_data(node);
-    serve("data node", &config.data.listen, service).await
+    serve("data node", bind(&config.data.listen).await?, service).await
 }
 
-async fn serve(role: &str, listen: &str, service: NodeService) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
+}
+
+async fn serve(role: &str, listener: TcpListener, service: NodeService) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "quiver {role} ready");
     quiver_transport::serve(listener, service, shutdown_signal()).await?;
     tracing::info!("quiver {role} stopped");

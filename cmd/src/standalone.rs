@@ -24,7 +24,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let meta = config.open_meta_store().await?;
     let store = open_object_store(&config.object_store())?;
     let wal = config.open_wal().await?;
-    let remote_query = !config.coordinator.query_nodes.is_empty();
+    let remote_query =
+        !config.coordinator.query_nodes.is_empty() || config.coordinator.discover_query_nodes;
     let query_nodes: Vec<Arc<dyn QueryApi>> = if remote_query {
         config
             .coordinator
@@ -61,6 +62,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
         coordinator.attach_data_node(node);
     }
     coordinator.start_index_builds();
+    if config.coordinator.discover_query_nodes {
+        coordinator.discover_query_nodes(Arc::new(|address: &str| {
+            let client = NodeClient::new(address).map_err(|e| {
+                quiver_api::ApiError::new(quiver_api::StatusCode::InvalidRequest, e.to_string())
+            })?;
+            Ok(Arc::new(RemoteQueryNode::new(client)) as Arc<dyn QueryApi>)
+        }));
+    }
     if remote_query {
         coordinator.start_node_monitor(NodeMonitorOptions {
             probe_interval: Duration::from_millis(
@@ -86,7 +95,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let backends = Arc::new(Backends {
         coordinator,
         streaming,
-        query_nodes,
     });
     let engine = Engine::new(
         backends,

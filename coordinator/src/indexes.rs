@@ -120,10 +120,10 @@ impl Coordinator {
         self.builds
             .mark(key, BuildState::Done, Some(manifest.build_ms));
         self.segment_indexes.write().insert(key, manifest.clone());
-        let Some(owner) = self.segment_owner(manifest.segment) else {
+        let Some(node) = self.segment_node(manifest.segment) else {
             return Ok(());
         };
-        match self.placement.node(owner).load_index(manifest).await {
+        match node.load_index(manifest).await {
             Err(e) if e.code == StatusCode::Unavailable => {
                 tracing::warn!(segment = %key.0, index = %key.1, error = %e.message, "query node unreachable; the index is loaded when the segment is placed again");
                 Ok(())
@@ -219,14 +219,9 @@ impl Coordinator {
             .await
             .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
         for m in &removed {
-            if let Some(owner) = self.segment_owner(m.segment) {
+            if let Some(node) = self.segment_node(m.segment) {
                 // An unreachable node lost or will lose it anyway.
-                ignore_unreachable(
-                    self.placement
-                        .node(owner)
-                        .release_index(m.segment, m.index)
-                        .await,
-                )?;
+                ignore_unreachable(node.release_index(m.segment, m.index).await)?;
             }
         }
         futures::stream::iter(removed.iter())

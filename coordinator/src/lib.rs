@@ -31,7 +31,7 @@ use quiver_segment::{SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, TableId, TableSchema, Timestamp};
 
 pub use catalog::Catalog;
-pub use placement::NodeMonitorOptions;
+pub use placement::{NodeMonitorOptions, QueryNodeConnector};
 pub use tso::Tso;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,8 @@ pub struct Coordinator {
     sequences: sequences::Sequences,
     roles: roles::Roles,
     placement: placement::Placement,
+    /// Set when query nodes are found in the meta store's registry.
+    node_connector: std::sync::OnceLock<QueryNodeConnector>,
     data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
     /// Where index files live, for removing those of dropped indexes.
     store: Arc<dyn ObjectStore>,
@@ -123,6 +125,7 @@ impl Coordinator {
             sequences,
             roles,
             placement: placement::Placement::new(query_nodes),
+            node_connector: std::sync::OnceLock::new(),
             data_nodes: RwLock::new(Vec::new()),
             store,
             min_index_rows: options.min_index_rows,
@@ -170,7 +173,13 @@ impl Coordinator {
                 indexes = coordinator.segment_indexes.read().len(),
                 "assigning sealed segments to query nodes"
             );
-            coordinator.place(segments).await.map_err(startup_failed)?;
+            match coordinator.place(segments).await {
+                // No query node up yet: the node monitor places them.
+                Err(e) if e.code == StatusCode::Unavailable => {
+                    tracing::warn!(error = %e.message, "sealed segments wait for a query node");
+                }
+                other => other.map_err(startup_failed)?,
+            }
         }
         coordinator.schedule_missing_builds();
         Ok(coordinator)
@@ -266,8 +275,10 @@ impl CoordinatorApi for Coordinator {
         self.catalog.list()
     }
 
-    fn segment_owner(&self, segment: SegmentId) -> Option<usize> {
-        self.placement.owner(segment)
+    fn segment_node(&self, segment: SegmentId) -> Option<Arc<dyn QueryApi>> {
+        self.placement
+            .owner(segment)
+            .map(|i| self.placement.node(i))
     }
 
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {

@@ -21,16 +21,23 @@ use quiver_types::SegmentId;
 use crate::Coordinator;
 
 pub(crate) struct Placement {
-    nodes: Vec<NodeSlot>,
+    /// Append-only: a node keeps its position (the owners map refers to
+    /// it) and a node registering again under the same address reuses it.
+    nodes: RwLock<Vec<Arc<NodeSlot>>>,
     owners: RwLock<HashMap<SegmentId, usize>>,
     /// Serialises changes of ownership (and the loads that go with them).
     changes: tokio::sync::Mutex<()>,
 }
 
 struct NodeSlot {
+    /// Set for nodes found in the registry.
+    address: Option<String>,
     api: Arc<dyn QueryApi>,
     state: Mutex<NodeState>,
 }
+
+/// Connects to a registered query node by its address.
+pub type QueryNodeConnector = Arc<dyn Fn(&str) -> ApiResult<Arc<dyn QueryApi>> + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct NodeState {
@@ -50,13 +57,18 @@ pub struct NodeMonitorOptions {
 impl Placement {
     pub(crate) fn new(nodes: Vec<Arc<dyn QueryApi>>) -> Self {
         Placement {
-            nodes: nodes
-                .into_iter()
-                .map(|api| NodeSlot {
-                    api,
-                    state: Mutex::new(NodeState::default()),
-                })
-                .collect(),
+            nodes: RwLock::new(
+                nodes
+                    .into_iter()
+                    .map(|api| {
+                        Arc::new(NodeSlot {
+                            address: None,
+                            api,
+                            state: Mutex::new(NodeState::default()),
+                        })
+                    })
+                    .collect(),
+            ),
             owners: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         }
@@ -67,11 +79,15 @@ impl Placement {
     }
 
     pub(crate) fn node(&self, index: usize) -> Arc<dyn QueryApi> {
-        self.nodes[index].api.clone()
+        self.nodes.read()[index].api.clone()
     }
 
-    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<dyn QueryApi>> {
-        self.nodes.iter().map(|n| &n.api)
+    fn slot(&self, index: usize) -> Arc<NodeSlot> {
+        self.nodes.read()[index].clone()
+    }
+
+    pub(crate) fn nodes(&self) -> Vec<Arc<dyn QueryApi>> {
+        self.nodes.read().iter().map(|n| n.api.clone()).collect()
     }
 
     pub(crate) fn forget(&self, segments: &[SegmentId]) {
@@ -83,7 +99,8 @@ impl Placement {
 
     /// Probes every node once; returns the ones that answered.
     async fn probe_all(&self, timeout: Duration) -> Vec<(usize, ApiResult<u64>)> {
-        futures::future::join_all(self.nodes.iter().enumerate().map(|(i, n)| async move {
+        let nodes = self.nodes.read().clone();
+        futures::future::join_all(nodes.into_iter().enumerate().map(|(i, n)| async move {
             let result = match tokio::time::timeout(timeout, n.api.incarnation()).await {
                 Ok(r) => r,
                 Err(_) => Err(ApiError::new(
@@ -97,8 +114,39 @@ impl Placement {
     }
 
     fn live_nodes(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].state.lock().alive)
+        let nodes = self.nodes.read();
+        (0..nodes.len())
+            .filter(|i| nodes[*i].state.lock().alive)
+            .collect()
+    }
+
+    /// Adds registered nodes not known yet; returns the positions of known
+    /// registered nodes whose registration is gone.
+    fn sync_registry(&self, registered: &[String], connect: &QueryNodeConnector) -> Vec<usize> {
+        let mut nodes = self.nodes.write();
+        for address in registered {
+            if nodes.iter().any(|n| n.address.as_deref() == Some(address)) {
+                continue;
+            }
+            match connect(address) {
+                Ok(api) => {
+                    tracing::info!(node = nodes.len(), %address, "query node registered");
+                    nodes.push(Arc::new(NodeSlot {
+                        address: Some(address.clone()),
+                        api,
+                        state: Mutex::new(NodeState::default()),
+                    }));
+                }
+                Err(e) => {
+                    tracing::warn!(%address, error = %e.message, "cannot connect to a registered query node")
+                }
+            }
+        }
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.address.as_ref().is_some_and(|a| !registered.contains(a)))
+            .map(|(i, _)| i)
             .collect()
     }
 
@@ -116,7 +164,8 @@ impl Coordinator {
     /// Marks the nodes that answer as alive (at start-up, before assigning).
     pub(crate) async fn probe_query_nodes(&self) {
         for (i, result) in self.placement.probe_all(Duration::from_secs(2)).await {
-            let mut state = self.placement.nodes[i].state.lock();
+            let slot = self.placement.slot(i);
+            let mut state = slot.state.lock();
             match result {
                 Ok(incarnation) => {
                     state.alive = true;
@@ -199,6 +248,13 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Also serve segments from the query nodes registered in the meta
+    /// store (`quiver query-node` on etcd), connecting with `connect`;
+    /// call before [`Coordinator::start_node_monitor`].
+    pub fn discover_query_nodes(&self, connect: QueryNodeConnector) {
+        let _ = self.node_connector.set(connect);
+    }
+
     /// Starts the background probe of query nodes.
     pub fn start_node_monitor(self: &Arc<Self>, options: NodeMonitorOptions) {
         let weak = Arc::downgrade(self);
@@ -216,12 +272,42 @@ impl Coordinator {
     }
 
     async fn check_nodes(&self, options: NodeMonitorOptions) {
+        // Registered nodes (etcd): new ones join; a lapsed registration
+        // (the node stopped renewing its lease) is a dead node.
+        let mut deregistered = Vec::new();
+        if let Some(connect) = self.node_connector.get() {
+            match quiver_meta::scan_json::<String>(
+                self.meta.as_ref(),
+                quiver_meta::keys::QUERY_NODES,
+            )
+            .await
+            {
+                Ok(entries) => {
+                    let registered: Vec<String> = entries.into_iter().map(|(_, a)| a).collect();
+                    deregistered = self.placement.sync_registry(&registered, connect);
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the query-node registry failed"),
+            }
+        }
         let timeout = options.probe_interval.max(Duration::from_secs(1));
         let probes = self.placement.probe_all(timeout).await;
         let _changes = self.placement.changes.lock().await;
-        for (i, result) in probes {
+        for (i, mut result) in probes {
+            let slot = self.placement.slot(i);
+            if deregistered.contains(&i) {
+                result = Err(ApiError::new(
+                    StatusCode::Unavailable,
+                    "its registration expired",
+                ));
+                let mut state = slot.state.lock();
+                // Its time is up already: no need to wait out the timeout.
+                if let Some(long_ago) = Instant::now().checked_sub(options.failure_timeout) {
+                    state.failing_since =
+                        Some(state.failing_since.map_or(long_ago, |f| f.min(long_ago)));
+                }
+            }
             let event = {
-                let mut state = self.placement.nodes[i].state.lock();
+                let mut state = slot.state.lock();
                 match result {
                     Ok(incarnation) => {
                         state.failing_since = None;
@@ -276,7 +362,7 @@ impl Coordinator {
             if let Err(e) = result {
                 tracing::warn!(node = i, error = %e.message, "query node change not completed; retried at the next probe");
                 // Forget the incarnation so the next probe loads again.
-                self.placement.nodes[i].state.lock().incarnation = None;
+                slot.state.lock().incarnation = None;
             }
         }
         // Segments left unplaced while no node was alive.

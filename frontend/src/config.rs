@@ -26,6 +26,10 @@ pub struct Config {
 pub struct QueryConfig {
     /// `HOST:PORT` the gRPC/Flight service of `quiver query-node` listens on.
     pub listen: String,
+    /// Address other processes reach this query node at, when it differs
+    /// from `listen` (e.g. `listen = "0.0.0.0:5490"`); registered in the
+    /// meta store.
+    pub advertise: Option<String>,
     /// Local cache of segment index files (`DATA_DIR/index-cache` if unset).
     pub index_cache_dir: Option<PathBuf>,
     /// Size limit of the index cache in MiB; least recently used go first.
@@ -50,6 +54,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig {
             listen: "127.0.0.1:5490".to_string(),
+            advertise: None,
             index_cache_dir: None,
             index_cache_mb: 10 * 1024,
             search_threads: 8,
@@ -125,6 +130,10 @@ pub struct CoordinatorConfig {
     /// Query-node processes (`host:port` of `quiver query-node`) that serve
     /// sealed segments; empty: one query node inside this process.
     pub query_nodes: Vec<String>,
+    /// Also use the query nodes registered in the meta store (needs
+    /// `[storage.meta] kind = "etcd"`; `quiver query-node` registers itself
+    /// there). With it, no query node runs inside this process.
+    pub discover_query_nodes: bool,
     /// Data-node processes (`quiver data-node`) that build indexes and
     /// compact; empty: one data node inside this process.
     pub data_nodes: Vec<String>,
@@ -230,6 +239,7 @@ impl Default for CoordinatorConfig {
             shards: 2,
             min_index_rows: 1_000,
             query_nodes: Vec::new(),
+            discover_query_nodes: false,
             data_nodes: Vec::new(),
             node_probe_interval_ms: 1_000,
             node_failure_timeout_ms: 3_000,

@@ -82,14 +82,11 @@ impl datafusion_pg_catalog::pg_catalog::context::PgCatalogContextProvider for Ca
 pub struct Backends {
     pub coordinator: Arc<dyn CoordinatorApi>,
     pub streaming: Arc<dyn StreamingApi>,
-    pub query_nodes: Vec<Arc<dyn QueryApi>>,
 }
 
 impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Backends")
-            .field("query_nodes", &self.query_nodes.len())
-            .finish()
+        f.debug_struct("Backends").finish_non_exhaustive()
     }
 }
 
@@ -113,15 +110,12 @@ impl Backends {
         &self,
         segment: SegmentId,
     ) -> Result<Arc<dyn QueryApi>, quiver_api::ApiError> {
-        self.coordinator
-            .segment_owner(segment)
-            .and_then(|i| self.query_nodes.get(i).cloned())
-            .ok_or_else(|| {
-                quiver_api::ApiError::new(
-                    quiver_api::StatusCode::Unavailable,
-                    format!("segment {segment} has no live query node; retry shortly"),
-                )
-            })
+        self.coordinator.segment_node(segment).ok_or_else(|| {
+            quiver_api::ApiError::new(
+                quiver_api::StatusCode::Unavailable,
+                format!("segment {segment} has no live query node; retry shortly"),
+            )
+        })
     }
 }
 

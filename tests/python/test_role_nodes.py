@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from conftest import wait_for_index_builds
-from services import QuiverNode, S3Server
+from services import Etcd, QuiverNode, S3Server
 
 DIM = 32
 ROWS = 12_000
@@ -203,3 +203,81 @@ def test_dead_query_node_fails_queries_retryably_then_moves(cluster):
         for q in queries:
             assert knn(conn, q) == exact_ids(everything, q)
         assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == len(everything)
+
+
+def test_query_nodes_register_in_etcd(tmp_path, quiver_factory):
+    """With `discover_query_nodes`, query nodes are found through leased keys
+    in etcd: a node that starts later takes new segments, and a node killed
+    with -9 loses its key when the lease runs out, after which its segments
+    are served by the other node."""
+    etcd = Etcd(tmp_path).start()
+    s3 = S3Server(tmp_path).start()
+    config = tmp_path / "discover.toml"
+    qa = QuiverNode(tmp_path, "query-node", "qa", config)
+    qb = QuiverNode(tmp_path, "query-node", "qb", config)
+    data_node = QuiverNode(tmp_path, "data-node", "data", config)
+    config.write_text(
+        f"""
+[coordinator]
+discover_query_nodes = true
+data_nodes = ["{data_node.address}"]
+node_probe_interval_ms = 200
+node_failure_timeout_ms = 2000
+
+[streaming]
+seal_rows = 1500
+
+[storage.meta]
+kind = "etcd"
+endpoints = ["{etcd.endpoint}"]
+root = "/quiver-discovery"
+"""
+        + s3.config_toml()
+    )
+    try:
+        qa.start()
+        data_node.start()
+        proxy = quiver_factory(extra_args=["--config", str(config)])
+        rng = np.random.default_rng(13)
+        data = rng.standard_normal((6000, DIM)).astype(np.float32)
+        queries = rng.standard_normal((4, DIM)).astype(np.float32)
+        with proxy.connect() as conn:
+            conn.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, cat int, v vector({DIM}))")
+            load(conn, data)
+            for q in queries:
+                assert knn(conn, q) == exact_ids(data, q)
+            assert etcd.keys("/quiver-discovery/nodes/query/") == [
+                f"/quiver-discovery/nodes/query/{qa.address}"]
+
+            # A node that registers later takes the next segments.
+            qb.start()
+            deadline = time.monotonic() + 10
+            while "query node registered" not in proxy.log_tail(100000):
+                assert time.monotonic() < deadline, "the second node was not discovered"
+                time.sleep(0.1)
+            more = rng.standard_normal((3000, DIM)).astype(np.float32)
+            load(conn, more, first_id=len(data))
+            assert "query.load_segments" in qb.log()
+            everything = np.vstack([data, more])
+
+            # kill -9: the lease lapses, the key goes, the segments move.
+            qa.kill()
+            expected = [exact_ids(everything, q) for q in queries]
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    # Complete and exact, or a retryable error: never partial.
+                    got = [knn(conn, q) for q in queries]
+                    assert got == expected
+                    if not etcd.keys("/quiver-discovery/nodes/query/" + qa.address):
+                        break
+                except psycopg.Error as err:
+                    assert err.sqlstate == "08006", err
+                assert time.monotonic() < deadline, "the dead node's segments never moved"
+                time.sleep(0.2)
+            assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == len(everything)
+    finally:
+        for node in (qa, qb, data_node):
+            node.kill()
+        s3.stop()
+        etcd.kill()

@@ -151,9 +151,8 @@ pub trait CoordinatorApi: Send + Sync {
     /// `count` consecutive values of a serial column's sequence (never
     /// handed out before, also across restarts); returns the first.
     async fn next_serial_values(&self, table: TableId, column: &str, count: u64) -> ApiResult<i64>;
-    /// Which query node (index into the registered list) serves a segment;
-    /// `None` while no live node has it.
-    fn segment_owner(&self, segment: SegmentId) -> Option<usize>;
+    /// The query node serving a segment; `None` while no live node has it.
+    fn segment_node(&self, segment: SegmentId) -> Option<Arc<dyn QueryApi>>;
     fn tables(&self) -> Vec<TableInfo>;
     /// A streaming node sealed these segments (already durable in the meta
     /// store); the coordinator assigns them to query nodes and returns once

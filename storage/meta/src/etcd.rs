@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, LeaseClient,
+    Txn, TxnOp, TxnOpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,7 @@ fn default_max_txn_ops() -> usize {
 #[derive(Clone)]
 pub struct EtcdMeta {
     kv: KvClient,
+    lease: LeaseClient,
     root: String,
     max_txn_ops: usize,
 }
@@ -135,6 +136,7 @@ impl EtcdMeta {
             .map_err(remote(format!("connecting to etcd at {endpoints}")))?;
         let meta = EtcdMeta {
             kv: client.kv_client(),
+            lease: client.lease_client(),
             root: root.to_string(),
             max_txn_ops: config.max_txn_ops.max(1),
         };
@@ -268,6 +270,22 @@ fn net_effect(ops: Vec<MetaOp>, full_key: impl Fn(&str) -> Vec<u8>) -> Vec<EtcdO
 
 #[async_trait]
 impl MetaStore for EtcdMeta {
+    async fn register(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<crate::Registration, MetaError> {
+        crate::lease::register(
+            self.kv.clone(),
+            self.lease.clone(),
+            self.full_key(key),
+            value,
+            ttl,
+        )
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let mut resp = self
             .kv

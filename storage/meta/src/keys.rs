@@ -78,3 +78,11 @@ pub const ROLES: &str = "/roles/";
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")
 }
+
+/// Registered query-node processes, by address (leased: they vanish when a
+/// node stops renewing them).
+pub const QUERY_NODES: &str = "/nodes/query/";
+
+pub fn query_node(address: &str) -> String {
+    format!("{QUERY_NODES}{address}")
+}

@@ -11,6 +11,7 @@
 mod embedded;
 mod etcd;
 pub mod keys;
+mod lease;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -78,6 +79,21 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         value: Vec<u8>,
     ) -> Result<(), MetaError>;
 
+    /// Publishes `key = value` while this process keeps the returned guard:
+    /// the entry goes when the guard is dropped, or `ttl` after the process
+    /// stops renewing it (crash, partition). Only a shared store (etcd) can
+    /// do this; the embedded store is private to one process.
+    async fn register(
+        &self,
+        key: &str,
+        _value: Vec<u8>,
+        _ttl: std::time::Duration,
+    ) -> Result<Registration, MetaError> {
+        Err(MetaError::Config(format!(
+            "registering {key} needs a meta store shared by the processes (kind = \"etcd\")"
+        )))
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), MetaError> {
         self.batch(vec![MetaOp::Put {
             key: key.to_string(),
@@ -126,5 +142,33 @@ pub fn put_json_op<T: Serialize>(key: impl Into<String>, value: &T) -> MetaOp {
         key: key.into(),
         // Serializing plain data structs to JSON cannot fail.
         value: serde_json::to_vec(value).unwrap_or_default(),
+    }
+}
+
+/// Keeps a [`MetaStore::register`]ed entry alive; dropping it removes the
+/// entry (best effort: otherwise it expires with its time to live).
+pub struct Registration {
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Registration {
+    pub fn new(on_drop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Registration {
+            on_drop: Some(Box::new(on_drop)),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registration")
     }
 }

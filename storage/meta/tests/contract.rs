@@ -211,3 +211,36 @@ async fn etcd_meta_keeps_the_contract_and_survives_a_restart() {
     assert_eq!(keys(&meta, "/many/").await.len(), 699);
     assert_eq!(meta.get("/cas").await.expect("get"), Some(b"3".to_vec()));
 }
+
+#[tokio::test]
+async fn registrations_live_as_long_as_their_guard_or_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded = EmbeddedMeta::open(dir.path()).expect("open");
+    let err = embedded
+        .register("/nodes/query/x", b"x".to_vec(), Duration::from_secs(2))
+        .await
+        .expect_err("the embedded store is private to one process");
+    assert!(err.to_string().contains("etcd"), "{err}");
+
+    let etcd = Etcd::start(dir.path(), free_port(), free_port());
+    let meta = etcd.connect("/quiver-test").await;
+    let guard = meta
+        .register("/nodes/query/a", b"a".to_vec(), Duration::from_secs(2))
+        .await
+        .expect("register");
+    // Renewed: still there well after its time to live.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(keys(&meta, "/nodes/query/").await, ["/nodes/query/a"]);
+    // Dropping the guard revokes the lease: the key goes at once.
+    drop(guard);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !keys(&meta, "/nodes/query/").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the key outlived its registration"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // (A registration no longer renewed lapses with its lease:
+    // tests/python/test_role_nodes.py kills a registered node with -9.)
+}

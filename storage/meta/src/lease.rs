@@ -1,0 +1,107 @@
+//! Leased entries on etcd: a key attached to a lease this process keeps
+//! alive, so it vanishes by itself when the process dies.
+
+use std::time::Duration;
+
+use etcd_client::{KvClient, LeaseClient, PutOptions};
+
+use crate::{MetaError, Registration};
+
+/// Grants a lease, puts the key on it and keeps renewing it in the
+/// background; when the lease is lost (etcd outage longer than the time to
+/// live) the entry is put again on a fresh lease.
+pub(crate) async fn register(
+    kv: KvClient,
+    lease: LeaseClient,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    ttl: Duration,
+) -> Result<Registration, MetaError> {
+    let ttl_s = ttl.as_secs().max(1) as i64;
+    let id = put_leased(&kv, &lease, &key, &value, ttl_s).await?;
+    let current = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(id));
+    let renew = {
+        let current = current.clone();
+        let lease = lease.clone();
+        tokio::spawn(async move {
+            let mut id = id;
+            loop {
+                if let Err(e) = keep_alive(&lease, id, ttl_s).await {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e, "registration lease lost; registering again");
+                }
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match put_leased(&kv, &lease, &key, &value, ttl_s).await {
+                        Ok(new_id) => {
+                            id = new_id;
+                            current.store(id, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registering again failed; retrying");
+                        }
+                    }
+                }
+            }
+        })
+    };
+    Ok(Registration::new(move || {
+        renew.abort();
+        let id = current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut lease = lease;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = lease.revoke(id).await;
+            });
+        }
+    }))
+}
+
+async fn put_leased(
+    kv: &KvClient,
+    lease: &LeaseClient,
+    key: &[u8],
+    value: &[u8],
+    ttl_s: i64,
+) -> Result<i64, MetaError> {
+    let remote = |context: &str| {
+        let context = context.to_string();
+        move |source| MetaError::Remote { context, source }
+    };
+    let id = lease
+        .clone()
+        .grant(ttl_s, None)
+        .await
+        .map_err(remote("granting a lease"))?
+        .id();
+    kv.clone()
+        .put(key, value, Some(PutOptions::new().with_lease(id)))
+        .await
+        .map_err(remote("putting a leased key"))?;
+    Ok(id)
+}
+
+/// Renews the lease a third of its time to live apart; returns when it
+/// can no longer be renewed.
+async fn keep_alive(lease: &LeaseClient, id: i64, ttl_s: i64) -> Result<(), etcd_client::Error> {
+    let (mut keeper, mut responses) = lease.clone().keep_alive(id).await?;
+    let period = Duration::from_millis((ttl_s as u64 * 1000 / 3).max(200));
+    loop {
+        keeper.keep_alive().await?;
+        match tokio::time::timeout(period * 2, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+            Ok(Ok(_)) => {
+                return Err(etcd_client::Error::LeaseKeepAliveError(
+                    "lease expired".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(etcd_client::Error::LeaseKeepAliveError(
+                    "no keep-alive answer".into(),
+                ));
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
