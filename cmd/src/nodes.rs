@@ -31,7 +31,7 @@ pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
     let listener = bind(&config.query.listen).await?;
     // On a shared meta store the node registers itself, leased: coordinators
     // that discover query nodes find it, and lose it when it dies.
-    let _registration = match &config.storage.meta {
+    let registration = match &config.storage.meta {
         MetaConfig::Etcd(_) => {
             let meta = config.open_meta_store().await?;
             let address = match &config.query.advertise {
@@ -48,7 +48,16 @@ pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    serve("query node", listener, service).await
+    // Deregister before the server stops, so coordinators move the
+    // segments away at once instead of at the lease's expiry.
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(registration) = registration {
+            registration.release().await;
+            tracing::info!("query node deregistered");
+        }
+    };
+    serve("query node", listener, service, shutdown).await
 }
 
 pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
@@ -56,7 +65,13 @@ pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
     let store = open_object_store(&config.object_store())?;
     let node = crate::standalone::data_node(config, store)?;
     let service = NodeService::new(filter_functions()).with_data(node);
-    serve("data node", bind(&config.data.listen).await?, service).await
+    serve(
+        "data node",
+        bind(&config.data.listen).await?,
+        service,
+        shutdown_signal(),
+    )
+    .await
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
@@ -65,9 +80,14 @@ async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
 }
 
-async fn serve(role: &str, listener: TcpListener, service: NodeService) -> anyhow::Result<()> {
+async fn serve(
+    role: &str,
+    listener: TcpListener,
+    service: NodeService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "quiver {role} ready");
-    quiver_transport::serve(listener, service, shutdown_signal()).await?;
+    quiver_transport::serve(listener, service, shutdown).await?;
     tracing::info!("quiver {role} stopped");
     Ok(())
 }

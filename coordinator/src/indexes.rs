@@ -119,6 +119,9 @@ impl Coordinator {
         let key = (manifest.segment, manifest.index);
         self.builds
             .mark(key, BuildState::Done, Some(manifest.build_ms));
+        // Under the placement lock: a move in progress either sees this
+        // manifest or has set the new owner we load it onto.
+        let _changes = self.placement.lock_changes().await;
         self.segment_indexes.write().insert(key, manifest.clone());
         let Some(node) = self.segment_node(manifest.segment) else {
             return Ok(());
@@ -246,9 +249,16 @@ impl Coordinator {
         }
         self.builds.forget(|k| ids.contains(&k.0));
         self.remove_manifests(|m| ids.contains(&m.segment)).await?;
+        let _changes = self.placement.lock_changes().await;
         self.placement.forget(&ids);
         for node in self.placement.nodes() {
-            ignore_unreachable(node.release_segments(ids.clone()).await)?;
+            let release = tokio::time::timeout(
+                crate::placement::NODE_CALL_TIMEOUT,
+                node.release_segments(ids.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(ApiError::new(StatusCode::Unavailable, "release timed out")));
+            ignore_unreachable(release)?;
         }
         Ok(())
     }

@@ -192,7 +192,17 @@ impl Coordinator {
                 known.insert(s.id, s.clone());
             }
         }
-        self.place(segments).await
+        // The segments are durable already: failing here would make the
+        // streaming node seal the same rows again. With no query node to
+        // take them they wait (statements reading them fail with a
+        // retryable error) and the node monitor places them.
+        match self.place(segments).await {
+            Err(e) if e.code == StatusCode::Unavailable => {
+                tracing::warn!(error = %e.message, "sealed segments wait for a query node");
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 

@@ -46,6 +46,10 @@ struct NodeState {
     failing_since: Option<Instant>,
 }
 
+/// Longest a placement call to a query node may take (loads only record
+/// metadata: files are fetched on first use).
+pub(crate) const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How the coordinator watches query nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeMonitorOptions {
@@ -88,6 +92,11 @@ impl Placement {
 
     pub(crate) fn nodes(&self) -> Vec<Arc<dyn QueryApi>> {
         self.nodes.read().iter().map(|n| n.api.clone()).collect()
+    }
+
+    /// Serialises a change of ownership with placements in progress.
+    pub(crate) async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
     }
 
     pub(crate) fn forget(&self, segments: &[SegmentId]) {
@@ -188,7 +197,14 @@ impl Coordinator {
     }
 
     async fn place_locked(&self, mut segments: Vec<SegmentMeta>) -> ApiResult<()> {
+        // The monitor may have placed some while this call waited.
+        segments.retain(|s| {
+            self.placement
+                .owner(s.id)
+                .is_none_or(|n| !self.placement.slot(n).state.lock().alive)
+        });
         let mut last_error = None;
+        let mut failure = None;
         // Nodes that failed a load in this call (the monitor decides whether
         // they are dead).
         let mut failed = Vec::new();
@@ -213,8 +229,10 @@ impl Coordinator {
             let batch: Vec<SegmentMeta> = segments.drain(..share.min(segments.len())).collect();
             match self.load_onto(target, &batch).await {
                 Ok(()) => {
+                    // Not the ones dropped meanwhile (TRUNCATE, compaction).
+                    let known = self.segments.read();
                     let mut owners = self.placement.owners.write();
-                    for s in &batch {
+                    for s in batch.iter().filter(|s| known.contains_key(&s.id)) {
                         owners.insert(s.id, target);
                     }
                 }
@@ -224,14 +242,35 @@ impl Coordinator {
                     segments.extend(batch);
                     last_error = Some(e);
                 }
-                Err(e) => return Err(e),
+                // Not a node failure: the rest can still be placed.
+                Err(e) => {
+                    tracing::warn!(node = target, error = %e.message, "loading segments failed");
+                    failure = Some(e);
+                }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    /// Loads segments and their built indexes onto one node.
+    /// Loads segments and their built indexes onto one node, within
+    /// [`NODE_CALL_TIMEOUT`] (ownership changes wait for it).
     async fn load_onto(&self, node: usize, segments: &[SegmentMeta]) -> ApiResult<()> {
+        if segments.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(NODE_CALL_TIMEOUT, self.load_onto_inner(node, segments)).await {
+            Ok(result) => result,
+            Err(_) => Err(ApiError::new(
+                StatusCode::Unavailable,
+                format!(
+                    "query node {node} did not load segments within {} s",
+                    NODE_CALL_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    async fn load_onto_inner(&self, node: usize, segments: &[SegmentMeta]) -> ApiResult<()> {
         let api = self.placement.node(node);
         api.load_segments(segments.to_vec()).await?;
         let manifests: Vec<SegmentIndexMeta> = {

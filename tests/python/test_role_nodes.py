@@ -140,6 +140,25 @@ def test_segments_served_by_remote_query_nodes(cluster):
         assert [knn(conn, q) for q in queries] == indexed
         assert conn.execute("SELECT DISTINCT state FROM quiver.index_builds").fetchall() == [("done",)]
 
+    # A dead node's indexed segments move with their indexes.
+    nodes["qa"].kill()
+    deadline = time.monotonic() + 20
+    with proxy.connect() as conn:
+        conn.execute("SET diskann.search_list = 100")
+        while True:
+            try:
+                moved = [knn(conn, q) for q in queries]
+                break
+            except psycopg.Error as err:
+                assert err.sqlstate == "08006", err
+                assert time.monotonic() < deadline, "the segments never moved"
+                time.sleep(0.2)
+        assert moved == indexed
+        plan = "\n".join(str(r[-1]) for r in conn.execute(
+            f"EXPLAIN ANALYZE SELECT id FROM items ORDER BY v <-> '{vec(queries[0])}' LIMIT 10"
+        ).fetchall())
+        assert "segments_exact=0" in plan and "segments_by_index=0" not in plan, plan
+
     # Health: the standard gRPC health service, through `quiver probe`.
     probe = nodes["qb"].probe()
     assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", probe
@@ -252,7 +271,8 @@ root = "/quiver-discovery"
             # A node that registers later takes the next segments.
             qb.start()
             deadline = time.monotonic() + 10
-            while "query node registered" not in proxy.log_tail(100000):
+            while not any("query node registered" in line and qb.address in line
+                          for line in proxy.log_tail(100000).splitlines()):
                 assert time.monotonic() < deadline, "the second node was not discovered"
                 time.sleep(0.1)
             more = rng.standard_normal((3000, DIM)).astype(np.float32)

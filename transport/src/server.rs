@@ -119,7 +119,10 @@ impl NodeService {
             }
             wire::DATA_BUILD_INDEX => reply(self.data()?.build_index(parse(body)?).await),
             wire::DATA_COMPACT => reply(self.data()?.compact(parse(body)?).await),
-            other => Err(Status::unimplemented(format!("unknown action {other}"))),
+            other => Err(to_status(ApiError::new(
+                StatusCode::Internal,
+                format!("unknown action {other} (are all processes the same version?)"),
+            ))),
         }
     }
 
@@ -176,7 +179,8 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
 
 fn reply<T: Serialize>(result: ApiResult<T>) -> Result<Vec<u8>, Status> {
     let value = result.map_err(to_status)?;
-    serde_json::to_vec(&value).map_err(|e| Status::internal(e.to_string()))
+    serde_json::to_vec(&value)
+        .map_err(|e| to_status(ApiError::new(StatusCode::Internal, e.to_string())))
 }
 
 type Stream<T> = BoxStream<'static, Result<T, Status>>;
@@ -220,7 +224,7 @@ impl FlightService for NodeService {
         }
         let stream = encoder
             .build(stream::iter(batches.into_iter().map(Ok)))
-            .map_err(Status::from);
+            .map_err(|e| to_status(ApiError::new(StatusCode::Internal, e.to_string())));
         Ok(Response::new(stream.boxed()))
     }
 

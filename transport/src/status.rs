@@ -1,8 +1,10 @@
 //! Role errors across the wire: the gRPC status carries the message, and a
 //! metadata entry carries the [`StatusCode`] so the caller re-raises the
 //! very error the role raised. A status without that entry did not come
-//! from a role (connection refused, reset, timeout): the node is
-//! unreachable, which callers may retry.
+//! from a role: a connection failure (refused, reset, timeout) means the
+//! node is unreachable, which callers may retry; anything else (an unknown
+//! call from a mismatched version, a message over the size limit) will not
+//! get better by retrying.
 
 use quiver_api::{ApiError, StatusCode};
 use tonic::metadata::MetadataValue;
@@ -36,6 +38,24 @@ pub fn from_status(endpoint: &str, status: tonic::Status) -> ApiError {
         .and_then(|v| serde_json::from_str::<StatusCode>(&format!("\"{v}\"")).ok());
     match code {
         Some(code) => ApiError::new(code, status.message()),
+        None if !matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Aborted
+        ) =>
+        {
+            ApiError::new(
+                StatusCode::Internal,
+                format!(
+                    "node {endpoint} refused the call ({:?}): {}",
+                    status.code(),
+                    status.message()
+                ),
+            )
+        }
         None => {
             let mut message = format!("node {endpoint} is unreachable: {}", status.message());
             let mut source = std::error::Error::source(&status);
@@ -76,6 +96,14 @@ mod tests {
             assert_eq!(back.code, code);
             assert_eq!(back.message, "boom");
         }
+    }
+
+    #[test]
+    fn protocol_failures_are_not_retryable() {
+        let e = from_status("http://x", tonic::Status::unimplemented("unknown action"));
+        assert_eq!(e.code, StatusCode::Internal);
+        let e = from_status("http://x", tonic::Status::out_of_range("message too large"));
+        assert_eq!(e.code, StatusCode::Internal);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(crate) async fn register(
     value: Vec<u8>,
     ttl: Duration,
 ) -> Result<Registration, MetaError> {
-    let ttl_s = ttl.as_secs().max(1) as i64;
+    let ttl_s = ttl.as_millis().div_ceil(1000).max(1) as i64;
     let id = put_leased(&kv, &lease, &key, &value, ttl_s).await?;
     let current = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(id));
     let renew = {
@@ -45,14 +45,13 @@ pub(crate) async fn register(
             }
         })
     };
-    Ok(Registration::new(move || {
-        renew.abort();
+    let mut lease = lease;
+    Ok(Registration::new(move || renew.abort(), async move {
+        // The lease current when the removal runs (renewal may have
+        // replaced it).
         let id = current.load(std::sync::atomic::Ordering::Relaxed);
-        let mut lease = lease;
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = lease.revoke(id).await;
-            });
+        if let Err(e) = lease.revoke(id).await {
+            tracing::warn!(error = %e, "revoking a registration failed; it expires with its lease");
         }
     }))
 }

@@ -145,24 +145,46 @@ pub fn put_json_op<T: Serialize>(key: impl Into<String>, value: &T) -> MetaOp {
     }
 }
 
-/// Keeps a [`MetaStore::register`]ed entry alive; dropping it removes the
-/// entry (best effort: otherwise it expires with its time to live).
+/// Keeps a [`MetaStore::register`]ed entry alive. [`Registration::release`]
+/// removes the entry; dropping the guard stops renewing it and removes it
+/// if a runtime is still there to do so (otherwise it expires with its time
+/// to live).
 pub struct Registration {
-    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    stop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    remove: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl Registration {
-    pub fn new(on_drop: impl FnOnce() + Send + Sync + 'static) -> Self {
+    pub fn new(
+        stop: impl FnOnce() + Send + Sync + 'static,
+        remove: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
         Registration {
-            on_drop: Some(Box::new(on_drop)),
+            stop: Some(Box::new(stop)),
+            remove: Some(Box::pin(remove)),
+        }
+    }
+
+    /// Stops renewing and removes the entry now.
+    pub async fn release(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        if let Some(remove) = self.remove.take() {
+            remove.await;
         }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(f) = self.on_drop.take() {
-            f();
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        if let (Some(remove), Ok(runtime)) =
+            (self.remove.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(remove);
         }
     }
 }
