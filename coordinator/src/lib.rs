@@ -181,6 +181,7 @@ impl Coordinator {
                 other => other.map_err(startup_failed)?,
             }
         }
+        coordinator.release_foreign_everywhere().await;
         coordinator.schedule_missing_builds();
         Ok(coordinator)
     }

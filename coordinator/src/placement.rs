@@ -384,6 +384,7 @@ impl Coordinator {
                         segments = owned.len(),
                         "query node is alive: loading its segments"
                     );
+                    self.release_foreign(i).await;
                     self.load_onto(i, &owned).await
                 }
                 Some(NodeEvent::Died) => {
@@ -417,6 +418,37 @@ impl Coordinator {
             && let Err(e) = self.place_locked(unplaced).await
         {
             tracing::warn!(error = %e.message, "placing segments failed; retried at the next probe");
+        }
+    }
+
+    /// Tells a node to drop the segments it may still hold but no longer
+    /// owns (they moved while it was unreachable, or it served before this
+    /// coordinator started). Best effort: they only cost the node memory.
+    pub(crate) async fn release_foreign(&self, node: usize) {
+        let foreign: Vec<SegmentId> = self
+            .segments
+            .read()
+            .keys()
+            .filter(|s| self.placement.owner(**s) != Some(node))
+            .copied()
+            .collect();
+        if foreign.is_empty() {
+            return;
+        }
+        let api = self.placement.node(node);
+        match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(foreign)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node, error = %e.message, "releasing moved segments failed")
+            }
+            Err(_) => tracing::warn!(node, "releasing moved segments timed out"),
+        }
+    }
+
+    /// After start-up placement: every live node drops what others own.
+    pub(crate) async fn release_foreign_everywhere(&self) {
+        for node in self.placement.live_nodes() {
+            self.release_foreign(node).await;
         }
     }
 

@@ -26,7 +26,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use quiver_api::{SearchFilter, SearchStrategy, TableInfo, VectorSearchRequest};
+use quiver_api::{
+    QueryApi, SealedSegmentRef, SearchFilter, SearchStrategy, TableInfo, VectorSearchRequest,
+};
 use quiver_index::exact_top_k;
 use quiver_planner::vector_search::VectorSearchNode;
 use quiver_types::{ShardId, Timestamp};
@@ -367,17 +369,25 @@ impl VectorSearchExec {
             futures::future::Either::Right(tokio::task::spawn_blocking(search_all_growing))
         };
         let timer = sealed_time.timer();
-        let found = futures::future::try_join_all(sealed.iter().map(|seg| {
-            let node = self.backends.query_node(seg.segment);
-            let request = &sealed_request;
-            async move {
-                node?
-                    .search_segment(seg.segment, ts, &seg.deletes, request)
-                    .await
+        // One call per query node for all the segments it serves.
+        let mut per_node: Vec<(Arc<dyn QueryApi>, Vec<SealedSegmentRef>)> = Vec::new();
+        for seg in sealed {
+            let node = self.backends.query_node(seg.segment).map_err(api_err)?;
+            match per_node.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                Some((_, segs)) => segs.push(seg),
+                None => per_node.push((node, vec![seg])),
             }
-        }))
+        }
+        let found: Vec<_> = futures::future::try_join_all(
+            per_node
+                .iter()
+                .map(|(node, segs)| node.search_segments(segs, ts, &sealed_request)),
+        )
         .await
-        .map_err(api_err)?;
+        .map_err(api_err)?
+        .into_iter()
+        .flatten()
+        .collect();
         timer.done();
         for f in found {
             matching.add(f.matching as usize);

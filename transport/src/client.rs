@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use quiver_api::{
     ApiError, ApiResult, CompactionOutput, CompactionTask, DataApi, IndexBuildTask, QueryApi,
-    SegmentSearchPlan, SegmentSearchResult, StatusCode, VectorSearchRequest,
+    SealedSegmentRef, SegmentSearchPlan, SegmentSearchResult, StatusCode, VectorSearchRequest,
 };
 use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, Timestamp};
@@ -24,7 +24,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::status::from_status;
 use crate::wire::{
-    self, NodeStatus, ScanCall, SearchCall, SearchOutcome, Ticket, WireSearchRequest,
+    self, NodeStatus, ScanCall, SearchCall, SearchManyCall, SearchOutcome, Ticket,
+    WireSearchRequest,
 };
 use crate::{MAX_MESSAGE_BYTES, TransportError};
 
@@ -257,6 +258,64 @@ impl QueryApi for RemoteQueryNode {
             strategy: outcome.strategy,
             matching: outcome.matching,
         })
+    }
+
+    async fn search_segments(
+        &self,
+        segments: &[SealedSegmentRef],
+        ts: Timestamp,
+        request: &VectorSearchRequest,
+    ) -> ApiResult<Vec<SegmentSearchResult>> {
+        if segments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let call = Ticket::SearchMany(SearchManyCall {
+            ts,
+            segments: segments
+                .iter()
+                .map(|s| (s.segment, s.deletes.as_ref().clone()))
+                .collect(),
+            request: WireSearchRequest::encode(request)?,
+        });
+        let (batches, schema, meta) = self.client.get(&call).await?;
+        let outcomes: Vec<SearchOutcome> =
+            serde_json::from_slice(&meta).map_err(|e| internal(&e))?;
+        let schema = schema.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::Internal,
+                format!(
+                    "node {} sent search results without a schema",
+                    self.client.endpoint
+                ),
+            )
+        })?;
+        let all = arrow::compute::concat_batches(&schema, &batches).map_err(|e| internal(&e))?;
+        let total: usize = outcomes.iter().map(|o| o.rows).sum();
+        if outcomes.len() != segments.len() || total != all.num_rows() {
+            return Err(ApiError::new(
+                StatusCode::Internal,
+                format!(
+                    "node {} answered {} of {} segments with {} of {total} rows",
+                    self.client.endpoint,
+                    outcomes.len(),
+                    segments.len(),
+                    all.num_rows()
+                ),
+            ));
+        }
+        let mut offset = 0;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                let rows = all.slice(offset, o.rows);
+                offset += o.rows;
+                SegmentSearchResult {
+                    rows,
+                    strategy: o.strategy,
+                    matching: o.matching,
+                }
+            })
+            .collect())
     }
 
     async fn explain_search(

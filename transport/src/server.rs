@@ -15,7 +15,9 @@ use bytes::Bytes;
 use datafusion::execution::TaskContext;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
-use quiver_api::{ApiError, ApiResult, DataApi, QueryApi, StatusCode, VectorSearchRequest};
+use quiver_api::{
+    ApiError, ApiResult, DataApi, QueryApi, SealedSegmentRef, StatusCode, VectorSearchRequest,
+};
 use quiver_segment::SegmentMeta;
 use quiver_types::SegmentId;
 use serde::Serialize;
@@ -146,10 +148,45 @@ impl NodeService {
                 let outcome = SearchOutcome {
                     strategy: result.strategy,
                     matching: result.matching,
+                    rows: result.rows.num_rows(),
                 };
                 let meta = serde_json::to_vec(&outcome)
                     .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
                 Ok((vec![result.rows], Some(Bytes::from(meta))))
+            }
+            Ticket::SearchMany(call) => {
+                let request = self.search_request(call.request)?;
+                let segments: Vec<SealedSegmentRef> = call
+                    .segments
+                    .into_iter()
+                    .map(|(segment, deletes)| SealedSegmentRef {
+                        segment,
+                        deletes: Arc::new(deletes),
+                    })
+                    .collect();
+                let results = query.search_segments(&segments, call.ts, &request).await?;
+                let outcomes: Vec<SearchOutcome> = results
+                    .iter()
+                    .map(|r| SearchOutcome {
+                        strategy: r.strategy,
+                        matching: r.matching,
+                        rows: r.rows.num_rows(),
+                    })
+                    .collect();
+                let meta = serde_json::to_vec(&outcomes)
+                    .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
+                let batches = match results.first() {
+                    None => Vec::new(),
+                    Some(first) => {
+                        let schema = first.rows.schema();
+                        let rows: Vec<&RecordBatch> = results.iter().map(|r| &r.rows).collect();
+                        vec![
+                            arrow::compute::concat_batches(&schema, rows)
+                                .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?,
+                        ]
+                    }
+                };
+                Ok((batches, Some(Bytes::from(meta))))
             }
             Ticket::Scan(call) => {
                 let batches = query

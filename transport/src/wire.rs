@@ -32,6 +32,7 @@ pub struct NodeStatus {
 #[serde(rename_all = "snake_case")]
 pub enum Ticket {
     Search(SearchCall),
+    SearchMany(SearchManyCall),
     Scan(ScanCall),
 }
 
@@ -39,6 +40,7 @@ impl Ticket {
     pub fn name(&self) -> &'static str {
         match self {
             Ticket::Search(_) => "query.search_segment",
+            Ticket::SearchMany(_) => "query.search_segments",
             Ticket::Scan(_) => "query.scan_segment",
         }
     }
@@ -49,6 +51,15 @@ pub struct SearchCall {
     pub segment: SegmentId,
     pub ts: Timestamp,
     pub deletes: Vec<DeleteLogEntry>,
+    pub request: WireSearchRequest,
+}
+
+/// Several segments of one node, one request: the rows of all results
+/// travel as one batch, split again by the outcomes' row counts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SearchManyCall {
+    pub ts: Timestamp,
+    pub segments: Vec<(SegmentId, Vec<DeleteLogEntry>)>,
     pub request: WireSearchRequest,
 }
 
@@ -98,6 +109,9 @@ impl WireSearchRequest {
 pub struct SearchOutcome {
     pub strategy: SearchStrategy,
     pub matching: u64,
+    /// Rows of this result in the concatenated batch (`SearchMany`).
+    #[serde(default)]
+    pub rows: usize,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

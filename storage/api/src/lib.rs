@@ -291,6 +291,22 @@ pub trait QueryApi: Send + Sync {
         deletes: &[DeleteLogEntry],
         request: &VectorSearchRequest,
     ) -> ApiResult<SegmentSearchResult>;
+    /// Searches several of this node's segments for one request: one
+    /// result per segment, in order. A remote node answers in one round
+    /// trip.
+    async fn search_segments(
+        &self,
+        segments: &[SealedSegmentRef],
+        ts: Timestamp,
+        request: &VectorSearchRequest,
+    ) -> ApiResult<Vec<SegmentSearchResult>> {
+        futures::future::try_join_all(
+            segments
+                .iter()
+                .map(|s| self.search_segment(s.segment, ts, &s.deletes, request)),
+        )
+        .await
+    }
     /// How `search_segment` would search the segment, without searching.
     async fn explain_search(
         &self,
