@@ -185,10 +185,18 @@ def main():
             results += rows
             memories[n] = memory
             split[n] = {}
+            addresses = {f"127.0.0.1:{query_ports[i]}": f"query-{i + 1}" for i in range(2)}
+            with vs.connect(proxy_port) as c:
+                for node, segs, rows in c.execute(
+                        "SELECT query_node, count(*), sum(rows) FROM quiver.segments "
+                        "WHERE state <> 'growing' GROUP BY query_node ORDER BY 1").fetchall():
+                    split[n][addresses.get(node, node)] = (segs, rows)
             for name in ("query-1", "query-2")[:n]:
                 with open(nodes[name].log_path, errors="replace") as f:
                     f.seek(marks[name])
-                    split[n][name] = sum(1 for line in f if "query.search_segment" in line)
+                    calls = sum(1 for line in f if "query.search_segments" in line)
+                segs, rows = split[n].get(name, (0, 0))
+                split[n][name] = (segs, rows, calls)
 
         print()
         print(f"== cluster search: {args.rows} x {args.dim}, {len(sealed)} segments, {args.queries} queries, "
@@ -203,9 +211,10 @@ def main():
         print()
         for n, memory in memories.items():
             print(f"RSS with {n} query node(s): " + ", ".join(f"{k} {vs.fmt_bytes(v)}" for k, v in memory.items()))
-        for n, calls in split.items():
-            print(f"segment searches served with {n} query node(s): " +
-                  ", ".join(f"{k} {v:,}" for k, v in calls.items()))
+        for n, nodes_split in split.items():
+            print(f"work with {n} query node(s): " + "; ".join(
+                f"{k} serves {v[0]} segments / {v[1]:,} rows, answered {v[2]:,} search calls"
+                for k, v in nodes_split.items() if len(v) == 3))
         print(f"raw vectors: {vs.fmt_bytes(args.rows * args.dim * 4)}")
     finally:
         for p in reversed(procs):

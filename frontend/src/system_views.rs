@@ -55,6 +55,7 @@ impl View {
                 int("deleted_rows", false),
                 int("bytes", true),
                 text("index_state", true),
+                text("query_node", true),
             ],
             View::IndexBuilds => vec![
                 text("index_name", false),
@@ -130,6 +131,7 @@ impl SystemView {
         let ts = streaming.applied_ts().await.map_err(api_err)?;
         let sealed = coordinator.sealed_segments();
         let builds = coordinator.index_builds();
+        let mut query_node: Vec<Option<String>> = vec![];
         let (mut table, mut shard, mut id, mut state, mut rows, mut deleted, mut bytes, mut index) = (
             vec![],
             vec![],
@@ -156,6 +158,7 @@ impl SystemView {
                     deleted.push(0);
                     bytes.push(None);
                     index.push(None);
+                    query_node.push(None);
                 }
                 for seg in &snap.sealed {
                     let Some(meta) = sealed.iter().find(|m| m.id == seg.segment) else {
@@ -188,6 +191,7 @@ impl SystemView {
                     deleted.push(seg.deletes.iter().filter(|d| d.ts <= ts).count() as i64);
                     bytes.push(Some(meta.bytes as i64));
                     index.push(index_state);
+                    query_node.push(coordinator.segment_node(seg.segment).map(|n| n.label()));
                 }
             }
         }
@@ -200,6 +204,7 @@ impl SystemView {
             Arc::new(Int64Array::from(deleted)),
             Arc::new(Int64Array::from(bytes)),
             Arc::new(StringArray::from(index)),
+            Arc::new(StringArray::from(query_node)),
         ];
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }

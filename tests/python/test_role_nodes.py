@@ -98,9 +98,14 @@ def test_segments_served_by_remote_query_nodes(cluster):
             "SELECT count(*) FROM quiver.segments WHERE table_name = 'items' AND state <> 'growing'"
         ).fetchone()[0]
         assert sealed >= 4
-        # Both query nodes were given segments.
+        # Both query nodes were given segments, evenly.
         for name in ("qa", "qb"):
             assert "query.load_segments" in nodes[name].log(), name
+        served = dict(conn.execute(
+            "SELECT query_node, count(*) FROM quiver.segments "
+            "WHERE table_name = 'items' AND state <> 'growing' GROUP BY query_node").fetchall())
+        assert set(served) == {nodes["qa"].address, nodes["qb"].address}, served
+        assert abs(served[nodes["qa"].address] - served[nodes["qb"].address]) <= 1, served
 
         # Exact search, filtered search, scans and aggregates over Flight.
         for q in queries:

@@ -191,6 +191,13 @@ impl RemoteQueryNode {
 
 #[async_trait]
 impl QueryApi for RemoteQueryNode {
+    fn label(&self) -> String {
+        self.client
+            .endpoint()
+            .trim_start_matches("http://")
+            .to_string()
+    }
+
     async fn incarnation(&self) -> ApiResult<u64> {
         Ok(self.client.status(PROBE_TIMEOUT).await?.incarnation)
     }

@@ -274,6 +274,9 @@ pub trait StreamingApi: Send + Sync {
 /// Serves sealed segments from object storage.
 #[async_trait]
 pub trait QueryApi: Send + Sync {
+    /// Names the node for people (`quiver.segments`, logs): its address
+    /// when remote.
+    fn label(&self) -> String;
     /// Identifies this run of the node: a new value means it restarted and
     /// lost what was loaded into it. Fails when the node is unreachable.
     async fn incarnation(&self) -> ApiResult<u64>;

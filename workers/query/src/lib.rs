@@ -225,6 +225,10 @@ pub(crate) fn visibility(
 
 #[async_trait]
 impl QueryApi for QueryNode {
+    fn label(&self) -> String {
+        "local".to_string()
+    }
+
     async fn incarnation(&self) -> ApiResult<u64> {
         Ok(self.incarnation)
     }
