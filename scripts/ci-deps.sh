@@ -70,6 +70,10 @@ if [[ "${1:-}" == "--build-only" ]]; then
     exit 0
 fi
 
+# `--services` (scripts/dev-cluster.sh): the build packages above plus the
+# backing services below; no client-test tooling.
+if [[ "${1:-}" != "--services" ]]; then
+
 # A JDK runs tests/jdbc as a single-file source program.
 if ! command -v javac >/dev/null 2>&1; then
     log "installing a JDK"
@@ -94,6 +98,8 @@ else
     log "node packages ready (tests/node)"
 fi
 
+fi  # not --services
+
 # ---------------------------------------------------------------------------
 # Backing services compiled once into a cache outside the repository:
 # s3s-fs (S3 API over a directory, a few minutes) and tansu (below). etcd
@@ -113,6 +119,9 @@ if [[ ! -x "$SERVICES/bin/tansu" ]]; then
     cargo install tansu --version 0.6.0 --features libsql,dynostore --locked --root "$SERVICES" --quiet
 else
     log "tansu ready ($SERVICES/bin/tansu)"
+fi
+if [[ "${1:-}" == "--services" ]]; then
+    exit 0
 fi
 
 # ---------------------------------------------------------------------------

@@ -6,5 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 ./scripts/ci-deps.sh --build-only
-cargo build -p quiver-cmd --bin quiver
+# The same build as scripts/test.sh (same features), so neither rebuilds
+# what the other built.
+cargo build --workspace --all-targets
 exec "${CARGO_TARGET_DIR:-target}/debug/quiver" standalone "$@"
