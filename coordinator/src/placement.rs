@@ -1,8 +1,8 @@
 //! Which query node serves each sealed segment, and keeping that true while
 //! nodes fail and restart.
 //!
-//! A segment is owned by one live node, chosen as the one owning fewest
-//! segments. A background monitor probes every node: a node that stays
+//! A segment is owned by one live node, chosen as the one owning the fewest
+//! rows. A background monitor probes every node: a node that stays
 //! unreachable for the failure timeout is declared dead and its segments
 //! (with their indexes) are loaded onto the live nodes; a node that answers
 //! with a new incarnation restarted and lost its state, so what it owns is
@@ -211,10 +211,7 @@ impl Coordinator {
         while !segments.is_empty() {
             let mut live = self.placement.live_nodes();
             live.retain(|n| !failed.contains(n));
-            let Some(&target) = live
-                .iter()
-                .min_by_key(|n| self.placement.owned_by(**n).len())
-            else {
+            if live.is_empty() {
                 tracing::warn!(
                     segments = segments.len(),
                     "no live query node: segments wait to be placed"
@@ -222,30 +219,41 @@ impl Coordinator {
                 return Err(last_error.unwrap_or_else(|| {
                     ApiError::new(StatusCode::Unavailable, "no query node is alive")
                 }));
-            };
-            // One node at a time keeps the counts used for balancing exact;
-            // spread the batch by handing each node its share.
-            let share = segments.len().div_ceil(live.len()).max(1);
-            let batch: Vec<SegmentMeta> = segments.drain(..share.min(segments.len())).collect();
-            match self.load_onto(target, &batch).await {
-                Ok(()) => {
-                    // Not the ones dropped meanwhile (TRUNCATE, compaction).
-                    let known = self.segments.read();
-                    let mut owners = self.placement.owners.write();
-                    for s in batch.iter().filter(|s| known.contains_key(&s.id)) {
-                        owners.insert(s.id, target);
+            }
+            // Balance rows (what a search costs), largest segments first,
+            // each to the node with the fewest rows so far.
+            let mut rows: Vec<u64> = live.iter().map(|n| self.rows_owned_by(*n)).collect();
+            let mut plan: Vec<Vec<SegmentMeta>> = vec![Vec::new(); live.len()];
+            segments.sort_by_key(|s| std::cmp::Reverse(s.rows));
+            for segment in segments.drain(..) {
+                let i = (0..live.len()).min_by_key(|i| rows[*i]).unwrap_or(0);
+                rows[i] += segment.rows;
+                plan[i].push(segment);
+            }
+            for (target, batch) in live.into_iter().zip(plan) {
+                if batch.is_empty() {
+                    continue;
+                }
+                match self.load_onto(target, &batch).await {
+                    Ok(()) => {
+                        // Not the ones dropped meanwhile (TRUNCATE, compaction).
+                        let known = self.segments.read();
+                        let mut owners = self.placement.owners.write();
+                        for s in batch.iter().filter(|s| known.contains_key(&s.id)) {
+                            owners.insert(s.id, target);
+                        }
                     }
-                }
-                Err(e) if e.code == StatusCode::Unavailable => {
-                    tracing::warn!(node = target, error = %e.message, "query node failed while loading segments; trying another");
-                    failed.push(target);
-                    segments.extend(batch);
-                    last_error = Some(e);
-                }
-                // Not a node failure: the rest can still be placed.
-                Err(e) => {
-                    tracing::warn!(node = target, error = %e.message, "loading segments failed");
-                    failure = Some(e);
+                    Err(e) if e.code == StatusCode::Unavailable => {
+                        tracing::warn!(node = target, error = %e.message, "query node failed while loading segments; trying another");
+                        failed.push(target);
+                        segments.extend(batch);
+                        last_error = Some(e);
+                    }
+                    // Not a node failure: the rest can still be placed.
+                    Err(e) => {
+                        tracing::warn!(node = target, error = %e.message, "loading segments failed");
+                        failure = Some(e);
+                    }
                 }
             }
         }
@@ -450,6 +458,16 @@ impl Coordinator {
         for node in self.placement.live_nodes() {
             self.release_foreign(node).await;
         }
+    }
+
+    fn rows_owned_by(&self, node: usize) -> u64 {
+        let known = self.segments.read();
+        self.placement
+            .owned_by(node)
+            .iter()
+            .filter_map(|id| known.get(id))
+            .map(|s| s.rows)
+            .sum()
     }
 
     fn segment_metas(&self, ids: &[SegmentId]) -> Vec<SegmentMeta> {
