@@ -25,6 +25,9 @@ pub(crate) struct Placement {
     /// it) and a node registering again under the same address reuses it.
     nodes: RwLock<Vec<Arc<NodeSlot>>>,
     owners: RwLock<HashMap<SegmentId, usize>>,
+    /// Segments moved away from a live node, released there once
+    /// statements that resolved the old owner have finished.
+    pending_releases: Mutex<Vec<(Instant, usize, SegmentId)>>,
     /// Serialises changes of ownership (and the loads that go with them).
     changes: tokio::sync::Mutex<()>,
 }
@@ -50,6 +53,13 @@ struct NodeState {
 /// metadata: files are fetched on first use).
 pub(crate) const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Segments one probe moves to balance rows (bounded so that a node joining
+/// a large cluster fills up over several probes, not in one long pause).
+const MAX_MOVES_PER_PROBE: usize = 4;
+
+/// How long a moved segment stays on its old node.
+const RELEASE_DELAY: Duration = Duration::from_secs(5);
+
 /// How the coordinator watches query nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeMonitorOptions {
@@ -74,6 +84,7 @@ impl Placement {
                     .collect(),
             ),
             owners: RwLock::new(HashMap::new()),
+            pending_releases: Mutex::new(Vec::new()),
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -426,6 +437,85 @@ impl Coordinator {
             && let Err(e) = self.place_locked(unplaced).await
         {
             tracing::warn!(error = %e.message, "placing segments failed; retried at the next probe");
+        }
+        self.rebalance_locked().await;
+        self.release_moved().await;
+    }
+
+    /// Moves segments from the live node serving the most rows to the one
+    /// serving the fewest while that narrows the gap, so a node added to
+    /// the cluster takes its share of the existing segments. A segment is
+    /// loaded on its new node before ownership switches and released from
+    /// the old one [`RELEASE_DELAY`] later, so no statement misses it.
+    async fn rebalance_locked(&self) {
+        for _ in 0..MAX_MOVES_PER_PROBE {
+            let live = self.placement.live_nodes();
+            let rows: Vec<(usize, u64)> =
+                live.iter().map(|n| (*n, self.rows_owned_by(*n))).collect();
+            let (Some(&(from, most)), Some(&(to, fewest))) = (
+                rows.iter().max_by_key(|r| r.1),
+                rows.iter().min_by_key(|r| r.1),
+            ) else {
+                return;
+            };
+            // Moving a segment of s rows leaves a gap of |gap - 2s|, smaller
+            // than the gap exactly when s < gap: the largest such one.
+            let gap = most - fewest;
+            let candidate = {
+                let known = self.segments.read();
+                self.placement
+                    .owned_by(from)
+                    .iter()
+                    .filter_map(|id| known.get(id))
+                    .filter(|s| s.rows > 0 && s.rows < gap)
+                    .max_by_key(|s| s.rows)
+                    .cloned()
+            };
+            let Some(segment) = candidate else {
+                return;
+            };
+            if let Err(e) = self.load_onto(to, std::slice::from_ref(&segment)).await {
+                tracing::warn!(node = to, error = %e.message, "moving a segment failed; retried at the next probe");
+                return;
+            }
+            if !self.segments.read().contains_key(&segment.id) {
+                continue;
+            }
+            self.placement.owners.write().insert(segment.id, to);
+            self.placement.pending_releases.lock().push((
+                Instant::now() + RELEASE_DELAY,
+                from,
+                segment.id,
+            ));
+            tracing::info!(segment = %segment.id, rows = segment.rows, from, to, "segment moved to balance rows");
+        }
+    }
+
+    /// Releases moved segments from their old nodes once their delay is
+    /// over (unless they moved back meanwhile).
+    async fn release_moved(&self) {
+        let due: Vec<(usize, SegmentId)> = {
+            let mut pending = self.placement.pending_releases.lock();
+            let now = Instant::now();
+            let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.0 <= now);
+            *pending = later;
+            due.into_iter()
+                .map(|(_, node, segment)| (node, segment))
+                .collect()
+        };
+        for (node, segment) in due {
+            if self.placement.owner(segment) == Some(node) {
+                continue;
+            }
+            let api = self.placement.node(node);
+            match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(vec![segment])).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(node, error = %e.message, "releasing a moved segment failed")
+                }
+                Err(_) => tracing::warn!(node, "releasing a moved segment timed out"),
+            }
         }
     }
 

@@ -231,7 +231,7 @@ def test_dead_query_node_fails_queries_retryably_then_moves(cluster):
 
 def test_query_nodes_register_in_etcd(tmp_path, quiver_factory):
     """With `discover_query_nodes`, query nodes are found through leased keys
-    in etcd: a node that starts later takes new segments, and a node killed
+    in etcd: a node that starts later takes its share of the rows, and a node killed
     with -9 loses its key when the lease runs out, after which its segments
     are served by the other node."""
     etcd = Etcd(tmp_path).start()
@@ -273,13 +273,27 @@ root = "/quiver-discovery"
             assert etcd.keys("/quiver-discovery/nodes/query/") == [
                 f"/quiver-discovery/nodes/query/{qa.address}"]
 
-            # A node that registers later takes the next segments.
+            # A node that registers later takes half of the existing rows
+            # (segments move while statements keep returning exact results)
+            # and then its share of new segments.
             qb.start()
             deadline = time.monotonic() + 10
             while not any("query node registered" in line and qb.address in line
                           for line in proxy.log_tail(100000).splitlines()):
                 assert time.monotonic() < deadline, "the second node was not discovered"
                 time.sleep(0.1)
+            expected = [exact_ids(data, q) for q in queries]
+            deadline = time.monotonic() + 20
+            while True:
+                assert [knn(conn, q) for q in queries] == expected
+                rows = dict(conn.execute(
+                    "SELECT query_node, sum(rows) FROM quiver.segments "
+                    "WHERE state <> 'growing' GROUP BY query_node").fetchall())
+                if rows.get(qb.address, 0) >= 1500:
+                    break
+                assert time.monotonic() < deadline, f"no segment moved to the new node: {rows}"
+                time.sleep(0.2)
+            assert abs(rows[qa.address] - rows[qb.address]) <= 1500, rows
             more = rng.standard_normal((3000, DIM)).astype(np.float32)
             load(conn, more, first_id=len(data))
             assert "query.load_segments" in qb.log()
