@@ -99,6 +99,7 @@ status() {
     # shellcheck disable=SC1091
     source "$DIR/ports"
     echo "connect: psql -h 127.0.0.1 -p $PROXY_PORT -U postgres postgres"
+    echo "health:  quiver probe 127.0.0.1:$HEALTH_PORT (proxy), 127.0.0.1:$QUERY1_PORT, 127.0.0.1:$QUERY2_PORT, 127.0.0.1:$DATA_PORT"
     return "$rc"
 }
 
@@ -126,13 +127,21 @@ S3_PORT=$(free_port)
 DATA_PORT=$(free_port)
 QUERY1_PORT=$(free_port)
 QUERY2_PORT=$(free_port)
+HEALTH_PORT=$(free_port)
 EOF
     fi
     # shellcheck disable=SC1091
     source "$DIR/ports"
+    if [[ -z "${HEALTH_PORT:-}" ]]; then  # a DIR from an older version
+        HEALTH_PORT=$(free_port)
+        echo "HEALTH_PORT=$HEALTH_PORT" >>"$DIR/ports"
+    fi
     mkdir -p "$DIR/s3/quiver"
     cat >"$DIR/quiver.toml" <<EOF
 # Written by scripts/dev-cluster.sh; every process reads it.
+[frontend]
+health_listen = "127.0.0.1:$HEALTH_PORT"
+
 [coordinator]
 discover_query_nodes = true
 data_nodes = ["127.0.0.1:$DATA_PORT"]

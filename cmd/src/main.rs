@@ -124,6 +124,18 @@ async fn main() -> anyhow::Result<()> {
                 e
             })?;
             let listener = tokio::net::TcpListener::bind(&cfg.frontend.listen).await?;
+            if let Some(health) = &cfg.frontend.health_listen {
+                let health = tokio::net::TcpListener::bind(health)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {health}: {e}"))?;
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        quiver_transport::serve_health(health, std::future::pending()).await
+                    {
+                        tracing::error!(error = %e, "health service failed");
+                    }
+                });
+            }
             tracing::info!(
                 listen = %cfg.frontend.listen,
                 data_dir = %cfg.data_dir.display(),

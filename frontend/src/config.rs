@@ -77,6 +77,9 @@ impl Default for DataConfig {
 pub struct FrontendConfig {
     /// `HOST:PORT` the PostgreSQL protocol listens on.
     pub listen: String,
+    /// `HOST:PORT` of a gRPC health service (`grpc.health.v1`, as every
+    /// node process serves), for orchestrators' probes; none when unset.
+    pub health_listen: Option<String>,
     /// Staleness bound of `SET quiver.consistency = 'bounded'`, in milliseconds.
     pub bounded_staleness_ms: u64,
     /// Most memory one transaction block may buffer before COMMIT (MiB);
@@ -224,6 +227,7 @@ impl Default for FrontendConfig {
     fn default() -> Self {
         FrontendConfig {
             listen: "127.0.0.1:5488".into(),
+            health_listen: None,
             bounded_staleness_ms: 1_000,
             transaction_buffer_mb: 1_024,
             auth: AuthMethod::Trust,

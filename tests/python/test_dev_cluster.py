@@ -45,6 +45,12 @@ def test_start_stop_and_restart(tmp_path):
     try:
         assert "running  query-node-2" in started.stdout
         assert run("status", directory, port).returncode == 0
+        # Every Quiver process answers the gRPC health protocol.
+        ports = dict(line.split("=") for line in (directory / "ports").read_text().split())
+        for name in ("HEALTH_PORT", "QUERY1_PORT", "QUERY2_PORT", "DATA_PORT"):
+            probe = subprocess.run([str(quiver_bin()), "probe", f"127.0.0.1:{ports[name]}"],
+                                   capture_output=True, text=True, timeout=30)
+            assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", (name, probe)
         first = pids(directory)
         assert len(first) == 7 and all(alive(pid) for pid in first)
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",

@@ -23,7 +23,7 @@ mod wire;
 use std::net::SocketAddr;
 
 pub use client::{NodeClient, RemoteDataNode, RemoteQueryNode, check_health};
-pub use server::{NodeService, serve};
+pub use server::{NodeService, serve, serve_health};
 pub use wire::NodeStatus;
 
 /// Failures of the transport itself (role failures are `ApiError`s).

@@ -367,3 +367,25 @@ pub async fn serve(
         .await
         .map_err(|source| TransportError::Serve { listen, source })
 }
+
+/// Serves only the gRPC health protocol, for a process whose clients speak
+/// another protocol (the proxy speaks PostgreSQL): orchestrators probe every
+/// Quiver process the same way.
+pub async fn serve_health(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError> {
+    let listen = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    // The overall status ("") starts as serving.
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .map_err(|source| TransportError::Serve { listen, source })
+}
