@@ -221,6 +221,9 @@ impl Coordinator {
             .batch(ops)
             .await
             .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
+        // Under the placement lock: a segment moving meanwhile would carry
+        // the dropped index to its new node.
+        let _changes = self.placement.lock_changes().await;
         for m in &removed {
             if let Some(node) = self.segment_node(m.segment) {
                 // An unreachable node lost or will lose it anyway.

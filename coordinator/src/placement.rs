@@ -27,7 +27,7 @@ pub(crate) struct Placement {
     owners: RwLock<HashMap<SegmentId, usize>>,
     /// Segments moved away from a live node, released there once
     /// statements that resolved the old owner have finished.
-    pending_releases: Mutex<Vec<(Instant, usize, SegmentId)>>,
+    pending_releases: Mutex<HashMap<(usize, SegmentId), Instant>>,
     /// Serialises changes of ownership (and the loads that go with them).
     changes: tokio::sync::Mutex<()>,
 }
@@ -84,7 +84,7 @@ impl Placement {
                     .collect(),
             ),
             owners: RwLock::new(HashMap::new()),
-            pending_releases: Mutex::new(Vec::new()),
+            pending_releases: Mutex::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -131,6 +131,18 @@ impl Placement {
             (i, result)
         }))
         .await
+    }
+
+    /// Live nodes whose last probe answered: the ones worth moving
+    /// segments onto.
+    fn healthy_nodes(&self) -> Vec<usize> {
+        let nodes = self.nodes.read();
+        (0..nodes.len())
+            .filter(|i| {
+                let state = nodes[*i].state.lock();
+                state.alive && state.failing_since.is_none() && state.incarnation.is_some()
+            })
+            .collect()
     }
 
     fn live_nodes(&self) -> Vec<usize> {
@@ -450,14 +462,21 @@ impl Coordinator {
     async fn rebalance_locked(&self) {
         for _ in 0..MAX_MOVES_PER_PROBE {
             let live = self.placement.live_nodes();
+            let healthy = self.placement.healthy_nodes();
             let rows: Vec<(usize, u64)> =
                 live.iter().map(|n| (*n, self.rows_owned_by(*n))).collect();
+            // Away from any live node, onto one that answered its last probe.
             let (Some(&(from, most)), Some(&(to, fewest))) = (
                 rows.iter().max_by_key(|r| r.1),
-                rows.iter().min_by_key(|r| r.1),
+                rows.iter()
+                    .filter(|r| healthy.contains(&r.0))
+                    .min_by_key(|r| r.1),
             ) else {
                 return;
             };
+            if most <= fewest {
+                return;
+            }
             // Moving a segment of s rows leaves a gap of |gap - 2s|, smaller
             // than the gap exactly when s < gap: the largest such one.
             let gap = most - fewest;
@@ -482,41 +501,53 @@ impl Coordinator {
                 continue;
             }
             self.placement.owners.write().insert(segment.id, to);
-            self.placement.pending_releases.lock().push((
-                Instant::now() + RELEASE_DELAY,
-                from,
-                segment.id,
-            ));
+            {
+                // A later move restarts the old owner's grace period; the
+                // new owner must not release it.
+                let mut pending = self.placement.pending_releases.lock();
+                pending.insert((from, segment.id), Instant::now() + RELEASE_DELAY);
+                pending.remove(&(to, segment.id));
+            }
             tracing::info!(segment = %segment.id, rows = segment.rows, from, to, "segment moved to balance rows");
         }
     }
 
     /// Releases moved segments from their old nodes once their delay is
-    /// over (unless they moved back meanwhile).
+    /// over (unless they moved back meanwhile): one call per node, all at
+    /// once. Nodes not alive are skipped (they drop what they do not own
+    /// when they rejoin).
     async fn release_moved(&self) {
         let due: Vec<(usize, SegmentId)> = {
             let mut pending = self.placement.pending_releases.lock();
             let now = Instant::now();
-            let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|p| p.0 <= now);
-            *pending = later;
-            due.into_iter()
-                .map(|(_, node, segment)| (node, segment))
-                .collect()
-        };
-        for (node, segment) in due {
-            if self.placement.owner(segment) == Some(node) {
-                continue;
+            let due: Vec<(usize, SegmentId)> = pending
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(key, _)| *key)
+                .collect();
+            for key in &due {
+                pending.remove(key);
             }
-            let api = self.placement.node(node);
-            match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(vec![segment])).await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(node, error = %e.message, "releasing a moved segment failed")
-                }
-                Err(_) => tracing::warn!(node, "releasing a moved segment timed out"),
+            due
+        };
+        let live = self.placement.live_nodes();
+        let mut per_node: HashMap<usize, Vec<SegmentId>> = HashMap::new();
+        for (node, segment) in due {
+            if live.contains(&node) && self.placement.owner(segment) != Some(node) {
+                per_node.entry(node).or_default().push(segment);
             }
         }
+        futures::future::join_all(per_node.into_iter().map(|(node, segments)| async move {
+            let api = self.placement.node(node);
+            match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(segments)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(node, error = %e.message, "releasing moved segments failed")
+                }
+                Err(_) => tracing::warn!(node, "releasing moved segments timed out"),
+            }
+        }))
+        .await;
     }
 
     /// Tells a node to drop the segments it may still hold but no longer
