@@ -537,17 +537,25 @@ impl Coordinator {
                 per_node.entry(node).or_default().push(segment);
             }
         }
-        futures::future::join_all(per_node.into_iter().map(|(node, segments)| async move {
-            let api = self.placement.node(node);
-            match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(segments)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(node, error = %e.message, "releasing moved segments failed")
-                }
-                Err(_) => tracing::warn!(node, "releasing moved segments timed out"),
-            }
-        }))
+        futures::future::join_all(
+            per_node
+                .into_iter()
+                .map(|(node, segments)| self.release_on(node, segments)),
+        )
         .await;
+    }
+
+    /// Best effort, within [`NODE_CALL_TIMEOUT`]: a segment left behind only
+    /// costs the node memory (and it drops it when it rejoins).
+    async fn release_on(&self, node: usize, segments: Vec<SegmentId>) {
+        let api = self.placement.node(node);
+        match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(segments)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(node, error = %e.message, "releasing moved segments failed")
+            }
+            Err(_) => tracing::warn!(node, "releasing moved segments timed out"),
+        }
     }
 
     /// Tells a node to drop the segments it may still hold but no longer
@@ -561,16 +569,8 @@ impl Coordinator {
             .filter(|s| self.placement.owner(**s) != Some(node))
             .copied()
             .collect();
-        if foreign.is_empty() {
-            return;
-        }
-        let api = self.placement.node(node);
-        match tokio::time::timeout(NODE_CALL_TIMEOUT, api.release_segments(foreign)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(node, error = %e.message, "releasing moved segments failed")
-            }
-            Err(_) => tracing::warn!(node, "releasing moved segments timed out"),
+        if !foreign.is_empty() {
+            self.release_on(node, foreign).await;
         }
     }
 
