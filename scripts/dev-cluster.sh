@@ -144,7 +144,7 @@ health_listen = "127.0.0.1:$HEALTH_PORT"
 
 [coordinator]
 discover_query_nodes = true
-data_nodes = ["127.0.0.1:$DATA_PORT"]
+discover_data_nodes = true
 
 [storage.meta]
 kind = "etcd"

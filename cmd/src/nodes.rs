@@ -8,7 +8,7 @@ use std::time::Duration;
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use quiver_frontend::config::{Config, MetaConfig};
-use quiver_meta::keys;
+use quiver_meta::{Registration, keys};
 use quiver_segment::open_object_store;
 use quiver_transport::NodeService;
 use tokio::net::TcpListener;
@@ -29,35 +29,15 @@ pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
     let node = crate::standalone::query_node(config, store)?;
     let service = NodeService::new(filter_functions()).with_query(node);
     let listener = bind(&config.query.listen).await?;
-    // On a shared meta store the node registers itself, leased: coordinators
-    // that discover query nodes find it, and lose it when it dies.
-    let registration = match &config.storage.meta {
-        MetaConfig::Etcd(_) => {
-            let meta = config.open_meta_store().await?;
-            let address = match &config.query.advertise {
-                Some(a) => a.clone(),
-                None => listener.local_addr()?.to_string(),
-            };
-            let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
-            let value = serde_json::to_vec(&address)?;
-            let registration = meta
-                .register(&keys::query_node(&address), value, ttl)
-                .await?;
-            tracing::info!(%address, ttl_ms = ttl.as_millis() as u64, "query node registered");
-            Some(registration)
-        }
-        _ => None,
-    };
-    // Deregister before the server stops, so coordinators move the
-    // segments away at once instead of at the lease's expiry.
-    let shutdown = async move {
-        shutdown_signal().await;
-        if let Some(registration) = registration {
-            registration.release().await;
-            tracing::info!("query node deregistered");
-        }
-    };
-    serve("query node", listener, service, shutdown).await
+    let address = advertised(&listener, &config.query.advertise)?;
+    let registration = register(config, keys::query_node(&address), &address).await?;
+    serve(
+        "query node",
+        listener,
+        service,
+        deregister_on_shutdown(registration),
+    )
+    .await
 }
 
 pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
@@ -65,13 +45,53 @@ pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
     let store = open_object_store(&config.object_store())?;
     let node = crate::standalone::data_node(config, store)?;
     let service = NodeService::new(filter_functions()).with_data(node);
+    let listener = bind(&config.data.listen).await?;
+    let address = advertised(&listener, &config.data.advertise)?;
+    let registration = register(config, keys::data_node(&address), &address).await?;
     serve(
         "data node",
-        bind(&config.data.listen).await?,
+        listener,
         service,
-        shutdown_signal(),
+        deregister_on_shutdown(registration),
     )
     .await
+}
+
+fn advertised(listener: &TcpListener, advertise: &Option<String>) -> anyhow::Result<String> {
+    Ok(match advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    })
+}
+
+/// On a shared meta store a node registers itself, leased: coordinators
+/// that discover nodes find it, and lose it when it dies.
+async fn register(
+    config: &Config,
+    key: String,
+    address: &str,
+) -> anyhow::Result<Option<Registration>> {
+    let MetaConfig::Etcd(_) = &config.storage.meta else {
+        return Ok(None);
+    };
+    let meta = config.open_meta_store().await?;
+    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
+    let registration = meta
+        .register(&key, serde_json::to_vec(address)?, ttl)
+        .await?;
+    tracing::info!(%key, ttl_ms = ttl.as_millis() as u64, "node registered");
+    Ok(Some(registration))
+}
+
+/// Completes on SIGINT/SIGTERM after removing the registration, so
+/// coordinators stop using the node at once instead of at the lease's
+/// expiry; the server stops after that.
+async fn deregister_on_shutdown(registration: Option<Registration>) {
+    shutdown_signal().await;
+    if let Some(registration) = registration {
+        registration.release().await;
+        tracing::info!("node deregistered");
+    }
 }
 
 async fn bind(listen: &str) -> anyhow::Result<TcpListener> {

@@ -36,7 +36,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     } else {
         vec![query_node(config, store.clone())?]
     };
-    let data_nodes: Vec<Arc<dyn DataApi>> = if config.coordinator.data_nodes.is_empty() {
+    let remote_data =
+        !config.coordinator.data_nodes.is_empty() || config.coordinator.discover_data_nodes;
+    let data_nodes: Vec<Arc<dyn DataApi>> = if !remote_data {
         vec![data_node(config, store.clone())?]
     } else {
         config
@@ -70,7 +72,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
             Ok(Arc::new(RemoteQueryNode::new(client)) as Arc<dyn QueryApi>)
         }));
     }
-    if remote_query {
+    if config.coordinator.discover_data_nodes {
+        coordinator.discover_data_nodes(Arc::new(|address: &str| {
+            let client = NodeClient::new(address).map_err(|e| {
+                quiver_api::ApiError::new(quiver_api::StatusCode::InvalidRequest, e.to_string())
+            })?;
+            Ok(Arc::new(RemoteDataNode::new(client)) as Arc<dyn DataApi>)
+        }));
+    }
+    if remote_query || config.coordinator.discover_data_nodes {
         coordinator.start_node_monitor(NodeMonitorOptions {
             probe_interval: Duration::from_millis(
                 config.coordinator.node_probe_interval_ms.max(10),

@@ -22,7 +22,22 @@ use crate::index_builds::{BuildKey, MAX_BUILD_FAILURES, retry_delay};
 impl Coordinator {
     /// Registers a data node; builds are sent to the registered nodes.
     pub fn attach_data_node(&self, node: Arc<dyn DataApi>) {
-        self.data_nodes.write().push(node);
+        self.data_nodes.write().push((None, node));
+    }
+
+    /// The next data node, round robin.
+    pub(crate) fn data_node(&self) -> ApiResult<Arc<dyn DataApi>> {
+        let nodes = self.data_nodes.read();
+        if nodes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::Unavailable,
+                "no data node is registered",
+            ));
+        }
+        let i = self
+            .next_data_node
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(nodes[i % nodes.len()].1.clone())
     }
 
     /// Starts the background task that runs queued builds one at a time
@@ -87,11 +102,7 @@ impl Coordinator {
             self.builds.forget(|k| *k == key);
             return Ok(());
         };
-        let node =
-            self.data_nodes.read().first().cloned().ok_or_else(|| {
-                ApiError::new(StatusCode::Unavailable, "no data node is registered")
-            })?;
-        let mut manifest = node.build_index(task).await?;
+        let mut manifest = self.data_node()?.build_index(task).await?;
         manifest.built_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

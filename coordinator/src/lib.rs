@@ -31,7 +31,7 @@ use quiver_segment::{SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, TableId, TableSchema, Timestamp};
 
 pub use catalog::Catalog;
-pub use placement::{NodeMonitorOptions, QueryNodeConnector};
+pub use placement::{DataNodeConnector, NodeMonitorOptions, QueryNodeConnector};
 pub use tso::Tso;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,11 @@ pub struct Coordinator {
     placement: placement::Placement,
     /// Set when query nodes are found in the meta store's registry.
     node_connector: std::sync::OnceLock<QueryNodeConnector>,
-    data_nodes: RwLock<Vec<Arc<dyn DataApi>>>,
+    data_nodes: RwLock<Vec<DataNodeEntry>>,
+    /// Spreads builds and compactions over the data nodes.
+    next_data_node: std::sync::atomic::AtomicUsize,
+    /// Set when data nodes are found in the meta store's registry.
+    data_node_connector: std::sync::OnceLock<DataNodeConnector>,
     /// Where index files live, for removing those of dropped indexes.
     store: Arc<dyn ObjectStore>,
     min_index_rows: u64,
@@ -90,6 +94,9 @@ pub struct Coordinator {
     segment_indexes: RwLock<HashMap<(SegmentId, IndexId), SegmentIndexMeta>>,
     builds: index_builds::IndexBuilds,
 }
+
+/// A data node, with its registry address when it was discovered.
+type DataNodeEntry = (Option<String>, Arc<dyn DataApi>);
 
 /// Ids are handed out from windows reserved in the meta store, so a restart
 /// never reuses one and allocation rarely touches the store.
@@ -127,6 +134,8 @@ impl Coordinator {
             placement: placement::Placement::new(query_nodes),
             node_connector: std::sync::OnceLock::new(),
             data_nodes: RwLock::new(Vec::new()),
+            next_data_node: std::sync::atomic::AtomicUsize::new(0),
+            data_node_connector: std::sync::OnceLock::new(),
             store,
             min_index_rows: options.min_index_rows,
             segments: RwLock::new(HashMap::new()),
@@ -336,10 +345,6 @@ impl CoordinatorApi for Coordinator {
     }
 
     async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
-        let node =
-            self.data_nodes.read().first().cloned().ok_or_else(|| {
-                ApiError::new(StatusCode::Unavailable, "no data node is registered")
-            })?;
-        node.compact(task).await
+        self.data_node()?.compact(task).await
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use quiver_api::{ApiError, ApiResult, QueryApi, StatusCode};
+use quiver_api::{ApiError, ApiResult, DataApi, QueryApi, StatusCode};
 use quiver_segment::{SegmentIndexMeta, SegmentMeta};
 use quiver_types::SegmentId;
 
@@ -41,6 +41,9 @@ struct NodeSlot {
 
 /// Connects to a registered query node by its address.
 pub type QueryNodeConnector = Arc<dyn Fn(&str) -> ApiResult<Arc<dyn QueryApi>> + Send + Sync>;
+
+/// Connects to a registered data node by its address.
+pub type DataNodeConnector = Arc<dyn Fn(&str) -> ApiResult<Arc<dyn DataApi>> + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct NodeState {
@@ -325,6 +328,52 @@ impl Coordinator {
         let _ = self.node_connector.set(connect);
     }
 
+    /// Also build and compact on the data nodes registered in the meta
+    /// store (`quiver data-node` on etcd); call before
+    /// [`Coordinator::start_node_monitor`], which follows the registry.
+    pub fn discover_data_nodes(&self, connect: DataNodeConnector) {
+        let _ = self.data_node_connector.set(connect);
+    }
+
+    /// Follows the data-node registry: registered nodes are used, lapsed
+    /// ones dropped (a build on a dead node fails and is retried).
+    async fn sync_data_nodes(&self) {
+        let Some(connect) = self.data_node_connector.get() else {
+            return;
+        };
+        let registered: Vec<String> = match quiver_meta::scan_json::<String>(
+            self.meta.as_ref(),
+            quiver_meta::keys::DATA_NODES,
+        )
+        .await
+        {
+            Ok(entries) => entries.into_iter().map(|(_, a)| a).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the data-node registry failed");
+                return;
+            }
+        };
+        let mut nodes = self.data_nodes.write();
+        nodes.retain(|(address, _)| address.as_ref().is_none_or(|a| registered.contains(a)));
+        for address in registered {
+            if nodes
+                .iter()
+                .any(|(a, _)| a.as_deref() == Some(address.as_str()))
+            {
+                continue;
+            }
+            match connect(&address) {
+                Ok(api) => {
+                    tracing::info!(%address, "data node registered");
+                    nodes.push((Some(address), api));
+                }
+                Err(e) => {
+                    tracing::warn!(%address, error = %e.message, "cannot connect to a registered data node")
+                }
+            }
+        }
+    }
+
     /// Starts the background probe of query nodes.
     pub fn start_node_monitor(self: &Arc<Self>, options: NodeMonitorOptions) {
         let weak = Arc::downgrade(self);
@@ -342,6 +391,7 @@ impl Coordinator {
     }
 
     async fn check_nodes(&self, options: NodeMonitorOptions) {
+        self.sync_data_nodes().await;
         // Registered nodes (etcd): new ones join; a lapsed registration
         // (the node stopped renewing its lease) is a dead node.
         let mut deregistered = Vec::new();

@@ -46,6 +46,8 @@ pub struct QueryConfig {
 pub struct DataConfig {
     /// `HOST:PORT` the gRPC/Flight service of `quiver data-node` listens on.
     pub listen: String,
+    /// Address registered for other processes when it differs from `listen`.
+    pub advertise: Option<String>,
     /// Threads one index build uses.
     pub build_threads: usize,
 }
@@ -67,6 +69,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             listen: "127.0.0.1:5491".to_string(),
+            advertise: None,
             build_threads: 1,
         }
     }
@@ -137,6 +140,9 @@ pub struct CoordinatorConfig {
     /// `[storage.meta] kind = "etcd"`; `quiver query-node` registers itself
     /// there). With it, no query node runs inside this process.
     pub discover_query_nodes: bool,
+    /// Also use the data nodes registered in the meta store (etcd;
+    /// `quiver data-node` registers itself there).
+    pub discover_data_nodes: bool,
     /// Data-node processes (`quiver data-node`) that build indexes and
     /// compact; empty: one data node inside this process.
     pub data_nodes: Vec<String>,
@@ -244,6 +250,7 @@ impl Default for CoordinatorConfig {
             min_index_rows: 1_000,
             query_nodes: Vec::new(),
             discover_query_nodes: false,
+            discover_data_nodes: false,
             data_nodes: Vec::new(),
             node_probe_interval_ms: 1_000,
             node_failure_timeout_ms: 3_000,

@@ -231,7 +231,7 @@ def test_dead_query_node_fails_queries_retryably_then_moves(cluster):
 
 def test_query_nodes_register_in_etcd(tmp_path, quiver_factory):
     """With `discover_query_nodes`, query nodes are found through leased keys
-    in etcd: a node that starts later takes its share of the rows, and a node killed
+    in etcd (data nodes too): a node that starts later takes its share of the rows, and a node killed
     with -9 loses its key when the lease runs out, after which its segments
     are served by the other node."""
     etcd = Etcd(tmp_path).start()
@@ -244,7 +244,7 @@ def test_query_nodes_register_in_etcd(tmp_path, quiver_factory):
         f"""
 [coordinator]
 discover_query_nodes = true
-data_nodes = ["{data_node.address}"]
+discover_data_nodes = true
 node_probe_interval_ms = 200
 node_failure_timeout_ms = 2000
 
@@ -272,6 +272,15 @@ root = "/quiver-discovery"
                 assert knn(conn, q) == exact_ids(data, q)
             assert etcd.keys("/quiver-discovery/nodes/query/") == [
                 f"/quiver-discovery/nodes/query/{qa.address}"]
+            # The data node is found through the registry too.
+            assert etcd.keys("/quiver-discovery/nodes/data/") == [
+                f"/quiver-discovery/nodes/data/{data_node.address}"]
+            conn.execute("CREATE INDEX items_v ON items USING diskann (v)")
+            wait_for_index_builds(conn)
+            assert conn.execute("SELECT DISTINCT state FROM quiver.index_builds").fetchall() == [("done",)]
+            assert "data.build_index" in data_node.log()
+            # Exact search again, so the rest compares with exact results.
+            conn.execute("DROP INDEX items_v")
 
             # A node that registers later takes half of the existing rows
             # (segments move while statements keep returning exact results)

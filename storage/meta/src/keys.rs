@@ -86,3 +86,10 @@ pub const QUERY_NODES: &str = "/nodes/query/";
 pub fn query_node(address: &str) -> String {
     format!("{QUERY_NODES}{address}")
 }
+
+/// Registered data-node processes, by address (leased like query nodes).
+pub const DATA_NODES: &str = "/nodes/data/";
+
+pub fn data_node(address: &str) -> String {
+    format!("{DATA_NODES}{address}")
+}
