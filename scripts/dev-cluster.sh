@@ -17,7 +17,7 @@
 # debug build, built here).
 #
 # The proxy process still hosts the coordinator and the streaming node (they
-# are not separate processes yet); query nodes register themselves in etcd.
+# are not separate processes yet); query and data nodes register in etcd.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
