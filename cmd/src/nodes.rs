@@ -24,32 +24,55 @@ fn filter_functions() -> Arc<TaskContext> {
 }
 
 pub async fn run_query_node(config: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = open_object_store(&config.object_store())?;
-    let node = crate::standalone::query_node(config, store)?;
+    let node = crate::standalone::query_node(config, open_store(config)?)?;
     let service = NodeService::new(filter_functions()).with_query(node);
-    let listener = bind(&config.query.listen).await?;
-    let address = advertised(&listener, &config.query.advertise)?;
-    let registration = register(config, keys::query_node(&address), &address).await?;
-    serve(
+    let (listen, advertise) = (&config.query.listen, &config.query.advertise);
+    serve_registered(
+        config,
         "query node",
-        listener,
+        listen,
+        advertise,
+        keys::query_node,
         service,
-        deregister_on_shutdown(registration),
     )
     .await
 }
 
 pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = open_object_store(&config.object_store())?;
-    let node = crate::standalone::data_node(config, store)?;
+    let node = crate::standalone::data_node(config, open_store(config)?)?;
     let service = NodeService::new(filter_functions()).with_data(node);
-    let listener = bind(&config.data.listen).await?;
-    let address = advertised(&listener, &config.data.advertise)?;
-    let registration = register(config, keys::data_node(&address), &address).await?;
-    serve(
+    let (listen, advertise) = (&config.data.listen, &config.data.advertise);
+    serve_registered(
+        config,
         "data node",
+        listen,
+        advertise,
+        keys::data_node,
+        service,
+    )
+    .await
+}
+
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    Ok(open_object_store(&config.object_store())?)
+}
+
+/// Listens, registers the node under `key(address)` when the meta store is
+/// shared, and serves until a shutdown signal (deregistering first).
+async fn serve_registered(
+    config: &Config,
+    role: &str,
+    listen: &str,
+    advertise: &Option<String>,
+    key: fn(&str) -> String,
+    service: NodeService,
+) -> anyhow::Result<()> {
+    let listener = bind(listen).await?;
+    let address = advertised(&listener, advertise)?;
+    let registration = register(config, key(&address), &address).await?;
+    serve(
+        role,
         listener,
         service,
         deregister_on_shutdown(registration),

@@ -13,7 +13,7 @@ use quiver_data::{DataNode, DataNodeOptions};
 use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::open_object_store;
 use quiver_streaming::{StreamingNode, StreamingOptions};
-use quiver_transport::{NodeClient, RemoteDataNode, RemoteQueryNode};
+use quiver_transport::{RemoteDataNode, RemoteQueryNode};
 
 use quiver_frontend::config::Config;
 use quiver_frontend::engine::{Backends, Engine};
@@ -31,8 +31,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
             .coordinator
             .query_nodes
             .iter()
-            .map(|a| Ok(Arc::new(RemoteQueryNode::new(NodeClient::new(a)?)) as Arc<dyn QueryApi>))
-            .collect::<anyhow::Result<_>>()?
+            .map(|a| RemoteQueryNode::connect(a))
+            .collect::<Result<_, _>>()?
     } else {
         vec![query_node(config, store.clone())?]
     };
@@ -45,8 +45,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
             .coordinator
             .data_nodes
             .iter()
-            .map(|a| Ok(Arc::new(RemoteDataNode::new(NodeClient::new(a)?)) as Arc<dyn DataApi>))
-            .collect::<anyhow::Result<_>>()?
+            .map(|a| RemoteDataNode::connect(a))
+            .collect::<Result<_, _>>()?
     };
     let coordinator = Arc::new(
         Coordinator::open(
@@ -65,20 +65,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     }
     coordinator.start_index_builds();
     if config.coordinator.discover_query_nodes {
-        coordinator.discover_query_nodes(Arc::new(|address: &str| {
-            let client = NodeClient::new(address).map_err(|e| {
-                quiver_api::ApiError::new(quiver_api::StatusCode::InvalidRequest, e.to_string())
-            })?;
-            Ok(Arc::new(RemoteQueryNode::new(client)) as Arc<dyn QueryApi>)
-        }));
+        coordinator.discover_query_nodes(Arc::new(|a: &str| Ok(RemoteQueryNode::connect(a)?)));
     }
     if config.coordinator.discover_data_nodes {
-        coordinator.discover_data_nodes(Arc::new(|address: &str| {
-            let client = NodeClient::new(address).map_err(|e| {
-                quiver_api::ApiError::new(quiver_api::StatusCode::InvalidRequest, e.to_string())
-            })?;
-            Ok(Arc::new(RemoteDataNode::new(client)) as Arc<dyn DataApi>)
-        }));
+        coordinator.discover_data_nodes(Arc::new(|a: &str| Ok(RemoteDataNode::connect(a)?)));
     }
     if remote_query || config.coordinator.discover_data_nodes {
         coordinator.start_node_monitor(NodeMonitorOptions {

@@ -341,17 +341,8 @@ impl Coordinator {
         let Some(connect) = self.data_node_connector.get() else {
             return;
         };
-        let registered: Vec<String> = match quiver_meta::scan_json::<String>(
-            self.meta.as_ref(),
-            quiver_meta::keys::DATA_NODES,
-        )
-        .await
-        {
-            Ok(entries) => entries.into_iter().map(|(_, a)| a).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the data-node registry failed");
-                return;
-            }
+        let Some(registered) = self.registered_nodes(quiver_meta::keys::DATA_NODES).await else {
+            return;
         };
         let mut nodes = self.data_nodes.write();
         nodes.retain(|(address, _)| address.as_ref().is_none_or(|a| registered.contains(a)));
@@ -370,6 +361,18 @@ impl Coordinator {
                 Err(e) => {
                     tracing::warn!(%address, error = %e.message, "cannot connect to a registered data node")
                 }
+            }
+        }
+    }
+
+    /// Addresses registered under `prefix`; `None` (logged) when the meta
+    /// store cannot be read, so nothing is taken for deregistered.
+    async fn registered_nodes(&self, prefix: &str) -> Option<Vec<String>> {
+        match quiver_meta::scan_json::<String>(self.meta.as_ref(), prefix).await {
+            Ok(entries) => Some(entries.into_iter().map(|(_, a)| a).collect()),
+            Err(e) => {
+                tracing::warn!(%prefix, error = %e, "reading the node registry failed");
+                None
             }
         }
     }
@@ -395,19 +398,10 @@ impl Coordinator {
         // Registered nodes (etcd): new ones join; a lapsed registration
         // (the node stopped renewing its lease) is a dead node.
         let mut deregistered = Vec::new();
-        if let Some(connect) = self.node_connector.get() {
-            match quiver_meta::scan_json::<String>(
-                self.meta.as_ref(),
-                quiver_meta::keys::QUERY_NODES,
-            )
-            .await
-            {
-                Ok(entries) => {
-                    let registered: Vec<String> = entries.into_iter().map(|(_, a)| a).collect();
-                    deregistered = self.placement.sync_registry(&registered, connect);
-                }
-                Err(e) => tracing::warn!(error = %e, "reading the query-node registry failed"),
-            }
+        if let Some(connect) = self.node_connector.get()
+            && let Some(registered) = self.registered_nodes(quiver_meta::keys::QUERY_NODES).await
+        {
+            deregistered = self.placement.sync_registry(&registered, connect);
         }
         let timeout = options.probe_interval.max(Duration::from_secs(1));
         let probes = self.placement.probe_all(timeout).await;

@@ -324,6 +324,15 @@ root = "/quiver-discovery"
                 assert time.monotonic() < deadline, "the dead node's segments never moved"
                 time.sleep(0.2)
             assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == len(everything)
+
+        # A node stopped with SIGTERM removes its key itself, well before
+        # its 2-second lease could lapse.
+        qb.proc.terminate()
+        deadline = time.monotonic() + 1.5
+        while etcd.keys("/quiver-discovery/nodes/query/" + qb.address):
+            assert time.monotonic() < deadline, "a stopping node must deregister"
+            time.sleep(0.05)
+        assert qb.proc.wait(timeout=10) == 0
     finally:
         for node in (qa, qb, data_node):
             node.kill()

@@ -184,6 +184,11 @@ impl RemoteQueryNode {
         RemoteQueryNode { client }
     }
 
+    /// The query node at `address`, as the role trait (connects lazily).
+    pub fn connect(address: &str) -> Result<Arc<dyn QueryApi>, TransportError> {
+        Ok(Arc::new(RemoteQueryNode::new(NodeClient::new(address)?)))
+    }
+
     pub fn client(&self) -> &NodeClient {
         &self.client
     }
@@ -368,6 +373,11 @@ impl RemoteDataNode {
     pub fn new(client: NodeClient) -> Self {
         RemoteDataNode { client }
     }
+
+    /// The data node at `address`, as the role trait (connects lazily).
+    pub fn connect(address: &str) -> Result<Arc<dyn DataApi>, TransportError> {
+        Ok(Arc::new(RemoteDataNode::new(NodeClient::new(address)?)))
+    }
 }
 
 #[async_trait]
@@ -386,8 +396,7 @@ impl DataApi for RemoteDataNode {
 pub async fn check_health(address: &str, timeout: Duration) -> ApiResult<String> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let client = NodeClient::new(address)
-        .map_err(|e| ApiError::new(StatusCode::InvalidRequest, e.to_string()))?;
+    let client = NodeClient::new(address)?;
     let mut health = HealthClient::new(client.channel);
     let check = health.check(HealthCheckRequest {
         service: String::new(),

@@ -43,6 +43,12 @@ pub enum TransportError {
     },
 }
 
+impl From<TransportError> for quiver_api::ApiError {
+    fn from(e: TransportError) -> Self {
+        quiver_api::ApiError::from_error(quiver_api::StatusCode::InvalidRequest, &e)
+    }
+}
+
 /// Largest message either side accepts: a scan of a whole segment or a
 /// search carrying a long delete list must fit.
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
