@@ -4,20 +4,22 @@
 #   scripts/dev-cluster.sh start [DIR]    install (idempotently) and start etcd,
 #                                         a Kafka-protocol broker (tansu), an S3
 #                                         server (s3s-fs), then a data node, two
-#                                         query nodes and the proxy
+#                                         query nodes, the coordinator, the
+#                                         streaming node and two proxies
 #   scripts/dev-cluster.sh status [DIR]   what runs, and how to connect
 #   scripts/dev-cluster.sh stop [DIR]     stop exactly the processes start started
 #
 # DIR (default ./quiver-cluster) holds every process's data, logs, the shared
 # configuration (quiver.toml) and the pid file. Metadata lives in etcd, the
 # WAL in the broker and segments/indexes in the bucket, so `stop` + `start`
-# on the same DIR brings the same data back. The proxy listens on
-# $QUIVER_PORT (default 5488); every other port is picked free at the first
-# start and kept in DIR/ports. QUIVER_BIN overrides the binary (default: a
-# debug build, built here).
+# on the same DIR brings the same data back. The proxies listen on
+# $QUIVER_PORT (default 5488) and $QUIVER_PORT2 (default the port after
+# it); every other port is
+# picked free at the first start and kept in DIR/ports. QUIVER_BIN overrides
+# the binary (default: a debug build, built here).
 #
-# The proxy process still hosts the coordinator and the streaming node (they
-# are not separate processes yet); query and data nodes register in etcd.
+# Every role is a process of its own; query and data nodes register in etcd,
+# proxies and the streaming node find the coordinator through [cluster].
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -98,8 +100,8 @@ status() {
     done <"$PIDS"
     # shellcheck disable=SC1091
     source "$DIR/ports"
-    echo "connect: psql -h 127.0.0.1 -p $PROXY_PORT -U postgres postgres"
-    echo "health:  quiver probe 127.0.0.1:$HEALTH_PORT (proxy), 127.0.0.1:$QUERY1_PORT, 127.0.0.1:$QUERY2_PORT, 127.0.0.1:$DATA_PORT"
+    echo "connect: psql -h 127.0.0.1 -p $PROXY_PORT -U postgres postgres (or -p $PROXY2_PORT)"
+    echo "health:  quiver probe 127.0.0.1:PORT for PORT in $HEALTH_PORT $HEALTH2_PORT (proxies) $COORDINATOR_PORT $STREAMING_PORT $QUERY1_PORT $QUERY2_PORT $DATA_PORT"
     return "$rc"
 }
 
@@ -128,23 +130,37 @@ DATA_PORT=$(free_port)
 QUERY1_PORT=$(free_port)
 QUERY2_PORT=$(free_port)
 HEALTH_PORT=$(free_port)
+PROXY2_PORT=${QUIVER_PORT2:-$((${QUIVER_PORT:-5488} + 1))}
 EOF
     fi
     # shellcheck disable=SC1091
     source "$DIR/ports"
-    if [[ -z "${HEALTH_PORT:-}" ]]; then  # a DIR from an older version
-        HEALTH_PORT=$(free_port)
-        echo "HEALTH_PORT=$HEALTH_PORT" >>"$DIR/ports"
+    # Ports added by later versions of this script.
+    local var
+    for var in HEALTH_PORT HEALTH2_PORT COORDINATOR_PORT STREAMING_PORT; do
+        if [[ -z "${!var:-}" ]]; then
+            echo "$var=$(free_port)" >>"$DIR/ports"
+        fi
+    done
+    if [[ -z "${PROXY2_PORT:-}" ]]; then
+        echo "PROXY2_PORT=${QUIVER_PORT2:-$((PROXY_PORT + 1))}" >>"$DIR/ports"
     fi
+    # shellcheck disable=SC1091
+    source "$DIR/ports"
     mkdir -p "$DIR/s3/quiver"
     cat >"$DIR/quiver.toml" <<EOF
 # Written by scripts/dev-cluster.sh; every process reads it.
-[frontend]
-health_listen = "127.0.0.1:$HEALTH_PORT"
-
 [coordinator]
+listen = "127.0.0.1:$COORDINATOR_PORT"
 discover_query_nodes = true
 discover_data_nodes = true
+
+[streaming]
+listen = "127.0.0.1:$STREAMING_PORT"
+
+[cluster]
+coordinators = ["127.0.0.1:$COORDINATOR_PORT"]
+streaming_nodes = ["127.0.0.1:$STREAMING_PORT"]
 
 [storage.meta]
 kind = "etcd"
@@ -183,8 +199,16 @@ EOF
             --data-dir "$DIR/query-node-1" --listen "127.0.0.1:$QUERY1_PORT" &&
         spawn query-node-2 "$QUERY2_PORT" "$bin" query-node --config "$DIR/quiver.toml" \
             --data-dir "$DIR/query-node-2" --listen "127.0.0.1:$QUERY2_PORT" &&
-        spawn proxy "$PROXY_PORT" "$bin" standalone --config "$DIR/quiver.toml" \
-            --data-dir "$DIR/proxy" --listen "127.0.0.1:$PROXY_PORT"
+        spawn coordinator "$COORDINATOR_PORT" "$bin" coordinator --config "$DIR/quiver.toml" \
+            --data-dir "$DIR/coordinator" &&
+        spawn streaming-node "$STREAMING_PORT" "$bin" streaming-node --config "$DIR/quiver.toml" \
+            --data-dir "$DIR/streaming-node" &&
+        spawn proxy-1 "$PROXY_PORT" "$bin" proxy --config "$DIR/quiver.toml" \
+            --data-dir "$DIR/proxy-1" --listen "127.0.0.1:$PROXY_PORT" \
+            --health-listen "127.0.0.1:$HEALTH_PORT" &&
+        spawn proxy-2 "$PROXY2_PORT" "$bin" proxy --config "$DIR/quiver.toml" \
+            --data-dir "$DIR/proxy-2" --listen "127.0.0.1:$PROXY2_PORT" \
+            --health-listen "127.0.0.1:$HEALTH2_PORT"
     }; then
         log "start failed; stopping what was started"
         stop_all

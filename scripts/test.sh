@@ -8,9 +8,10 @@
 #      target/debug/quiver-slt over sqllogictest/test_files/*.slt; the
 #      `# quiver: restart` points SIGKILL the server and start it again on the
 #      same data dir and port (via `scripts/test.sh --restart-slt-server`).
-#      Then the same files again with tiny segments served by two
-#      `quiver query-node` processes and built by a `quiver data-node`
-#      (the server restarts onto the same nodes).
+#      Then the same files again through a cluster of role processes on
+#      etcd (coordinator, streaming node, two proxies taking connections in
+#      turn, two query nodes, a data node) with tiny segments; restart
+#      points SIGKILL the coordinator, streaming node and proxies.
 #   5. .venv/bin/pytest -q tests/python  (starts its own servers)
 #
 # Every stage after the build runs even if an earlier one failed; the script
@@ -18,7 +19,8 @@
 #
 # Environment: CARGO_TARGET_DIR (default ./target), QUIVER_BIN (default
 # $CARGO_TARGET_DIR/debug/quiver), SLT_FILES (default sqllogictest/test_files/*.slt),
-# PYTEST_ARGS (extra pytest arguments), SKIP_CARGO=1 (harness development only:
+# PYTEST_ARGS (extra pytest arguments), KEEP_WORK=1 (keep the temporary
+# directory with every server log), SKIP_CARGO=1 (harness development only:
 # skip cargo build/test and use the existing binaries; reported as SKIP and
 # makes the script fail so it can never pass CI by accident).
 set -uo pipefail
@@ -39,6 +41,11 @@ log() { echo "test.sh: $*" >&2; }
 # ---------------------------------------------------------------------------
 start_slt_server() {
     : >>"$QUIVER_SLT_LOG"
+    : >"$QUIVER_SLT_PIDFILE"
+    if [[ -n "${QUIVER_SLT_CLUSTER:-}" ]]; then
+        start_cluster_roles
+        return
+    fi
     echo "=== $(date '+%F %T') starting: $QUIVER_BIN standalone --data-dir $QUIVER_SLT_DATA --listen 127.0.0.1:$QUIVER_SLT_PORT" >>"$QUIVER_SLT_LOG"
     # shellcheck disable=SC2086
     "$QUIVER_BIN" standalone \
@@ -46,8 +53,27 @@ start_slt_server() {
         --listen "127.0.0.1:$QUIVER_SLT_PORT" \
         ${QUIVER_SLT_ARGS:-} \
         </dev/null >>"$QUIVER_SLT_LOG" 2>&1 &
-    echo $! >"$QUIVER_SLT_PIDFILE"
+    echo $! >>"$QUIVER_SLT_PIDFILE"
     disown $! 2>/dev/null || true
+}
+
+# The cluster's stateful-role and proxy processes (the ones a restart point
+# SIGKILLs): coordinator, streaming node and two proxies, all reading the
+# config $QUIVER_SLT_CLUSTER; query/data nodes and etcd stay up.
+start_cluster_roles() {
+    local spec role name listen
+    for spec in "coordinator coordinator 127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT" \
+        "streaming-node streaming 127.0.0.1:$QUIVER_SLT_STREAMING_PORT" \
+        "proxy proxy1 127.0.0.1:$QUIVER_SLT_PORT" \
+        "proxy proxy2 127.0.0.1:$QUIVER_SLT_PORT2"; do
+        read -r role name listen <<<"$spec"
+        echo "=== $(date '+%F %T') starting $name: $QUIVER_BIN $role --listen $listen" >>"$QUIVER_SLT_LOG"
+        "$QUIVER_BIN" "$role" --config "$QUIVER_SLT_CLUSTER" \
+            --data-dir "$QUIVER_SLT_DATA/$name" --listen "$listen" \
+            </dev/null >>"$QUIVER_SLT_LOG" 2>&1 &
+        echo $! >>"$QUIVER_SLT_PIDFILE"
+        disown $! 2>/dev/null || true
+    done
 }
 
 # True while pid exists and is not a zombie.
@@ -61,8 +87,14 @@ pid_running() {
 kill_slt_server() {
     local sig=${1:-KILL} pid
     [[ -f "$QUIVER_SLT_PIDFILE" ]] || return 0
-    pid=$(cat "$QUIVER_SLT_PIDFILE" 2>/dev/null) || return 0
-    [[ -n "$pid" ]] || return 0
+    for pid in $(cat "$QUIVER_SLT_PIDFILE" 2>/dev/null); do
+        kill_pid "$sig" "$pid"
+    done
+    rm -f "$QUIVER_SLT_PIDFILE"
+}
+
+kill_pid() {
+    local sig=$1 pid=$2
     if pid_running "$pid"; then
         kill "-$sig" "$pid" 2>/dev/null || true
         for _ in $(seq 1 150); do
@@ -83,27 +115,28 @@ kill_slt_server() {
             sleep 0.1
         done
     fi
-    rm -f "$QUIVER_SLT_PIDFILE"
 }
 
 wait_slt_server() {
-    local timeout=${1:-120} pid deadline
-    pid=$(cat "$QUIVER_SLT_PIDFILE")
+    local timeout=${1:-120} deadline port
     deadline=$((SECONDS + timeout))
-    while ((SECONDS < deadline)); do
-        if ! pid_running "$pid"; then
-            log "quiver exited during start-up; last lines of $QUIVER_SLT_LOG:"
-            tail -n 40 "$QUIVER_SLT_LOG" >&2
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$QUIVER_SLT_PORT") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.2
+    for port in "$QUIVER_SLT_PORT" ${QUIVER_SLT_PORT2:-}; do
+        while ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+            if ! all_slt_servers_running || ((SECONDS >= deadline)); then
+                log "quiver did not accept connections on port $port; last lines of $QUIVER_SLT_LOG:"
+                tail -n 40 "$QUIVER_SLT_LOG" >&2
+                return 1
+            fi
+            sleep 0.2
+        done
     done
-    log "quiver did not accept connections on port $QUIVER_SLT_PORT within ${timeout}s"
-    tail -n 40 "$QUIVER_SLT_LOG" >&2
-    return 1
+}
+
+all_slt_servers_running() {
+    local pid
+    for pid in $(cat "$QUIVER_SLT_PIDFILE"); do
+        pid_running "$pid" || { log "quiver process $pid exited"; return 1; }
+    done
 }
 
 # Restart hook used by quiver-slt (--restart-cmd): SIGKILL + start again on the
@@ -155,7 +188,11 @@ cleanup() {
     fi
     kill_slt_server KILL
     stop_role_nodes
-    rm -rf "$WORK"
+    if [[ "${KEEP_WORK:-0}" == 1 ]]; then
+        log "kept $WORK (KEEP_WORK=1)"
+    else
+        rm -rf "$WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -225,7 +262,8 @@ run_slt() {
     # shellcheck disable=SC2206
     files=(${SLT_FILES:-sqllogictest/test_files/*.slt})
     log "quiver-slt on port $QUIVER_SLT_PORT: ${files[*]}"
-    "$SLT_BIN" --port "$QUIVER_SLT_PORT" \
+    # shellcheck disable=SC2046
+    "$SLT_BIN" --port "$QUIVER_SLT_PORT" $([[ -n "${QUIVER_SLT_PORT2:-}" ]] && echo --port "$QUIVER_SLT_PORT2") \
         --restart-cmd "'$ROOT/scripts/test.sh' --restart-slt-server" \
         "${files[@]}"
     rc=$?
@@ -242,10 +280,19 @@ else
     record "sqllogictest" FAIL
 fi
 
-# 4b. the same files through query and data nodes in processes of their own
-run_slt_with_role_nodes() {
-    local config="$WORK/role-nodes.toml" q1 q2 d1 name port
+# 4b. the same files through a cluster whose every role is a process of its
+# own: etcd, a coordinator, a streaming node, two proxies (connections
+# alternate between them), two query nodes and a data node, with tiny
+# segments so that sealing, placement and index builds happen all the time.
+# Restart points SIGKILL the coordinator, the streaming node and both proxies.
+run_slt_on_cluster() {
+    local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer name port
     q1="$(free_port)"; q2="$(free_port)"; d1="$(free_port)"
+    etcd="$(free_port)"; etcd_peer="$(free_port)"
+    QUIVER_SLT_COORDINATOR_PORT="$(free_port)"
+    QUIVER_SLT_STREAMING_PORT="$(free_port)"
+    QUIVER_SLT_PORT2="$(free_port)"
+    export QUIVER_SLT_COORDINATOR_PORT QUIVER_SLT_STREAMING_PORT QUIVER_SLT_PORT2
     cat >"$config" <<EOF
 [coordinator]
 query_nodes = ["127.0.0.1:$q1", "127.0.0.1:$q2"]
@@ -256,10 +303,34 @@ min_index_rows = 2
 [streaming]
 seal_rows = 3
 
+[cluster]
+coordinators = ["127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT"]
+streaming_nodes = ["127.0.0.1:$QUIVER_SLT_STREAMING_PORT"]
+
+[storage.meta]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:$etcd"]
+root = "/quiver-slt"
+
+[storage.wal]
+kind = "local"
+dir = "$WORK/cluster-wal"
+
 [storage.object]
 kind = "local"
-root = "$WORK/role-nodes-objects"
+root = "$WORK/cluster-objects"
 EOF
+    etcd --name slt --data-dir "$WORK/etcd" \
+        --listen-client-urls "http://127.0.0.1:$etcd" --advertise-client-urls "http://127.0.0.1:$etcd" \
+        --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+        --initial-cluster "slt=http://127.0.0.1:$etcd_peer" </dev/null >>"$WORK/etcd.log" 2>&1 &
+    NODE_PIDS+=($!)
+    # Nodes register in etcd as they start: wait until it serves.
+    for _ in $(seq 1 150); do
+        curl -sf "http://127.0.0.1:$etcd/health" 2>/dev/null | grep -q '"true"' && break
+        sleep 0.2
+    done
     for spec in "query-node q1 $q1" "query-node q2 $q2" "data-node d1 $d1"; do
         read -r role name port <<<"$spec"
         "$QUIVER_BIN" "$role" --config "$config" --data-dir "$WORK/$name" \
@@ -272,25 +343,27 @@ EOF
             sleep 0.2
         done
     done
-    QUIVER_SLT_DATA="$WORK/slt-data-role-nodes"
-    QUIVER_SLT_LOG="$WORK/slt-server-role-nodes.log"
-    QUIVER_SLT_ARGS="--config $config"
+    QUIVER_SLT_DATA="$WORK/slt-cluster"
+    QUIVER_SLT_LOG="$WORK/slt-cluster.log"
+    QUIVER_SLT_CLUSTER="$config"
+    export QUIVER_SLT_CLUSTER
     local rc=0
     run_slt || rc=1
     if ((rc != 0)); then
-        for name in q1 q2 d1; do
+        for name in q1 q2 d1 etcd; do
             log "last lines of $name's log:"
             tail -n 20 "$WORK/$name.log" >&2
         done
     fi
     stop_role_nodes
-    QUIVER_SLT_ARGS=""
+    QUIVER_SLT_CLUSTER=""
+    QUIVER_SLT_PORT2=""
     return "$rc"
 }
-if run_slt_with_role_nodes; then
-    record "sqllogictest (query/data nodes as processes)" ok
+if run_slt_on_cluster; then
+    record "sqllogictest (cluster: every role a process, two proxies)" ok
 else
-    record "sqllogictest (query/data nodes as processes)" FAIL
+    record "sqllogictest (cluster: every role a process, two proxies)" FAIL
 fi
 
 # 5. Python suite (starts its own servers)

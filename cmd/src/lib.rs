@@ -3,5 +3,6 @@
 //! processes. What each role does lives in its own crate; this crate only
 //! connects them, in-process or through `quiver-transport`.
 
+pub mod cluster;
 pub mod nodes;
 pub mod standalone;

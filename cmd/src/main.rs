@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use quiver_cmd::{nodes, standalone};
+use quiver_cmd::{cluster, nodes, standalone};
 use quiver_frontend::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +40,16 @@ enum Command {
         #[arg(long)]
         shards: Option<u32>,
     },
+    /// Run the coordinator (catalog, timestamp oracle, segment placement)
+    /// over gRPC/Flight, for proxies and streaming nodes that list it in
+    /// `[cluster] coordinators`.
+    Coordinator(NodeArgs),
+    /// Own the shards (WAL, growing segments, sealing) over gRPC/Flight,
+    /// for proxies that list it in `[cluster] streaming_nodes`.
+    StreamingNode(NodeArgs),
+    /// Serve PostgreSQL clients statelessly over the coordinator and
+    /// streaming node of `[cluster]` (`--listen` sets the PostgreSQL address).
+    Proxy(ProxyArgs),
     /// Serve sealed segments (search and scan) over gRPC/Flight, for a
     /// coordinator that lists this node in `[coordinator] query_nodes`.
     QueryNode(NodeArgs),
@@ -67,6 +77,15 @@ struct NodeArgs {
     /// Address of the gRPC/Flight service (overrides the role's `listen`).
     #[arg(long)]
     listen: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Address of the gRPC health service (overrides `[frontend] health_listen`).
+    #[arg(long)]
+    health_listen: Option<String>,
 }
 
 impl NodeArgs {
@@ -123,26 +142,22 @@ async fn main() -> anyhow::Result<()> {
                 tracing::error!(error = format!("{e:#}"), "startup failed");
                 e
             })?;
-            let listener = tokio::net::TcpListener::bind(&cfg.frontend.listen).await?;
-            if let Some(health) = &cfg.frontend.health_listen {
-                let health = tokio::net::TcpListener::bind(health)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot listen on {health}: {e}"))?;
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        quiver_transport::serve_health(health, std::future::pending()).await
-                    {
-                        tracing::error!(error = %e, "health service failed");
-                    }
-                });
+            standalone::serve_frontend(&cfg, engine, "standalone").await
+        }
+        Command::Coordinator(args) => {
+            let cfg = args.load(|c| &mut c.coordinator.listen)?;
+            cluster::run_coordinator(&cfg).await
+        }
+        Command::StreamingNode(args) => {
+            let cfg = args.load(|c| &mut c.streaming.listen)?;
+            cluster::run_streaming_node(&cfg).await
+        }
+        Command::Proxy(args) => {
+            let mut cfg = args.node.load(|c| &mut c.frontend.listen)?;
+            if let Some(health) = args.health_listen {
+                cfg.frontend.health_listen = Some(health);
             }
-            tracing::info!(
-                listen = %cfg.frontend.listen,
-                data_dir = %cfg.data_dir.display(),
-                "quiver standalone ready"
-            );
-            quiver_frontend::server::serve(engine, listener, &cfg.frontend).await?;
-            Ok(())
+            cluster::run_proxy(&cfg).await
         }
         Command::QueryNode(args) => {
             let cfg = args.load(|c| &mut c.query.listen)?;

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 
 /// Functions a search filter may name: DataFusion's built-ins and pgvector's
 /// vector functions, as the proxy plans them.
-fn filter_functions() -> Arc<TaskContext> {
+pub(crate) fn filter_functions() -> Arc<TaskContext> {
     let ctx = SessionContext::new();
     for udf in quiver_planner::vector::udfs() {
         ctx.register_udf(udf);
@@ -53,7 +53,7 @@ pub async fn run_data_node(config: &Config) -> anyhow::Result<()> {
     .await
 }
 
-fn open_store(config: &Config) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
+pub(crate) fn open_store(config: &Config) -> anyhow::Result<Arc<dyn object_store::ObjectStore>> {
     std::fs::create_dir_all(&config.data_dir)?;
     Ok(open_object_store(&config.object_store())?)
 }
@@ -97,11 +97,26 @@ async fn register(
     let MetaConfig::Etcd(_) = &config.storage.meta else {
         return Ok(None);
     };
-    let meta = config.open_meta_store().await?;
     let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
-    let registration = meta
-        .register(&key, serde_json::to_vec(address)?, ttl)
-        .await?;
+    // etcd may still be electing its leader when the cluster starts up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let registration = loop {
+        let attempt = async {
+            let meta = config.open_meta_store().await?;
+            anyhow::Ok(
+                meta.register(&key, serde_json::to_vec(address)?, ttl)
+                    .await?,
+            )
+        };
+        match attempt.await {
+            Ok(registration) => break registration,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = format!("{e:#}"), "registration failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(%key, ttl_ms = ttl.as_millis() as u64, "node registered");
     Ok(Some(registration))
 }
@@ -117,13 +132,13 @@ async fn deregister_on_shutdown(registration: Option<Registration>) {
     }
 }
 
-async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))
 }
 
-async fn serve(
+pub(crate) async fn serve(
     role: &str,
     listener: TcpListener,
     service: NodeService,
@@ -136,7 +151,7 @@ async fn serve(
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

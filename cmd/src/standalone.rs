@@ -10,6 +10,7 @@ use std::time::Duration;
 use quiver_api::{CoordinatorApi, DataApi, QueryApi, StreamingApi};
 use quiver_coordinator::{Coordinator, CoordinatorOptions, NodeMonitorOptions};
 use quiver_data::{DataNode, DataNodeOptions};
+use quiver_meta::MetaStore;
 use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::open_object_store;
 use quiver_streaming::{StreamingNode, StreamingOptions};
@@ -23,40 +24,62 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     std::fs::create_dir_all(&config.data_dir)?;
     let meta = config.open_meta_store().await?;
     let store = open_object_store(&config.object_store())?;
-    let wal = config.open_wal().await?;
-    let remote_query =
-        !config.coordinator.query_nodes.is_empty() || config.coordinator.discover_query_nodes;
+    let coordinator: Arc<dyn CoordinatorApi> =
+        start_coordinator(config, meta, store.clone(), true).await?;
+    let streaming = start_streaming(config, coordinator.clone()).await?;
+    engine(
+        config,
+        Backends {
+            coordinator,
+            streaming,
+        },
+    )
+}
+
+/// The coordinator with its query and data nodes: those of the
+/// configuration when it names any (processes of their own), else, when
+/// `in_process_nodes`, one of each inside this process.
+pub async fn start_coordinator(
+    config: &Config,
+    meta: Arc<dyn MetaStore>,
+    store: Arc<dyn object_store::ObjectStore>,
+    in_process_nodes: bool,
+) -> anyhow::Result<Arc<Coordinator>> {
+    let cc = &config.coordinator;
+    let remote_query = !cc.query_nodes.is_empty() || cc.discover_query_nodes;
+    let remote_data = !cc.data_nodes.is_empty() || cc.discover_data_nodes;
+    let all_remote = remote_query && remote_data;
+    if !in_process_nodes && !all_remote {
+        anyhow::bail!(
+            "a coordinator process needs query and data nodes of their own: set \
+             [coordinator] query_nodes / discover_query_nodes and data_nodes / discover_data_nodes"
+        );
+    }
     let query_nodes: Vec<Arc<dyn QueryApi>> = if remote_query {
-        config
-            .coordinator
-            .query_nodes
+        cc.query_nodes
             .iter()
             .map(|a| RemoteQueryNode::connect(a))
             .collect::<Result<_, _>>()?
     } else {
         vec![query_node(config, store.clone())?]
     };
-    let remote_data =
-        !config.coordinator.data_nodes.is_empty() || config.coordinator.discover_data_nodes;
-    let data_nodes: Vec<Arc<dyn DataApi>> = if !remote_data {
-        vec![data_node(config, store.clone())?]
-    } else {
-        config
-            .coordinator
-            .data_nodes
+    let data_nodes: Vec<Arc<dyn DataApi>> = if remote_data {
+        cc.data_nodes
             .iter()
             .map(|a| RemoteDataNode::connect(a))
             .collect::<Result<_, _>>()?
+    } else {
+        vec![data_node(config, store.clone())?]
     };
     let coordinator = Arc::new(
         Coordinator::open(
-            meta.clone(),
-            store.clone(),
+            meta,
+            store,
             CoordinatorOptions {
-                shards: config.coordinator.shards,
-                min_index_rows: config.coordinator.min_index_rows,
+                shards: cc.shards,
+                min_index_rows: cc.min_index_rows,
             },
-            query_nodes.clone(),
+            query_nodes,
         )
         .await?,
     );
@@ -64,40 +87,50 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
         coordinator.attach_data_node(node);
     }
     coordinator.start_index_builds();
-    if config.coordinator.discover_query_nodes {
+    if cc.discover_query_nodes {
         coordinator.discover_query_nodes(Arc::new(|a: &str| Ok(RemoteQueryNode::connect(a)?)));
     }
-    if config.coordinator.discover_data_nodes {
+    if cc.discover_data_nodes {
         coordinator.discover_data_nodes(Arc::new(|a: &str| Ok(RemoteDataNode::connect(a)?)));
     }
-    if remote_query || config.coordinator.discover_data_nodes {
+    if remote_query || cc.discover_data_nodes {
         coordinator.start_node_monitor(NodeMonitorOptions {
-            probe_interval: Duration::from_millis(
-                config.coordinator.node_probe_interval_ms.max(10),
-            ),
-            failure_timeout: Duration::from_millis(config.coordinator.node_failure_timeout_ms),
+            probe_interval: Duration::from_millis(cc.node_probe_interval_ms.max(10)),
+            failure_timeout: Duration::from_millis(cc.node_failure_timeout_ms),
         });
     }
-    let coordinator: Arc<dyn CoordinatorApi> = coordinator;
-    let streaming: Arc<dyn StreamingApi> = StreamingNode::open(
+    Ok(coordinator)
+}
+
+/// The streaming node owning every shard, on the configured WAL.
+pub async fn start_streaming(
+    config: &Config,
+    coordinator: Arc<dyn CoordinatorApi>,
+) -> anyhow::Result<Arc<dyn StreamingApi>> {
+    let meta = config.open_meta_store().await?;
+    let store = open_object_store(&config.object_store())?;
+    let wal = config.open_wal().await?;
+    let sc = &config.streaming;
+    let node: Arc<dyn StreamingApi> = StreamingNode::open(
         wal,
         meta,
         store,
-        coordinator.clone(),
+        coordinator,
         StreamingOptions {
-            seal_rows: config.streaming.seal_rows.max(1),
-            tick_interval: Duration::from_millis(config.streaming.tick_interval_ms.max(1)),
-            compaction_interval: Duration::from_millis(config.streaming.compaction_interval_ms),
-            compaction_deleted_ratio: config.streaming.compaction_deleted_ratio,
+            seal_rows: sc.seal_rows.max(1),
+            tick_interval: Duration::from_millis(sc.tick_interval_ms.max(1)),
+            compaction_interval: Duration::from_millis(sc.compaction_interval_ms),
+            compaction_deleted_ratio: sc.compaction_deleted_ratio,
         },
     )
     .await?;
-    let backends = Arc::new(Backends {
-        coordinator,
-        streaming,
-    });
+    Ok(node)
+}
+
+/// The frontend over its backends.
+pub fn engine(config: &Config, backends: Backends) -> anyhow::Result<Arc<Engine>> {
     let engine = Engine::new(
-        backends,
+        Arc::new(backends),
         Duration::from_millis(config.frontend.bounded_staleness_ms),
         config
             .frontend
@@ -106,6 +139,36 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     )
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     Ok(Arc::new(engine))
+}
+
+/// Serves PostgreSQL (and gRPC health when configured) until the process
+/// ends.
+pub async fn serve_frontend(
+    config: &Config,
+    engine: Arc<Engine>,
+    role: &str,
+) -> anyhow::Result<()> {
+    let listen = &config.frontend.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    if let Some(health) = &config.frontend.health_listen {
+        let health = tokio::net::TcpListener::bind(health)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {health}: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = quiver_transport::serve_health(health, std::future::pending()).await {
+                tracing::error!(error = %e, "health service failed");
+            }
+        });
+    }
+    tracing::info!(
+        listen = %listen,
+        data_dir = %config.data_dir.display(),
+        "quiver {role} ready"
+    );
+    quiver_frontend::server::serve(engine, listener, &config.frontend).await?;
+    Ok(())
 }
 
 /// A query node on this process's configuration.

@@ -215,6 +215,13 @@ impl StartupHandler for QuiverStartup {
                     ),
                 ));
             }
+            if !self.users.exists(&user) {
+                // The role may have been created through another proxy a
+                // moment ago.
+                if let Err(e) = self.users.coordinator.refresh_catalog().await {
+                    tracing::warn!(error = %e, "refreshing the catalog failed");
+                }
+            }
             if self.scram.is_none() && !self.users.exists(&user) {
                 let reason = if self.users.coordinator.role(&user).is_some() {
                     "is not permitted to log in"

@@ -18,7 +18,21 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub query: QueryConfig,
     pub data: DataConfig,
+    pub cluster: ClusterConfig,
     pub storage: StorageConfig,
+}
+
+/// Where the processes of a cluster find each other when every role runs
+/// on its own (`quiver proxy`, `quiver streaming-node`); standalone
+/// ignores it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `host:port` of every `quiver coordinator` (the leader and its
+    /// standbys, any order): calls go to whichever answers as leader.
+    pub coordinators: Vec<String>,
+    /// `host:port` of the `quiver streaming-node` that owns the shards.
+    pub streaming_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +143,11 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorConfig {
+    /// `HOST:PORT` the gRPC/Flight service of `quiver coordinator` listens on.
+    pub listen: String,
+    /// Address the leading coordinator publishes in etcd when it differs
+    /// from `listen`.
+    pub advertise: Option<String>,
     /// Shards per table; each shard is one WAL channel. Fixed once data exists.
     pub shards: u32,
     /// Sealed segments with fewer rows get no vector index (searched exactly).
@@ -156,6 +175,9 @@ pub struct CoordinatorConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingConfig {
+    /// `HOST:PORT` the gRPC/Flight service of `quiver streaming-node`
+    /// listens on.
+    pub listen: String,
     /// Rows a shard's growing segments may hold before they are sealed.
     pub seal_rows: usize,
     /// Interval of time ticks on idle shards, in milliseconds.
@@ -224,6 +246,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             query: QueryConfig::default(),
             data: DataConfig::default(),
+            cluster: ClusterConfig::default(),
             storage: StorageConfig::default(),
         }
     }
@@ -246,6 +269,8 @@ impl Default for FrontendConfig {
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
+            listen: "127.0.0.1:5492".to_string(),
+            advertise: None,
             shards: 2,
             min_index_rows: 1_000,
             query_nodes: Vec::new(),
@@ -261,6 +286,7 @@ impl Default for CoordinatorConfig {
 impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig {
+            listen: "127.0.0.1:5493".to_string(),
             seal_rows: 100_000,
             tick_interval_ms: 50,
             compaction_interval_ms: 10_000,

@@ -162,24 +162,19 @@ fn bad_copy(msg: impl Into<String>) -> SqlError {
 }
 
 /// The table (and its column list) a COPY reads or writes.
-pub fn copy_table(
+pub async fn copy_table(
     engine: &Engine,
     name: &ObjectName,
     columns: &[Ident],
 ) -> Result<(TableInfo, Vec<usize>), SqlError> {
     let table = table_name(name)?;
-    let info = engine.backends.coordinator.table(&table).ok_or_else(|| {
-        SqlError::new(
-            sqlstate::UNDEFINED_TABLE,
-            format!("relation \"{table}\" does not exist"),
-        )
-    })?;
+    let info = engine.backends.lookup_table(&table).await?;
     let targets = resolve_columns(&info, columns)?;
     Ok((info, targets))
 }
 
 /// Starts a `COPY ... FROM STDIN`: checks the table and options.
-pub fn start(
+pub async fn start(
     engine: &Engine,
     source: &CopySource,
     target: &CopyTarget,
@@ -201,7 +196,7 @@ pub fn start(
             "COPY (query) FROM is not valid",
         ));
     };
-    let (table, targets) = copy_table(engine, name, columns)?;
+    let (table, targets) = copy_table(engine, name, columns).await?;
     Ok(CopyIn {
         table,
         targets,

@@ -39,7 +39,7 @@ pub async fn run(
         CopySource::Table {
             table_name,
             columns,
-        } => engine.parse_one(&table_query(engine, &table_name, &columns)?)?,
+        } => engine.parse_one(&table_query(engine, &table_name, &columns).await?)?,
     };
     match engine.run_query(session, query).await? {
         Output::Rows(schema, batches) => Ok(Output::CopyOut(options, schema, batches)),
@@ -47,8 +47,12 @@ pub async fn run(
     }
 }
 
-fn table_query(engine: &Engine, name: &ObjectName, columns: &[Ident]) -> Result<String, SqlError> {
-    let (info, targets) = copy_table(engine, name, columns)?;
+async fn table_query(
+    engine: &Engine,
+    name: &ObjectName,
+    columns: &[Ident],
+) -> Result<String, SqlError> {
+    let (info, targets) = copy_table(engine, name, columns).await?;
     let list = targets
         .iter()
         .map(|&i| {

@@ -145,7 +145,7 @@ pub async fn drop(
     }
     for name in &names {
         let table = table_name(name)?;
-        let Some(info) = engine.backends.coordinator.table(&table) else {
+        let Some(info) = engine.backends.table_info(&table).await else {
             if if_exists {
                 continue;
             }
@@ -175,12 +175,7 @@ pub async fn drop(
 pub async fn truncate(engine: &Engine, truncate: Truncate) -> Result<Output, SqlError> {
     for target in &truncate.table_names {
         let table = table_name(&target.name)?;
-        let info = engine.backends.coordinator.table(&table).ok_or_else(|| {
-            SqlError::new(
-                sqlstate::UNDEFINED_TABLE,
-                format!("relation \"{table}\" does not exist"),
-            )
-        })?;
+        let info = engine.backends.lookup_table(&table).await?;
         engine
             .backends
             .streaming

@@ -28,15 +28,6 @@ use crate::engine::{DATABASE, Engine, Output, ordered_param_types};
 use crate::error::{from_api, from_datafusion};
 use crate::session::Session;
 
-fn lookup(engine: &Engine, table: &str) -> Result<TableInfo, SqlError> {
-    engine.backends.coordinator.table(table).ok_or_else(|| {
-        SqlError::new(
-            sqlstate::UNDEFINED_TABLE,
-            format!("relation \"{table}\" does not exist"),
-        )
-    })
-}
-
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -177,7 +168,7 @@ pub async fn insert(
             "INSERT INTO a table function",
         ));
     };
-    let info = lookup(engine, &table_name(name)?)?;
+    let info = engine.backends.lookup_table(&table_name(name)?).await?;
     let mut targets = target_columns(&info, &insert.columns)?;
     let Some(mut source) = insert.source.clone() else {
         // INSERT ... DEFAULT VALUES: one row of defaults.
@@ -417,7 +408,10 @@ pub async fn update(
     session: &Session,
     update: Update,
 ) -> Result<Output, SqlError> {
-    let info = lookup(engine, &single_table(&update.table)?)?;
+    let info = engine
+        .backends
+        .lookup_table(&single_table(&update.table)?)
+        .await?;
     let sql = update_query(&info, &update)?;
     let ts = strong_snapshot(engine).await?;
     let (_, batch) = rows_of(
@@ -475,7 +469,7 @@ pub async fn delete(
     delete: Delete,
 ) -> Result<Output, SqlError> {
     let (table, relation) = delete_target(&delete)?;
-    let info = lookup(engine, &table)?;
+    let info = engine.backends.lookup_table(&table).await?;
     let filter = delete
         .selection
         .as_ref()
@@ -548,7 +542,7 @@ pub async fn describe(
             let TableObject::TableName(name) = &insert.table else {
                 return Ok((params, None));
             };
-            let info = lookup(engine, &table_name(name)?)?;
+            let info = engine.backends.lookup_table(&table_name(name)?).await?;
             let targets = target_columns(&info, &insert.columns)?;
             if let Some(source) = &insert.source
                 && let SetExpr::Values(values) = source.body.as_ref()
@@ -570,7 +564,10 @@ pub async fn describe(
             (info, insert.returning.clone())
         }
         Statement::Update(update) => {
-            let info = lookup(engine, &single_table(&update.table)?)?;
+            let info = engine
+                .backends
+                .lookup_table(&single_table(&update.table)?)
+                .await?;
             for a in &update.assignments {
                 if let (AssignmentTarget::ColumnName(col), Expr::Value(v)) = (&a.target, &a.value)
                     && let Value::Placeholder(p) = &v.value
@@ -592,7 +589,7 @@ pub async fn describe(
         }
         Statement::Delete(delete) => {
             let (table, relation) = delete_target(delete)?;
-            let info = lookup(engine, &table)?;
+            let info = engine.backends.lookup_table(&table).await?;
             let filter = delete
                 .selection
                 .as_ref()

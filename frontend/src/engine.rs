@@ -14,7 +14,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use pgwire::api::Type;
 use pgwire::api::results::Tag;
-use quiver_api::{CoordinatorApi, QueryApi, StreamingApi};
+use quiver_api::{CoordinatorApi, QueryApi, StreamingApi, TableInfo};
 use quiver_planner::rewrite::{
     normalize_operators, rewrite_array_subqueries, rewrite_vector_casts,
 };
@@ -102,6 +102,29 @@ impl Backends {
                 .await
                 .map_err(crate::error::api_err),
         }
+    }
+
+    /// A table by name. A miss refreshes the catalog copy once first: with
+    /// proxies in other processes, the table may have been created through
+    /// another proxy a moment ago.
+    pub async fn table_info(&self, name: &str) -> Option<TableInfo> {
+        if let Some(info) = self.coordinator.table(name) {
+            return Some(info);
+        }
+        if let Err(e) = self.coordinator.refresh_catalog().await {
+            tracing::warn!(error = %e, "refreshing the catalog failed");
+        }
+        self.coordinator.table(name)
+    }
+
+    /// [`Self::table_info`], or PostgreSQL's error for a missing relation.
+    pub async fn lookup_table(&self, name: &str) -> Result<TableInfo, SqlError> {
+        self.table_info(name).await.ok_or_else(|| {
+            SqlError::new(
+                sqlstate::UNDEFINED_TABLE,
+                format!("relation \"{name}\" does not exist"),
+            )
+        })
     }
 
     /// The query node serving a segment; a retryable error while none does
@@ -563,7 +586,7 @@ impl Engine {
                 if to {
                     return crate::copy_out::run(self, session, source, &target, options).await;
                 }
-                let copy = crate::copy_in::start(self, &source, &target, options)?;
+                let copy = crate::copy_in::start(self, &source, &target, options).await?;
                 let out = Output::CopyIn(copy.format(), copy.columns());
                 *session.copy_in.lock() = Some(copy);
                 Ok(out)
@@ -627,12 +650,7 @@ impl Engine {
             None => None,
             Some(name) => {
                 let table = crate::ddl::table_name(name)?;
-                Some(self.backends.coordinator.table(&table).ok_or_else(|| {
-                    SqlError::new(
-                        sqlstate::UNDEFINED_TABLE,
-                        format!("relation \"{table}\" does not exist"),
-                    )
-                })?)
+                Some(self.backends.lookup_table(&table).await?)
             }
         };
         self.backends

@@ -160,12 +160,7 @@ pub async fn create_index(
     create: CreateIndex,
 ) -> Result<Output, SqlError> {
     let table = table_name(&create.table_name)?;
-    let info = engine.backends.coordinator.table(&table).ok_or_else(|| {
-        SqlError::new(
-            sqlstate::UNDEFINED_TABLE,
-            format!("relation \"{table}\" does not exist"),
-        )
-    })?;
+    let info = engine.backends.lookup_table(&table).await?;
     let method = match &create.using {
         Some(IndexType::Custom(i)) => i.value.to_ascii_lowercase(),
         Some(other) => other.to_string().to_ascii_lowercase(),

@@ -22,6 +22,20 @@ impl Engine {
                 let value = values.first().map(setting_value).unwrap_or_default();
                 if name == "quiver.consistency" {
                     *session.consistency.lock() = Consistency::parse(&value)?;
+                } else if name == LAST_WRITE_TS {
+                    // Read-your-writes across connections: a client hands
+                    // the timestamp `SHOW quiver.last_write_ts` gave it on
+                    // one connection (any proxy) to the next, whose reads
+                    // then wait until that write is visible.
+                    let ts = value.parse::<u64>().map_err(|_| {
+                        SqlError::new(
+                            sqlstate::INVALID_PARAMETER_VALUE,
+                            format!(
+                                "invalid value for parameter \"{name}\": \"{value}\" (a timestamp from SHOW {LAST_WRITE_TS})"
+                            ),
+                        )
+                    })?;
+                    session.record_write(quiver_types::Timestamp(ts));
                 } else if SEARCH_SETTINGS.contains(&name.as_str()) {
                     let n = value
                         .parse::<usize>()
@@ -67,10 +81,15 @@ impl Engine {
     }
 }
 
+/// The commit timestamp of the session's last write (0 before any); set it
+/// to make the session's reads wait for a write made elsewhere.
+const LAST_WRITE_TS: &str = "quiver.last_write_ts";
+
 /// A configuration parameter's value for `SHOW` and `current_setting`.
 pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
     Ok(match name {
         "quiver.consistency" => session.consistency.lock().name().to_string(),
+        LAST_WRITE_TS => session.last_write().0.to_string(),
         "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
         "server_version_num" => "160006".to_string(),
         "server_encoding" | "client_encoding" => "UTF8".to_string(),

@@ -44,17 +44,20 @@ impl SchemaProvider for QuiverSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if let Some(info) = self.backends.coordinator.table(name) {
+        if name.starts_with("pg_")
+            && let Some(catalog) = self.pg_catalog.get()
+            && catalog.table_exist(name)
+        {
+            return catalog.table(name).await;
+        }
+        if let Some(info) = self.backends.table_info(name).await {
             return Ok(Some(Arc::new(QuiverTable {
                 schema: info.schema.arrow_schema(),
                 info,
                 backends: self.backends.clone(),
             })));
         }
-        match self.pg_catalog.get() {
-            Some(catalog) if name.starts_with("pg_") => catalog.table(name).await,
-            _ => Ok(None),
-        }
+        Ok(None)
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -6,9 +6,12 @@
 //! ```text
 //! quiver-slt --port 5488 sqllogictest/test_files/*.slt
 //! quiver-slt --port 5488 --restart-cmd './restart-server.sh' sqllogictest/test_files/restart.slt
+//! quiver-slt --port 5488 --port 5489 sqllogictest/test_files/*.slt
 //! ```
 //!
-//! Every file runs on its own fresh connection(s). Values come back as text
+//! Every file runs on its own fresh connection(s). With several `--port`s
+//! (proxies of one cluster), each new connection goes to the next port in
+//! turn, so a file's connections and consecutive files alternate proxies. Values come back as text
 //! (simple query protocol); SQL `NULL` is rendered as `NULL` and the empty
 //! string as `(empty)`.
 //!
@@ -48,9 +51,9 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
 
-    /// Server port.
-    #[arg(long, default_value_t = 5488)]
-    port: u16,
+    /// Server port; repeat to spread connections over several proxies.
+    #[arg(long = "port", default_values_t = [5488])]
+    ports: Vec<u16>,
 
     /// User name.
     #[arg(long, default_value = "postgres")]
@@ -170,7 +173,9 @@ impl From<tokio_postgres::Error> for PgError {
 #[derive(Clone, Debug)]
 struct ConnParams {
     host: String,
-    port: u16,
+    ports: Vec<u16>,
+    /// Connections made so far: picks the next port.
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     user: String,
     dbname: String,
     password: Option<String>,
@@ -178,10 +183,17 @@ struct ConnParams {
 }
 
 impl ConnParams {
-    fn config(&self) -> tokio_postgres::Config {
+    fn next_port(&self) -> u16 {
+        let n = self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ports[n % self.ports.len()]
+    }
+
+    fn config(&self, port: u16) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&self.host)
-            .port(self.port)
+            .port(port)
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("quiver-slt")
@@ -201,7 +213,12 @@ struct Postgres {
 
 impl Postgres {
     async fn connect(params: ConnParams) -> Result<Self, PgError> {
-        let (client, connection) = params.config().connect(NoTls).await?;
+        let port = params.next_port();
+        Self::connect_to(params, port).await
+    }
+
+    async fn connect_to(params: ConnParams, port: u16) -> Result<Self, PgError> {
+        let (client, connection) = params.config(port).connect(NoTls).await?;
         let conn_task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 eprintln!("quiver-slt: connection error: {e}");
@@ -401,12 +418,19 @@ fn new_runner(params: &ConnParams, labels: &[String]) -> PgRunner {
     runner
 }
 
-/// Waits until the server accepts a connection and answers `SELECT 1`.
+/// Waits until every server accepts a connection and answers `SELECT 1`.
 async fn wait_ready(params: &ConnParams, timeout: Duration) -> Result<()> {
+    for &port in &params.ports {
+        wait_port_ready(params, port, timeout).await?;
+    }
+    Ok(())
+}
+
+async fn wait_port_ready(params: &ConnParams, port: u16, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_err: String;
     loop {
-        match Postgres::connect(params.clone()).await {
+        match Postgres::connect_to(params.clone(), port).await {
             Ok(db) => match db.client.simple_query("SELECT 1").await {
                 Ok(_) => return Ok(()),
                 Err(e) => last_err = PgError::from(e).to_string(),
@@ -417,7 +441,7 @@ async fn wait_ready(params: &ConnParams, timeout: Duration) -> Result<()> {
             bail!(
                 "server at {}:{} not ready after {}s: {last_err}",
                 params.host,
-                params.port,
+                port,
                 timeout.as_secs()
             );
         }
@@ -511,7 +535,8 @@ async fn real_main() -> Result<bool> {
     }
     let params = ConnParams {
         host: args.host.clone(),
-        port: args.port,
+        ports: args.ports.clone(),
+        connections: Default::default(),
         user: args.user.clone(),
         dbname: args.dbname.clone(),
         password: args.password.clone(),

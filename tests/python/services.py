@@ -162,7 +162,9 @@ class KafkaBroker(_Service):
 
 
 class QuiverNode(_Service):
-    """One Quiver role process (`quiver query-node` / `quiver data-node`)
+    """One Quiver role process (`quiver query-node`, `data-node`,
+    `coordinator`, `streaming-node` or `proxy`; a proxy's address is its
+    PostgreSQL port)
     with its own local directory; `kill()` is SIGKILL and `start()` again
     reuses the port and directory. Flight calls are logged (debug) so tests
     can see which node served what."""
@@ -182,7 +184,9 @@ class QuiverNode(_Service):
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "QuiverNode":
+    def start(self, wait: bool = True) -> "QuiverNode":
+        """`wait=False` for a process that does not listen at once (a
+        standby coordinator listens once it leads)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.bin), self.role, "--config", str(self.config),
@@ -190,8 +194,12 @@ class QuiverNode(_Service):
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "RUST_LOG": "info,quiver_transport=debug"},
             )
-        wait_for_port(self.port)
+        if wait:
+            wait_for_port(self.port, timeout=90)
         return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,7 +1,8 @@
 """scripts/dev-cluster.sh starts a whole local cluster -- etcd, tansu
-(Kafka protocol), s3s-fs (S3), a data node, two query nodes registered in
-etcd and the proxy -- and stops exactly the processes it started; data
-survives stop + start on the same directory."""
+(Kafka protocol), s3s-fs (S3), a data node and two query nodes registered
+in etcd, the coordinator, the streaming node and two proxies, each its own
+process -- and stops exactly the processes it started; data survives stop +
+start on the same directory."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from conftest import REPO_ROOT, free_port, quiver_bin
 SCRIPT = REPO_ROOT / "scripts" / "dev-cluster.sh"
 
 
-def run(command: str, directory: Path, port: int) -> subprocess.CompletedProcess:
+def run(command: str, directory: Path, port: int, port2: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(SCRIPT), command, str(directory)],
-        env={**os.environ, "QUIVER_BIN": str(quiver_bin()), "QUIVER_PORT": str(port)},
+        env={**os.environ, "QUIVER_BIN": str(quiver_bin()), "QUIVER_PORT": str(port),
+             "QUIVER_PORT2": str(port2)},
         capture_output=True, text=True, timeout=300,
     )
 
@@ -39,26 +41,31 @@ def pids(directory: Path) -> list[int]:
 
 def test_start_stop_and_restart(tmp_path):
     directory = tmp_path / "cluster"
-    port = free_port()
-    started = run("start", directory, port)
+    port, port2 = free_port(), free_port()
+    started = run("start", directory, port, port2)
     assert started.returncode == 0, started.stderr[-3000:]
     try:
-        assert "running  query-node-2" in started.stdout
+        for name in ("query-node-2", "coordinator", "streaming-node", "proxy-1", "proxy-2"):
+            assert f"running  {name}" in started.stdout, started.stdout
         assert run("status", directory, port).returncode == 0
         # Every Quiver process answers the gRPC health protocol.
         ports = dict(line.split("=") for line in (directory / "ports").read_text().split())
-        for name in ("HEALTH_PORT", "QUERY1_PORT", "QUERY2_PORT", "DATA_PORT"):
+        for name in ("HEALTH_PORT", "HEALTH2_PORT", "COORDINATOR_PORT", "STREAMING_PORT",
+                     "QUERY1_PORT", "QUERY2_PORT", "DATA_PORT"):
             probe = subprocess.run([str(quiver_bin()), "probe", f"127.0.0.1:{ports[name]}"],
                                    capture_output=True, text=True, timeout=30)
             assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", (name, probe)
         first = pids(directory)
-        assert len(first) == 7 and all(alive(pid) for pid in first)
+        assert len(first) == 10 and all(alive(pid) for pid in first)
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
                              autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v vector(3))")
             conn.execute("INSERT INTO t VALUES (1,'[1,2,1]'),(2,'[2,4,1]'),(3,'[3,6,1]')")
             conn.execute("CHECKPOINT")
             conn.execute("INSERT INTO t VALUES (4,'[4,8,1]')")
+        # The other proxy sees the table and every row at once.
+        with psycopg.connect(host="127.0.0.1", port=port2, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
             assert [r[0] for r in conn.execute(
                 "SELECT id FROM t ORDER BY v <-> '[3.2,6.4,1]' LIMIT 2").fetchall()] == [3, 4]
             nodes = {r[0] for r in conn.execute(

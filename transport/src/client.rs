@@ -93,12 +93,21 @@ impl NodeClient {
         }
     }
 
-    async fn action<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    pub(crate) async fn action<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
         &self,
         kind: &str,
         request: &Req,
     ) -> ApiResult<Resp> {
         let body = serde_json::to_vec(request).map_err(|e| internal(&e))?;
+        self.action_body(kind, body).await
+    }
+
+    /// An action whose body is already encoded (framed batches).
+    pub(crate) async fn action_body<Resp: DeserializeOwned>(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> ApiResult<Resp> {
         let action = Action {
             r#type: kind.to_string(),
             body: Bytes::from(body),
@@ -126,7 +135,7 @@ impl NodeClient {
     /// Runs a `DoGet`; returns the batches, the schema (when the stream had
     /// one: Flight sends no message for an empty batch) and the schema
     /// message's metadata.
-    async fn get(
+    pub(crate) async fn get(
         &self,
         ticket: &Ticket,
     ) -> ApiResult<(Vec<RecordBatch>, Option<SchemaRef>, Bytes)> {
@@ -166,7 +175,7 @@ impl NodeClient {
     }
 }
 
-fn internal(e: &dyn std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: &dyn std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::Internal, format!("transport encoding: {e}"))
 }
 

@@ -1,8 +1,8 @@
 //! The network transport of the role interfaces.
 //!
-//! Standalone mode calls [`quiver_api::QueryApi`] and [`quiver_api::DataApi`]
-//! in-process; a cluster puts this crate between the caller and the role, so
-//! no role logic exists twice. Every role process serves one Arrow Flight
+//! Standalone mode calls the role traits of [`quiver_api`] (coordinator,
+//! streaming, query and data nodes) in-process; a cluster puts this crate
+//! between the caller and the role, so no role logic exists twice. Every role process serves one Arrow Flight
 //! service (gRPC over tonic): control calls are Flight actions whose bodies
 //! are JSON, record batches travel as Arrow IPC in `DoGet` streams, and
 //! failures carry their [`quiver_api::StatusCode`] in a trailer so the
@@ -14,15 +14,23 @@
 //! (splitting, dictionaries, schema messages) is exactly what scans and
 //! search results need, and the generated code ships with `arrow-flight`.
 
+mod catalog;
 mod client;
 mod filter;
+mod frame;
+mod remote_coordinator;
+mod remote_streaming;
+mod role_services;
 mod server;
 mod status;
 mod wire;
 
 use std::net::SocketAddr;
 
+pub use catalog::{CatalogState, CatalogVersion};
 pub use client::{NodeClient, RemoteDataNode, RemoteQueryNode, check_health};
+pub use remote_coordinator::RemoteCoordinator;
+pub use remote_streaming::RemoteStreamingNode;
 pub use server::{NodeService, serve, serve_health};
 pub use wire::NodeStatus;
 

@@ -16,7 +16,8 @@ use datafusion::execution::TaskContext;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use quiver_api::{
-    ApiError, ApiResult, DataApi, QueryApi, SealedSegmentRef, StatusCode, VectorSearchRequest,
+    ApiError, ApiResult, CoordinatorApi, DataApi, QueryApi, SealedSegmentRef, StatusCode,
+    StreamingApi, VectorSearchRequest,
 };
 use quiver_segment::SegmentMeta;
 use quiver_types::SegmentId;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::role_services::{CoordinatorService, streaming_action};
 use crate::status::{bad_request, to_status};
 use crate::wire::{self, NodeStatus, SearchCall, SearchOutcome, Ticket, WireSearchRequest};
 use crate::{MAX_MESSAGE_BYTES, TransportError};
@@ -33,6 +35,8 @@ use crate::{MAX_MESSAGE_BYTES, TransportError};
 pub struct NodeService {
     query: Option<Arc<dyn QueryApi>>,
     data: Option<Arc<dyn DataApi>>,
+    coordinator: Option<CoordinatorService>,
+    streaming: Option<Arc<dyn StreamingApi>>,
     /// Resolves functions named in search filters.
     functions: Arc<TaskContext>,
     incarnation: u64,
@@ -44,6 +48,8 @@ impl NodeService {
         NodeService {
             query: None,
             data: None,
+            coordinator: None,
+            streaming: None,
             functions,
             incarnation: rand::random(),
         }
@@ -56,6 +62,18 @@ impl NodeService {
 
     pub fn with_data(mut self, node: Arc<dyn DataApi>) -> Self {
         self.data = Some(node);
+        self
+    }
+
+    /// Serves the coordinator and publishes its catalog (call inside the
+    /// runtime: publishing runs as a task).
+    pub fn with_coordinator(mut self, coordinator: Arc<dyn CoordinatorApi>) -> Self {
+        self.coordinator = Some(CoordinatorService::new(coordinator));
+        self
+    }
+
+    pub fn with_streaming(mut self, streaming: Arc<dyn StreamingApi>) -> Self {
+        self.streaming = Some(streaming);
         self
     }
 
@@ -74,6 +92,12 @@ impl NodeService {
         }
         if self.data.is_some() {
             roles.push("data".to_string());
+        }
+        if self.coordinator.is_some() {
+            roles.push("coordinator".to_string());
+        }
+        if self.streaming.is_some() {
+            roles.push("streaming".to_string());
         }
         NodeStatus {
             incarnation: self.incarnation,
@@ -121,16 +145,53 @@ impl NodeService {
             }
             wire::DATA_BUILD_INDEX => reply(self.data()?.build_index(parse(body)?).await),
             wire::DATA_COMPACT => reply(self.data()?.compact(parse(body)?).await),
-            other => Err(to_status(ApiError::new(
-                StatusCode::Internal,
-                format!("unknown action {other} (are all processes the same version?)"),
-            ))),
+            coordinator if coordinator.starts_with("coord.") => match &self.coordinator {
+                Some(service) => service.action(kind, body).await,
+                None => Err(not_served("coordinator")),
+            },
+            streaming if streaming.starts_with("streaming.") => match &self.streaming {
+                Some(node) => streaming_action(node, kind, body).await,
+                None => Err(not_served("streaming")),
+            },
+            other => Err(unknown_action(other)),
         }
     }
 
     /// Runs a batch-returning call; returns the batches, their schema and
     /// what goes into the schema message.
     async fn get(&self, ticket: Ticket) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
+        match ticket {
+            Ticket::Snapshot(call) => self.snapshot(call).await,
+            other => self.query_get(other).await,
+        }
+    }
+
+    /// A shard's snapshot: growing rows as batches, sealed segments with
+    /// their deletes in the schema message.
+    async fn snapshot(
+        &self,
+        call: wire::SnapshotCall,
+    ) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
+        {
+            let streaming = self.streaming.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::Unavailable,
+                    "this node serves no streaming role",
+                )
+            })?;
+            let snapshot = streaming.snapshot(&call.table, call.shard, call.ts).await?;
+            let sealed: Vec<(SegmentId, &[quiver_segment::DeleteLogEntry])> = snapshot
+                .sealed
+                .iter()
+                .map(|s| (s.segment, s.deletes.as_slice()))
+                .collect();
+            let meta = serde_json::to_vec(&sealed)
+                .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
+            Ok((snapshot.growing, Some(Bytes::from(meta))))
+        }
+    }
+
+    async fn query_get(&self, ticket: Ticket) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
         let query = self.query().map_err(|_| {
             ApiError::new(StatusCode::Unavailable, "this node serves no query role")
         })?;
@@ -188,6 +249,10 @@ impl NodeService {
                 };
                 Ok((batches, Some(Bytes::from(meta))))
             }
+            Ticket::Snapshot(_) => Err(ApiError::new(
+                StatusCode::Internal,
+                "a snapshot is not a query-node call",
+            )),
             Ticket::Scan(call) => {
                 let batches = query
                     .scan_segment(
@@ -210,11 +275,18 @@ fn not_served(role: &str) -> Status {
     ))
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+pub(crate) fn unknown_action(kind: &str) -> Status {
+    to_status(ApiError::new(
+        StatusCode::Internal,
+        format!("unknown action {kind} (are all processes the same version?)"),
+    ))
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(body).map_err(bad_request)
 }
 
-fn reply<T: Serialize>(result: ApiResult<T>) -> Result<Vec<u8>, Status> {
+pub(crate) fn reply<T: Serialize>(result: ApiResult<T>) -> Result<Vec<u8>, Status> {
     let value = result.map_err(to_status)?;
     serde_json::to_vec(&value)
         .map_err(|e| to_status(ApiError::new(StatusCode::Internal, e.to_string())))
@@ -253,8 +325,14 @@ impl FlightService for NodeService {
         tracing::debug!(call = ticket.name(), "flight get");
         let (batches, meta) = self.get(ticket).await.map_err(to_status)?;
         let mut encoder = FlightDataEncoderBuilder::new().with_max_flight_data_size(4 << 20);
-        if let Some(first) = batches.first() {
-            encoder = encoder.with_schema(first.schema());
+        match batches.first() {
+            Some(first) => encoder = encoder.with_schema(first.schema()),
+            // The metadata rides on the schema message, which the encoder
+            // only sends when it has a schema.
+            None if meta.is_some() => {
+                encoder = encoder.with_schema(Arc::new(arrow::datatypes::Schema::empty()))
+            }
+            None => {}
         }
         if let Some(meta) = meta {
             encoder = encoder.with_metadata(meta);
@@ -269,23 +347,15 @@ impl FlightService for NodeService {
         &self,
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        let names = [
-            wire::NODE_STATUS,
-            wire::QUERY_LOAD_SEGMENTS,
-            wire::QUERY_RELEASE_SEGMENTS,
-            wire::QUERY_LOAD_INDEX,
-            wire::QUERY_RELEASE_INDEX,
-            wire::QUERY_EXPLAIN_SEARCH,
-            wire::DATA_BUILD_INDEX,
-            wire::DATA_COMPACT,
-        ];
-        let types = names.map(|n| {
+        let types = wire::ALL_ACTIONS.iter().map(|n| {
             Ok(ActionType {
                 r#type: n.to_string(),
                 description: String::new(),
             })
         });
-        Ok(Response::new(stream::iter(types).boxed()))
+        Ok(Response::new(
+            stream::iter(types.collect::<Vec<_>>()).boxed(),
+        ))
     }
 
     async fn handshake(

@@ -34,6 +34,8 @@ pub enum Ticket {
     Search(SearchCall),
     SearchMany(SearchManyCall),
     Scan(ScanCall),
+    /// A shard's growing rows and sealed segments (streaming node).
+    Snapshot(SnapshotCall),
 }
 
 impl Ticket {
@@ -42,6 +44,7 @@ impl Ticket {
             Ticket::Search(_) => "query.search_segment",
             Ticket::SearchMany(_) => "query.search_segments",
             Ticket::Scan(_) => "query.scan_segment",
+            Ticket::Snapshot(_) => "streaming.snapshot",
         }
     }
 }
@@ -118,4 +121,111 @@ pub struct SearchOutcome {
 pub struct ReleaseIndexCall {
     pub segment: SegmentId,
     pub index: IndexId,
+}
+
+/// Every action, for `ListActions`.
+pub const ALL_ACTIONS: &[&str] = &[
+    NODE_STATUS,
+    QUERY_LOAD_SEGMENTS,
+    QUERY_RELEASE_SEGMENTS,
+    QUERY_LOAD_INDEX,
+    QUERY_RELEASE_INDEX,
+    QUERY_EXPLAIN_SEARCH,
+    DATA_BUILD_INDEX,
+    DATA_COMPACT,
+    COORD_ALLOCATE_TIMESTAMP,
+    COORD_ALLOCATE_SEGMENT_IDS,
+    COORD_CREATE_TABLE,
+    COORD_DROP_TABLE,
+    COORD_NEXT_SERIAL_VALUES,
+    COORD_SEGMENTS_SEALED,
+    COORD_SEGMENTS_DROPPED,
+    COORD_CREATE_INDEX,
+    COORD_DROP_INDEX,
+    COORD_COMPACT,
+    COORD_CREATE_ROLE,
+    COORD_ALTER_ROLE,
+    COORD_DROP_ROLE,
+    COORD_CATALOG,
+    STREAM_WRITE,
+    STREAM_COMMIT,
+    STREAM_EXISTING_KEYS,
+    STREAM_TRUNCATE,
+    STREAM_WAIT_APPLIED,
+    STREAM_APPLIED_TS,
+    STREAM_FLUSH_ALL,
+    STREAM_COMPACT,
+];
+
+pub const COORD_ALLOCATE_TIMESTAMP: &str = "coord.allocate_timestamp";
+pub const COORD_ALLOCATE_SEGMENT_IDS: &str = "coord.allocate_segment_ids";
+pub const COORD_CREATE_TABLE: &str = "coord.create_table";
+pub const COORD_DROP_TABLE: &str = "coord.drop_table";
+pub const COORD_NEXT_SERIAL_VALUES: &str = "coord.next_serial_values";
+pub const COORD_SEGMENTS_SEALED: &str = "coord.segments_sealed";
+pub const COORD_SEGMENTS_DROPPED: &str = "coord.segments_dropped";
+pub const COORD_CREATE_INDEX: &str = "coord.create_index";
+pub const COORD_DROP_INDEX: &str = "coord.drop_index";
+pub const COORD_COMPACT: &str = "coord.compact";
+pub const COORD_CREATE_ROLE: &str = "coord.create_role";
+pub const COORD_ALTER_ROLE: &str = "coord.alter_role";
+pub const COORD_DROP_ROLE: &str = "coord.drop_role";
+pub const COORD_CATALOG: &str = "coord.catalog";
+
+pub const STREAM_WRITE: &str = "streaming.write";
+pub const STREAM_COMMIT: &str = "streaming.commit";
+pub const STREAM_EXISTING_KEYS: &str = "streaming.existing_keys";
+pub const STREAM_TRUNCATE: &str = "streaming.truncate";
+pub const STREAM_WAIT_APPLIED: &str = "streaming.wait_applied";
+pub const STREAM_APPLIED_TS: &str = "streaming.applied_ts";
+pub const STREAM_FLUSH_ALL: &str = "streaming.flush_all";
+pub const STREAM_COMPACT: &str = "streaming.compact";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateTableCall {
+    pub name: String,
+    pub schema: quiver_types::TableSchema,
+    pub if_not_exists: bool,
+}
+
+/// Dropping a table, index or role by name.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DropCall {
+    pub name: String,
+    pub if_exists: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SerialValuesCall {
+    pub table: quiver_types::TableId,
+    pub column: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateIndexCall {
+    pub table: String,
+    pub def: quiver_api::IndexDef,
+    pub if_not_exists: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateRoleCall {
+    pub role: quiver_api::RoleInfo,
+    pub if_not_exists: bool,
+}
+
+/// The JSON part of a framed write (`crate::frame`): the batches follow,
+/// keys to delete then rows to insert, per request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WriteHeader {
+    pub table: quiver_api::TableInfo,
+    pub on_conflict: quiver_api::ConflictPolicy,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotCall {
+    pub table: quiver_api::TableInfo,
+    pub shard: quiver_types::ShardId,
+    pub ts: Timestamp,
 }

@@ -89,7 +89,7 @@ impl BuildState {
 }
 
 /// One row of `quiver.index_builds`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexBuildStatus {
     pub index: IndexInfo,
     pub segment: SegmentId,

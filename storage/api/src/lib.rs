@@ -185,10 +185,18 @@ pub trait CoordinatorApi: Send + Sync {
     async fn drop_role(&self, name: &str, if_exists: bool) -> ApiResult<bool>;
     fn role(&self, name: &str) -> Option<RoleInfo>;
     fn roles(&self) -> Vec<RoleInfo>;
+    /// Brings the catalog this handle answers from (`table`, `tables`,
+    /// `role`, `segment_node`, ...) up to date with the coordinator. A
+    /// remote handle keeps a copy that follows the coordinator a few
+    /// milliseconds behind; callers refresh when a name is missing, since it
+    /// may have been created through another proxy a moment ago.
+    async fn refresh_catalog(&self) -> ApiResult<()> {
+        Ok(())
+    }
 }
 
 /// How an insert treats rows whose primary key already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConflictPolicy {
     /// Fail the whole write with [`StatusCode::UniqueViolation`].
     Error,
@@ -210,7 +218,7 @@ pub struct WriteRequest {
     pub on_conflict: ConflictPolicy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WriteResult {
     /// Commit timestamp of the write.
     pub ts: Timestamp,

@@ -286,6 +286,22 @@ impl MetaStore for EtcdMeta {
         .await
     }
 
+    async fn campaign(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<crate::Leadership, MetaError> {
+        crate::lease::campaign(
+            self.kv.clone(),
+            self.lease.clone(),
+            self.full_key(key),
+            value,
+            ttl,
+        )
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MetaError> {
         let mut resp = self
             .kv

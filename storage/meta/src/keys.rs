@@ -74,6 +74,9 @@ pub fn sequence(table: TableId, column: &str) -> String {
 
 /// Roles made by `CREATE ROLE`: `/roles/{name}`.
 pub const ROLES: &str = "/roles/";
+/// Held (leased) by the coordinator that leads; its value is the leader's
+/// address.
+pub const COORDINATOR_LEADER: &str = "/election/coordinator";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")

@@ -1,11 +1,85 @@
 //! Leased entries on etcd: a key attached to a lease this process keeps
-//! alive, so it vanishes by itself when the process dies.
+//! alive, so it vanishes by itself when the process dies. Registrations
+//! (node addresses) and leadership (one key only one process can hold).
 
 use std::time::Duration;
 
-use etcd_client::{KvClient, LeaseClient, PutOptions};
+use etcd_client::{Compare, CompareOp, KvClient, LeaseClient, PutOptions, Txn, TxnOp};
 
-use crate::{MetaError, Registration};
+use crate::{Leadership, MetaError, Registration};
+
+/// How often a candidate looks whether the leader's key is gone.
+const CAMPAIGN_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until this process holds `key`: created on a fresh lease only if
+/// absent, so at most one holder exists. Leadership is lost when the lease
+/// cannot be renewed; it is never taken over again by the same guard (the
+/// holder must stop acting as leader, and campaign anew if it wants).
+pub(crate) async fn campaign(
+    kv: KvClient,
+    lease: LeaseClient,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    ttl: Duration,
+) -> Result<Leadership, MetaError> {
+    let ttl_s = ttl.as_millis().div_ceil(1000).max(1) as i64;
+    let remote = |context: &str| {
+        let context = context.to_string();
+        move |source| MetaError::Remote { context, source }
+    };
+    loop {
+        let held = kv
+            .clone()
+            .get(key.clone(), None)
+            .await
+            .map_err(remote("reading the leader key"))?;
+        if held.kvs().is_empty() {
+            let id = lease
+                .clone()
+                .grant(ttl_s, None)
+                .await
+                .map_err(remote("granting a lease"))?
+                .id();
+            let won = kv
+                .clone()
+                .txn(
+                    Txn::new()
+                        .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            value.clone(),
+                            Some(PutOptions::new().with_lease(id)),
+                        )]),
+                )
+                .await
+                .map_err(remote("taking the leader key"))?
+                .succeeded();
+            if won {
+                let (lost_tx, lost) = tokio::sync::watch::channel(false);
+                let renew = {
+                    let lease = lease.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = keep_alive(&lease, id, ttl_s).await {
+                            tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "leadership lease lost");
+                        }
+                        let _ = lost_tx.send(true);
+                    })
+                };
+                let mut lease = lease;
+                let registration = Registration::new(move || renew.abort(), async move {
+                    if let Err(e) = lease.revoke(id).await {
+                        tracing::warn!(error = %e, "revoking the leadership lease failed; it expires by itself");
+                    }
+                });
+                return Ok(Leadership::new(registration, lost));
+            }
+            // Another candidate was faster.
+            let _ = lease.clone().revoke(id).await;
+        }
+        tokio::time::sleep(CAMPAIGN_POLL).await;
+    }
+}
 
 /// Grants a lease, puts the key on it and keeps renewing it in the
 /// background; when the lease is lost (etcd outage longer than the time to

@@ -94,6 +94,21 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
         )))
     }
 
+    /// Waits until this process alone holds `key` (leader election): the
+    /// key is created with `value` on a lease of `ttl` only while absent,
+    /// and vanishes `ttl` after its holder stops renewing it. Only a
+    /// shared store can elect; the embedded store refuses.
+    async fn campaign(
+        &self,
+        key: &str,
+        _value: Vec<u8>,
+        _ttl: std::time::Duration,
+    ) -> Result<Leadership, MetaError> {
+        Err(MetaError::Config(format!(
+            "electing a leader for {key} needs a meta store shared by the processes (kind = \"etcd\")"
+        )))
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), MetaError> {
         self.batch(vec![MetaOp::Put {
             key: key.to_string(),
@@ -186,6 +201,41 @@ impl Drop for Registration {
         {
             runtime.spawn(remove);
         }
+    }
+}
+
+/// Leadership won by [`MetaStore::campaign`], held while its lease is
+/// renewed. [`Leadership::resign`] hands it over at once; dropping the guard
+/// does too (when a runtime is there to revoke the lease).
+pub struct Leadership {
+    registration: Registration,
+    lost: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Leadership {
+    pub fn new(registration: Registration, lost: tokio::sync::watch::Receiver<bool>) -> Self {
+        Leadership { registration, lost }
+    }
+
+    /// Completes when leadership is lost (its lease could not be renewed):
+    /// another process may lead from then on, so the holder must stop
+    /// acting as leader at once.
+    pub async fn lost(&mut self) {
+        while !*self.lost.borrow_and_update() {
+            if self.lost.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub async fn resign(self) {
+        self.registration.release().await;
+    }
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leadership")
     }
 }
 

@@ -244,3 +244,48 @@ async fn registrations_live_as_long_as_their_guard_or_lease() {
     // (A registration no longer renewed lapses with its lease:
     // tests/python/test_role_nodes.py kills a registered node with -9.)
 }
+
+/// Leader election: one holder at a time; a candidate waits until the
+/// holder resigns; the embedded store refuses.
+#[tokio::test]
+async fn campaigns_elect_one_leader_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded = EmbeddedMeta::open(dir.path()).expect("open");
+    let err = embedded
+        .campaign("/election/x", b"x".to_vec(), Duration::from_secs(2))
+        .await
+        .expect_err("the embedded store is private to one process");
+    assert!(err.to_string().contains("etcd"), "{err}");
+
+    let etcd = Etcd::start(dir.path(), free_port(), free_port());
+    let meta = etcd.connect("/quiver-test").await;
+    let first = meta
+        .campaign("/election/coordinator", b"a".to_vec(), Duration::from_secs(2))
+        .await
+        .expect("the first candidate leads");
+    let second = {
+        let meta = etcd.connect("/quiver-test").await;
+        tokio::spawn(async move {
+            meta.campaign("/election/coordinator", b"b".to_vec(), Duration::from_secs(2))
+                .await
+        })
+    };
+    // Renewed past its time to live: the second candidate still waits.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!second.is_finished(), "two leaders at once");
+    assert_eq!(
+        meta.get("/election/coordinator").await.expect("get"),
+        Some(b"a".to_vec())
+    );
+    first.resign().await;
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second candidate leads once the first resigned")
+        .expect("task")
+        .expect("campaign");
+    assert_eq!(
+        meta.get("/election/coordinator").await.expect("get"),
+        Some(b"b".to_vec())
+    );
+    drop(second);
+}

@@ -134,14 +134,28 @@ impl StreamingNode {
         let interval = self.ctx.options.tick_interval;
         drop(self);
         tokio::spawn(async move {
+            // Failures in a row: a coordinator that is down for a while is
+            // reported once a second or so, not at every tick.
+            let mut failures = 0u64;
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(node) = weak.upgrade() else { return };
                 for ch in &node.channels {
                     if let Ok(_guard) = ch.write_lock.try_lock() {
                         match node.ctx.coordinator.allocate_timestamp().await {
-                            Ok(ts) => ch.advance_tick(ts),
-                            Err(e) => tracing::warn!(error = %e, "time tick failed"),
+                            Ok(ts) => {
+                                if failures > 0 {
+                                    tracing::info!(failures, "time ticks advance again");
+                                    failures = 0;
+                                }
+                                ch.advance_tick(ts)
+                            }
+                            Err(e) => {
+                                if failures.is_multiple_of(20) {
+                                    tracing::warn!(error = %e, failures, "time tick failed");
+                                }
+                                failures += 1;
+                            }
                         }
                     }
                 }

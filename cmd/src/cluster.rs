@@ -1,0 +1,146 @@
+//! The processes of a cluster whose every role runs on its own: `quiver
+//! coordinator`, `quiver streaming-node` and `quiver proxy`. Each wires the
+//! same role implementations standalone uses, reaching the others through
+//! `quiver-transport` at the addresses of `[cluster]`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_api::StreamingApi;
+use quiver_frontend::config::{Config, MetaConfig};
+use quiver_frontend::engine::Backends;
+use quiver_meta::keys;
+use quiver_transport::{NodeService, RemoteCoordinator, RemoteStreamingNode};
+
+use crate::nodes::{bind, filter_functions, open_store, serve, shutdown_signal};
+use crate::standalone;
+
+/// How long the coordinator retries its start-up while the meta store is
+/// not ready.
+const STORAGE_WAIT: Duration = Duration::from_secs(30);
+/// How long a process waits at start-up for the coordinator to answer.
+const COORDINATOR_WAIT: Duration = Duration::from_secs(60);
+
+/// Roles in different processes share the meta store: only etcd can be
+/// shared.
+fn require_shared_meta(config: &Config, role: &str) -> anyhow::Result<()> {
+    match &config.storage.meta {
+        MetaConfig::Etcd(_) => Ok(()),
+        MetaConfig::Embedded { .. } => anyhow::bail!(
+            "quiver {role} shares the meta store with the other roles: \
+             set [storage.meta] kind = \"etcd\""
+        ),
+    }
+}
+
+/// A coordinator process: a standby until it wins the election on etcd,
+/// then the leader until it stops or loses its lease. A standby does not
+/// listen, so callers that list every coordinator move on to the leader;
+/// the timestamp oracle continues above every window the previous leader
+/// reserved in etcd, so timestamps never go backwards.
+pub async fn run_coordinator(config: &Config) -> anyhow::Result<()> {
+    require_shared_meta(config, "coordinator")?;
+    let store = open_store(config)?;
+    let listen = &config.coordinator.listen;
+    let address = config
+        .coordinator
+        .advertise
+        .clone()
+        .unwrap_or_else(|| listen.clone());
+    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
+    let meta = retry_storage("opening the meta store", || async {
+        Ok(config.open_meta_store().await?)
+    })
+    .await?;
+    tracing::info!(%address, "coordinator standing by for leadership");
+    let mut leadership = loop {
+        // A standby waits here as long as another coordinator leads; etcd
+        // failures meanwhile are waited out, not fatal.
+        match meta
+            .campaign(keys::COORDINATOR_LEADER, serde_json::to_vec(&address)?, ttl)
+            .await
+        {
+            Ok(leadership) => break leadership,
+            Err(e) => {
+                tracing::warn!(error = %e, "coordinator election failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(%address, "coordinator elected leader");
+    let coordinator = retry_storage("coordinator start-up", || {
+        standalone::start_coordinator(config, meta.clone(), store.clone(), false)
+    })
+    .await?;
+    let service = NodeService::new(filter_functions()).with_coordinator(coordinator);
+    let listener = bind(listen).await?;
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                leadership.resign().await;
+                tracing::info!("coordinator resigned leadership");
+            }
+            _ = leadership.lost() => {
+                let _ = lost_tx.send(());
+            }
+        }
+    };
+    serve("coordinator", listener, service, stop).await?;
+    if lost_rx.await.is_ok() {
+        // Another coordinator may lead now: this one must not act any more.
+        anyhow::bail!("coordinator lost its leadership (etcd lease not renewed); exiting");
+    }
+    Ok(())
+}
+
+/// Retries `attempt` for [`STORAGE_WAIT`]: etcd may still be electing its
+/// own leader when the cluster starts up.
+async fn retry_storage<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + STORAGE_WAIT;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = format!("{e:#}"), "{what} failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub async fn run_streaming_node(config: &Config) -> anyhow::Result<()> {
+    require_shared_meta(config, "streaming-node")?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let coordinator =
+        RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
+    let listener = bind(&config.streaming.listen).await?;
+    let streaming = standalone::start_streaming(config, coordinator).await?;
+    let service = NodeService::new(filter_functions()).with_streaming(streaming);
+    serve("streaming node", listener, service, shutdown_signal()).await
+}
+
+pub async fn run_proxy(config: &Config) -> anyhow::Result<()> {
+    let coordinator =
+        RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
+    let streaming: Arc<dyn StreamingApi> = match config.cluster.streaming_nodes.as_slice() {
+        [one] => RemoteStreamingNode::connect(one)?,
+        [] => anyhow::bail!("quiver proxy needs [cluster] streaming_nodes"),
+        _ => anyhow::bail!(
+            "one streaming node owns every shard for now: list one in [cluster] streaming_nodes"
+        ),
+    };
+    let engine = standalone::engine(
+        config,
+        Backends {
+            coordinator,
+            streaming,
+        },
+    )?;
+    standalone::serve_frontend(config, engine, "proxy").await
+}

@@ -1,0 +1,252 @@
+"""Every role its own process, on real etcd, a real Kafka-protocol broker
+(tansu) and a real S3-compatible server (s3s-fs): two coordinators (a
+leader and a standby elected on etcd), one streaming node, two proxies, two
+query nodes and a data node.
+
+Checked: the proxies serve one database (DDL, roles and rows made through
+one are seen through the other at once, exact and indexed search equal
+exact results computed here); read-your-writes across proxies by handing
+over `quiver.last_write_ts`; kill -9 of the leading coordinator under write
+load: the standby takes over, writes and DDL continue, timestamps keep
+growing, and every acknowledged row is there exactly once; kill -9 of a
+proxy leaves the other serving; kill -9 of the streaming node loses no
+acknowledged row."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from conftest import wait_for_index_builds
+from services import Etcd, KafkaBroker, QuiverNode, S3Server
+
+FAILURE_TIMEOUT_MS = 2000
+RETRYABLE = {"08006", "08001", "57P01"}
+
+
+class Cluster:
+    def __init__(self, base):
+        self.etcd = Etcd(base).start()
+        self.broker = KafkaBroker(base).start()
+        self.s3 = S3Server(base).start()
+        self.config = base / "cluster.toml"
+        node = lambda role, name: QuiverNode(base, role, name, self.config)  # noqa: E731
+        self.query = [node("query-node", "q1"), node("query-node", "q2")]
+        self.data = node("data-node", "d1")
+        self.coordinators = [node("coordinator", "c1"), node("coordinator", "c2")]
+        self.streaming = node("streaming-node", "s1")
+        self.proxies = [node("proxy", "p1"), node("proxy", "p2")]
+        addresses = lambda nodes: ", ".join(f'"{n.address}"' for n in nodes)  # noqa: E731
+        self.config.write_text(
+            f"""
+[coordinator]
+query_nodes = [{addresses(self.query)}]
+data_nodes = ["{self.data.address}"]
+node_probe_interval_ms = 200
+node_failure_timeout_ms = {FAILURE_TIMEOUT_MS}
+min_index_rows = 100
+
+[streaming]
+seal_rows = 400
+
+[cluster]
+coordinators = [{addresses(self.coordinators)}]
+streaming_nodes = ["{self.streaming.address}"]
+
+[storage.wal]
+kind = "kafka"
+brokers = "{self.broker.bootstrap}"
+topic = "quiver-cluster-wal"
+delivery_timeout_ms = 5000
+delete_sealed_records = false
+
+[storage.meta]
+kind = "etcd"
+endpoints = ["{self.etcd.endpoint}"]
+root = "/cluster-test"
+max_txn_ops = 1024
+"""
+            + self.s3.config_toml()
+        )
+        for n in [*self.query, self.data]:
+            n.start()
+        self.coordinators[0].start()
+        # The standby does not listen until it leads.
+        self.coordinators[1].start(wait=False)
+        self.streaming.start()
+        for p in self.proxies:
+            p.start()
+
+    def all_nodes(self):
+        return [*self.proxies, self.streaming, *self.coordinators, self.data, *self.query]
+
+    def connect(self, proxy: int, **kwargs):
+        return psycopg.connect(host="127.0.0.1", port=self.proxies[proxy].port,
+                               user=kwargs.pop("user", "postgres"), dbname="postgres",
+                               autocommit=True, connect_timeout=10, **kwargs)
+
+    def stop(self):
+        for n in self.all_nodes():
+            n.kill()
+        self.s3.stop()
+        self.broker.kill()
+        self.etcd.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def exact_top(vectors: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    return [int(i) for i in np.argsort(((vectors - q) ** 2).sum(axis=1), kind="stable")[:k]]
+
+
+def insert(conn, ids, vectors):
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO items (id, v) VALUES (%s, %s)",
+                        [(int(i), str(list(map(float, v)))) for i, v in zip(ids, vectors)])
+
+
+def test_proxies_serve_one_database(cluster):
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(1200, 8)).astype(np.float32)
+    with cluster.connect(0) as a, cluster.connect(1) as b:
+        a.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
+        # Made through one proxy, usable through the other at once.
+        insert(b, range(600), vectors[:600])
+        insert(a, range(600, 1200), vectors[600:])
+        a.execute("CHECKPOINT")
+        assert b.execute("SELECT count(*) FROM items").fetchone()[0] == 1200
+        b.execute("CREATE INDEX ON items USING diskann (v vector_l2_ops)")
+        wait_for_index_builds(a)
+        builds = a.execute("SELECT state, count(*) FROM quiver.index_builds GROUP BY state").fetchall()
+        assert dict(builds).get("done", 0) >= 2, builds
+        for q in rng.normal(size=(10, 8)).astype(np.float32):
+            literal = str(list(map(float, q)))
+            for conn in (a, b):
+                got = [r[0] for r in conn.execute(
+                    "SELECT id FROM items ORDER BY v <-> %s LIMIT 5", (literal,)).fetchall()]
+                assert got == exact_top(vectors, q, 5)
+        nodes = {r[0] for r in b.execute(
+            "SELECT query_node FROM quiver.segments WHERE state <> 'growing'").fetchall()}
+        assert nodes == {n.address for n in cluster.query}, nodes
+
+        # A role made through one proxy logs in through the other.
+        a.execute("CREATE ROLE reader LOGIN")
+    with cluster.connect(1, user="reader") as r:
+        assert r.execute("SELECT 1").fetchone()[0] == 1
+    with pytest.raises(psycopg.OperationalError, match="role \"nobody\" does not exist"):
+        cluster.connect(1, user="nobody")
+
+    # Read-your-writes across proxies for a session that reads at bounded
+    # staleness: hand over the last write's timestamp.
+    with cluster.connect(0) as a:
+        a.execute("INSERT INTO items (id, v) VALUES (5000, %s)", (str([0.0] * 8),))
+        ts = int(a.execute("SHOW quiver.last_write_ts").fetchone()[0])
+        assert ts > 0
+    with cluster.connect(1) as b:
+        b.execute("SET quiver.consistency = 'bounded'")
+        b.execute(f"SET quiver.last_write_ts = {ts}")
+        assert b.execute("SELECT count(*) FROM items WHERE id = 5000").fetchone()[0] == 1
+        with pytest.raises(psycopg.Error) as bad:
+            b.execute("SET quiver.last_write_ts = 'soon'")
+        assert bad.value.sqlstate == "22023"
+        assert b.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_leader_coordinator_killed_under_writes(cluster):
+    with cluster.connect(0) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
+        conn.execute("INSERT INTO items (id, v) VALUES (0, %s)", (str([0.0] * 8),))
+        before = int(conn.execute("SHOW quiver.last_write_ts").fetchone()[0])
+
+    acknowledged: set[int] = {0}
+    failures: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def writer(w: int):
+        next_id = 1 + w
+        conn = None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = cluster.connect(w % 2)
+                conn.execute("INSERT INTO items (id, v) VALUES (%s, %s)",
+                             (next_id, str([float(next_id % 7)] * 8)))
+                with lock:
+                    acknowledged.add(next_id)
+                next_id += 8
+            except psycopg.Error as e:
+                failures.append(e.sqlstate or "connection")
+                if e.sqlstate not in RETRYABLE and e.sqlstate is not None:
+                    stop.set()
+                    raise
+                if conn is not None and conn.closed:
+                    conn = None
+                time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    killed_at = time.monotonic()
+    cluster.coordinators[0].kill()
+    # The standby leads within the lease's time to live and then listens.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and b"coordinator elected leader" not in \
+            cluster.coordinators[1].log_path.read_bytes():
+        time.sleep(0.2)
+    assert b"coordinator elected leader" in cluster.coordinators[1].log_path.read_bytes()
+    with lock:
+        at_takeover = len(acknowledged)
+    print(f"standby elected {time.monotonic() - killed_at:.1f} s after the kill; "
+          f"{at_takeover} rows acknowledged so far")
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(not t.is_alive() for t in threads)
+    assert set(failures) <= RETRYABLE | {"connection"}, set(failures)
+    assert len(acknowledged) > at_takeover, "no write succeeded after the takeover"
+    print(f"{len(acknowledged)} rows acknowledged, {len(failures)} retryable failures")
+
+    with cluster.connect(1) as conn:
+        # DDL continues on the new leader, and timestamps kept growing.
+        conn.execute("CREATE TABLE after_failover (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO after_failover VALUES (1)")
+        after = int(conn.execute("SHOW quiver.last_write_ts").fetchone()[0])
+        assert after > before
+        ids = [r[0] for r in conn.execute("SELECT id FROM items").fetchall()]
+        assert len(ids) == len(set(ids)), "a row is duplicated"
+        assert acknowledged <= set(ids), sorted(acknowledged - set(ids))[:10]
+
+
+def test_proxy_and_streaming_node_killed(cluster):
+    with cluster.connect(0) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
+        insert(conn, range(500), np.ones((500, 8), dtype=np.float32))
+    cluster.proxies[0].kill()
+    with cluster.connect(1) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 500
+        insert(conn, range(500, 900), np.ones((400, 8), dtype=np.float32))
+    cluster.streaming.kill()
+    with cluster.connect(1) as conn:
+        with pytest.raises(psycopg.Error) as down:
+            conn.execute("SELECT count(*) FROM items")
+        assert down.value.sqlstate == "08006"
+    cluster.streaming.start()
+    cluster.proxies[0].start()
+    for proxy in (0, 1):
+        with cluster.connect(proxy) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM items").fetchall()]
+            assert sorted(ids) == list(range(900))
