@@ -9,9 +9,10 @@
 #      `# quiver: restart` points SIGKILL the server and start it again on the
 #      same data dir and port (via `scripts/test.sh --restart-slt-server`).
 #      Then the same files again through a cluster of role processes on
-#      etcd (coordinator, streaming node, two proxies taking connections in
-#      turn, two query nodes, a data node) with tiny segments; restart
-#      points SIGKILL the coordinator, streaming node and proxies.
+#      etcd (two coordinators and two streaming nodes, each pair a leader
+#      and a standby; two proxies taking connections in turn; two query
+#      nodes; a data node) with tiny segments; restart points SIGKILL the
+#      coordinators, streaming nodes and proxies.
 #   5. .venv/bin/pytest -q tests/python  (starts its own servers)
 #
 # Every stage after the build runs even if an earlier one failed; the script
@@ -58,12 +59,15 @@ start_slt_server() {
 }
 
 # The cluster's stateful-role and proxy processes (the ones a restart point
-# SIGKILLs): coordinator, streaming node and two proxies, all reading the
-# config $QUIVER_SLT_CLUSTER; query/data nodes and etcd stay up.
+# SIGKILLs): two coordinators and two streaming nodes (each a leader and a
+# standby, elected on etcd) and two proxies, all reading the config
+# $QUIVER_SLT_CLUSTER; query/data nodes and etcd stay up.
 start_cluster_roles() {
     local spec role name listen
     for spec in "coordinator coordinator 127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT" \
+        "coordinator coordinator2 127.0.0.1:$QUIVER_SLT_COORDINATOR2_PORT" \
         "streaming-node streaming 127.0.0.1:$QUIVER_SLT_STREAMING_PORT" \
+        "streaming-node streaming2 127.0.0.1:$QUIVER_SLT_STREAMING2_PORT" \
         "proxy proxy1 127.0.0.1:$QUIVER_SLT_PORT" \
         "proxy proxy2 127.0.0.1:$QUIVER_SLT_PORT2"; do
         read -r role name listen <<<"$spec"
@@ -281,31 +285,38 @@ else
 fi
 
 # 4b. the same files through a cluster whose every role is a process of its
-# own: etcd, a coordinator, a streaming node, two proxies (connections
-# alternate between them), two query nodes and a data node, with tiny
-# segments so that sealing, placement and index builds happen all the time.
-# Restart points SIGKILL the coordinator, the streaming node and both proxies.
+# own: etcd, two coordinators and two streaming nodes (leader + standby
+# each; the streaming nodes share one local WAL directory), two proxies
+# (connections alternate between them), two query nodes and a data node,
+# with tiny segments so that sealing, placement and index builds happen all
+# the time. Restart points SIGKILL all but etcd and the query/data nodes.
 run_slt_on_cluster() {
     local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer name port
     q1="$(free_port)"; q2="$(free_port)"; d1="$(free_port)"
     etcd="$(free_port)"; etcd_peer="$(free_port)"
     QUIVER_SLT_COORDINATOR_PORT="$(free_port)"
     QUIVER_SLT_STREAMING_PORT="$(free_port)"
+    QUIVER_SLT_COORDINATOR2_PORT="$(free_port)"
+    QUIVER_SLT_STREAMING2_PORT="$(free_port)"
     QUIVER_SLT_PORT2="$(free_port)"
-    export QUIVER_SLT_COORDINATOR_PORT QUIVER_SLT_STREAMING_PORT QUIVER_SLT_PORT2
+    export QUIVER_SLT_COORDINATOR_PORT QUIVER_SLT_STREAMING_PORT QUIVER_SLT_PORT2 \
+        QUIVER_SLT_COORDINATOR2_PORT QUIVER_SLT_STREAMING2_PORT
     cat >"$config" <<EOF
 [coordinator]
 query_nodes = ["127.0.0.1:$q1", "127.0.0.1:$q2"]
 data_nodes = ["127.0.0.1:$d1"]
 node_probe_interval_ms = 200
+# Also the leases of the elected coordinator and streaming node: a process
+# restarted after SIGKILL leads once its predecessor's lease lapsed.
+node_failure_timeout_ms = 1000
 min_index_rows = 2
 
 [streaming]
 seal_rows = 3
 
 [cluster]
-coordinators = ["127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT"]
-streaming_nodes = ["127.0.0.1:$QUIVER_SLT_STREAMING_PORT"]
+coordinators = ["127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT", "127.0.0.1:$QUIVER_SLT_COORDINATOR2_PORT"]
+streaming_nodes = ["127.0.0.1:$QUIVER_SLT_STREAMING_PORT", "127.0.0.1:$QUIVER_SLT_STREAMING2_PORT"]
 
 [storage.meta]
 kind = "etcd"

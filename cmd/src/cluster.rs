@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_api::StreamingApi;
 use quiver_frontend::config::{Config, MetaConfig};
 use quiver_frontend::engine::Backends;
-use quiver_meta::keys;
+use quiver_meta::{Leadership, MetaStore, keys};
 use quiver_transport::{NodeService, RemoteCoordinator, RemoteStreamingNode};
 
 use crate::nodes::{bind, filter_functions, open_store, serve, shutdown_signal};
@@ -41,55 +40,90 @@ fn require_shared_meta(config: &Config, role: &str) -> anyhow::Result<()> {
 pub async fn run_coordinator(config: &Config) -> anyhow::Result<()> {
     require_shared_meta(config, "coordinator")?;
     let store = open_store(config)?;
-    let listen = &config.coordinator.listen;
-    let address = config
-        .coordinator
-        .advertise
-        .clone()
-        .unwrap_or_else(|| listen.clone());
-    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
-    let meta = retry_storage("opening the meta store", || async {
-        Ok(config.open_meta_store().await?)
-    })
-    .await?;
-    tracing::info!(%address, "coordinator standing by for leadership");
-    let mut leadership = loop {
-        // A standby waits here as long as another coordinator leads; etcd
-        // failures meanwhile are waited out, not fatal.
-        match meta
-            .campaign(keys::COORDINATOR_LEADER, serde_json::to_vec(&address)?, ttl)
-            .await
-        {
-            Ok(leadership) => break leadership,
-            Err(e) => {
-                tracing::warn!(error = %e, "coordinator election failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    tracing::info!(%address, "coordinator elected leader");
+    let cc = &config.coordinator;
+    let address = cc.advertise.clone().unwrap_or_else(|| cc.listen.clone());
+    let (meta, leadership) =
+        lead(config, "coordinator", keys::COORDINATOR_LEADER, &address).await?;
     let coordinator = retry_storage("coordinator start-up", || {
         standalone::start_coordinator(config, meta.clone(), store.clone(), false)
     })
     .await?;
     let service = NodeService::new(filter_functions()).with_coordinator(coordinator);
+    serve_while_leading("coordinator", &cc.listen, service, leadership).await
+}
+
+/// A streaming-node process: like the coordinator, one leads (owning every
+/// shard) and the others stand by. The one taking over replays each shard's
+/// WAL from its checkpoint in etcd, which needs a WAL every process reaches
+/// (`[storage.wal] kind = "kafka"`).
+pub async fn run_streaming_node(config: &Config) -> anyhow::Result<()> {
+    require_shared_meta(config, "streaming-node")?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let sc = &config.streaming;
+    let address = sc.advertise.clone().unwrap_or_else(|| sc.listen.clone());
+    let (_meta, leadership) =
+        lead(config, "streaming node", keys::STREAMING_LEADER, &address).await?;
+    let coordinator =
+        RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
+    let streaming = standalone::start_streaming(config, coordinator).await?;
+    let service = NodeService::new(filter_functions()).with_streaming(streaming);
+    serve_while_leading("streaming node", &sc.listen, service, leadership).await
+}
+
+/// Opens the meta store and waits until this process leads `key`. A
+/// standby waits here as long as another process leads; etcd failures
+/// meanwhile are waited out, not fatal.
+async fn lead(
+    config: &Config,
+    role: &str,
+    key: &str,
+    address: &str,
+) -> anyhow::Result<(Arc<dyn MetaStore>, Leadership)> {
+    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
+    let meta = retry_storage("opening the meta store", || async {
+        Ok(config.open_meta_store().await?)
+    })
+    .await?;
+    tracing::info!(%address, "{role} standing by for leadership");
+    let value = serde_json::to_vec(address)?;
+    let leadership = loop {
+        match meta.campaign(key, value.clone(), ttl).await {
+            Ok(leadership) => break leadership,
+            Err(e) => {
+                tracing::warn!(error = %e, "{role} election failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    tracing::info!(%address, "{role} elected leader");
+    Ok((meta, leadership))
+}
+
+/// Listens and serves until a shutdown signal (then resigns, so a standby
+/// takes over at once) or until leadership is lost (then fails: another
+/// process may lead now, and this one must not act any more).
+async fn serve_while_leading(
+    role: &str,
+    listen: &str,
+    service: NodeService,
+    mut leadership: Leadership,
+) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
         tokio::select! {
             _ = shutdown_signal() => {
                 leadership.resign().await;
-                tracing::info!("coordinator resigned leadership");
+                tracing::info!("resigned leadership");
             }
             _ = leadership.lost() => {
                 let _ = lost_tx.send(());
             }
         }
     };
-    serve("coordinator", listener, service, stop).await?;
+    serve(role, listener, service, stop).await?;
     if lost_rx.await.is_ok() {
-        // Another coordinator may lead now: this one must not act any more.
-        anyhow::bail!("coordinator lost its leadership (etcd lease not renewed); exiting");
+        anyhow::bail!("{role} lost its leadership (etcd lease not renewed); exiting");
     }
     Ok(())
 }
@@ -114,27 +148,10 @@ where
     }
 }
 
-pub async fn run_streaming_node(config: &Config) -> anyhow::Result<()> {
-    require_shared_meta(config, "streaming-node")?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    let coordinator =
-        RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
-    let listener = bind(&config.streaming.listen).await?;
-    let streaming = standalone::start_streaming(config, coordinator).await?;
-    let service = NodeService::new(filter_functions()).with_streaming(streaming);
-    serve("streaming node", listener, service, shutdown_signal()).await
-}
-
 pub async fn run_proxy(config: &Config) -> anyhow::Result<()> {
     let coordinator =
         RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
-    let streaming: Arc<dyn StreamingApi> = match config.cluster.streaming_nodes.as_slice() {
-        [one] => RemoteStreamingNode::connect(one)?,
-        [] => anyhow::bail!("quiver proxy needs [cluster] streaming_nodes"),
-        _ => anyhow::bail!(
-            "one streaming node owns every shard for now: list one in [cluster] streaming_nodes"
-        ),
-    };
+    let streaming = RemoteStreamingNode::connect(&config.cluster.streaming_nodes)?;
     let engine = standalone::engine(
         config,
         Backends {

@@ -31,7 +31,8 @@ pub struct ClusterConfig {
     /// `host:port` of every `quiver coordinator` (the leader and its
     /// standbys, any order): calls go to whichever answers as leader.
     pub coordinators: Vec<String>,
-    /// `host:port` of the `quiver streaming-node` that owns the shards.
+    /// `host:port` of every `quiver streaming-node` (the one owning the
+    /// shards and its standbys, any order).
     pub streaming_nodes: Vec<String>,
 }
 
@@ -178,6 +179,9 @@ pub struct StreamingConfig {
     /// `HOST:PORT` the gRPC/Flight service of `quiver streaming-node`
     /// listens on.
     pub listen: String,
+    /// Address the leading streaming node publishes in etcd when it
+    /// differs from `listen`.
+    pub advertise: Option<String>,
     /// Rows a shard's growing segments may hold before they are sealed.
     pub seal_rows: usize,
     /// Interval of time ticks on idle shards, in milliseconds.
@@ -287,6 +291,7 @@ impl Default for StreamingConfig {
     fn default() -> Self {
         StreamingConfig {
             listen: "127.0.0.1:5493".to_string(),
+            advertise: None,
             seal_rows: 100_000,
             tick_interval_ms: 50,
             compaction_interval_ms: 10_000,

@@ -16,6 +16,7 @@
 
 mod catalog;
 mod client;
+mod failover;
 mod filter;
 mod frame;
 mod remote_coordinator;
@@ -29,6 +30,7 @@ use std::net::SocketAddr;
 
 pub use catalog::{CatalogState, CatalogVersion};
 pub use client::{NodeClient, RemoteDataNode, RemoteQueryNode, check_health};
+pub use failover::{FailoverClient, Retry};
 pub use remote_coordinator::RemoteCoordinator;
 pub use remote_streaming::RemoteStreamingNode;
 pub use server::{NodeService, serve, serve_health};

@@ -4,24 +4,24 @@
 //! leader), and lookups are served from a copy of the published catalog.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
-    ApiError, ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, IndexBuildStatus,
-    IndexDef, IndexInfo, QueryApi, RoleInfo, StatusCode, TableInfo,
+    ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, IndexBuildStatus, IndexDef,
+    IndexInfo, QueryApi, RoleInfo, StatusCode, TableInfo,
 };
 use quiver_segment::SegmentMeta;
 use quiver_types::{SegmentId, TableId, TableSchema, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::TransportError;
 use crate::catalog::{CatalogPoll, CatalogState};
-use crate::client::{NodeClient, RemoteQueryNode};
+use crate::client::RemoteQueryNode;
+use crate::failover::{FailoverClient, Retry};
 use crate::wire;
 
 /// The catalog copy, indexed for lookups.
@@ -55,9 +55,7 @@ impl CatalogCopy {
 }
 
 pub struct RemoteCoordinator {
-    coordinators: Vec<NodeClient>,
-    /// The coordinator that answered last (the leader, normally).
-    preferred: AtomicUsize,
+    coordinators: FailoverClient,
     catalog: RwLock<Arc<CatalogCopy>>,
     /// One client per query-node address seen in the placement.
     query_nodes: Mutex<HashMap<String, Arc<dyn QueryApi>>>,
@@ -80,19 +78,9 @@ impl RemoteCoordinator {
     /// standbys, in any order), waits up to `wait` for one of them to
     /// publish its catalog, and keeps following the catalog from then on.
     pub async fn connect(addresses: &[String], wait: Duration) -> ApiResult<Arc<Self>> {
-        if addresses.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::InvalidRequest,
-                "no coordinator address configured ([cluster] coordinators)",
-            ));
-        }
-        let coordinators = addresses
-            .iter()
-            .map(|a| NodeClient::new(a))
-            .collect::<Result<Vec<_>, TransportError>>()?;
+        let coordinators = FailoverClient::new(addresses, "[cluster] coordinators")?;
         let remote = Arc::new(RemoteCoordinator {
             coordinators,
-            preferred: AtomicUsize::new(0),
             catalog: RwLock::new(Arc::new(CatalogCopy::default())),
             query_nodes: Mutex::new(HashMap::new()),
         });
@@ -120,7 +108,7 @@ impl RemoteCoordinator {
                 let since = remote.catalog.read().state.version;
                 let poll = CatalogPoll { since: Some(since) };
                 match remote
-                    .call::<_, CatalogState>(wire::COORD_CATALOG, &poll)
+                    .call::<_, CatalogState>(wire::COORD_CATALOG, &poll, Retry::Idempotent)
                     .await
                 {
                     Ok(state) => {
@@ -152,42 +140,36 @@ impl RemoteCoordinator {
         self.catalog.read().clone()
     }
 
-    /// Calls the preferred coordinator; on `Unavailable` (down, or a
-    /// standby) the others in turn.
-    async fn call<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    async fn call<Req: Serialize + ?Sized + Sync, Resp: DeserializeOwned>(
         &self,
         kind: &str,
         request: &Req,
+        retry: Retry,
     ) -> ApiResult<Resp> {
-        let n = self.coordinators.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n;
-        let mut last_error = None;
-        for i in 0..n {
-            let at = (first + i) % n;
-            match self.coordinators[at].action(kind, request).await {
-                Ok(reply) => {
-                    self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(reply);
-                }
-                Err(e) if e.code == StatusCode::Unavailable => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| ApiError::new(StatusCode::Unavailable, "no coordinator")))
+        self.coordinators
+            .call(
+                retry,
+                |node| async move { node.action(kind, request).await },
+            )
+            .await
     }
 
     /// A call that changes the catalog: the copy is refreshed before
     /// returning, so this handle's next lookup sees the change.
-    async fn change<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    async fn change<Req: Serialize + ?Sized + Sync, Resp: DeserializeOwned>(
         &self,
         kind: &str,
         request: &Req,
     ) -> ApiResult<Resp> {
-        let reply = self.call(kind, request).await?;
+        let reply = self.call(kind, request, Retry::Once).await?;
+        self.refresh_after(kind).await;
+        Ok(reply)
+    }
+
+    async fn refresh_after(&self, kind: &str) {
         if let Err(e) = self.refresh_catalog().await {
             tracing::warn!(error = %e, "refreshing the catalog after {kind} failed");
         }
-        Ok(reply)
     }
 
     fn query_node(&self, address: &str) -> Option<Arc<dyn QueryApi>> {
@@ -211,11 +193,14 @@ impl RemoteCoordinator {
 #[async_trait]
 impl CoordinatorApi for RemoteCoordinator {
     async fn allocate_timestamp(&self) -> ApiResult<Timestamp> {
-        self.call(wire::COORD_ALLOCATE_TIMESTAMP, &()).await
+        // A timestamp lost to a retry is never used: harmless.
+        self.call(wire::COORD_ALLOCATE_TIMESTAMP, &(), Retry::Idempotent)
+            .await
     }
 
     async fn allocate_segment_ids(&self, count: u64) -> ApiResult<SegmentId> {
-        self.call(wire::COORD_ALLOCATE_SEGMENT_IDS, &count).await
+        self.call(wire::COORD_ALLOCATE_SEGMENT_IDS, &count, Retry::Idempotent)
+            .await
     }
 
     async fn create_table(
@@ -251,7 +236,9 @@ impl CoordinatorApi for RemoteCoordinator {
             column: column.to_string(),
             count,
         };
-        self.call(wire::COORD_NEXT_SERIAL_VALUES, &call).await
+        // A gap in a sequence, as in PostgreSQL.
+        self.call(wire::COORD_NEXT_SERIAL_VALUES, &call, Retry::Idempotent)
+            .await
     }
 
     fn segment_node(&self, segment: SegmentId) -> Option<Arc<dyn QueryApi>> {
@@ -264,7 +251,10 @@ impl CoordinatorApi for RemoteCoordinator {
     }
 
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
-        self.change(wire::COORD_SEGMENTS_SEALED, &segments).await
+        self.call::<_, ()>(wire::COORD_SEGMENTS_SEALED, &segments, Retry::Idempotent)
+            .await?;
+        self.refresh_after(wire::COORD_SEGMENTS_SEALED).await;
+        Ok(())
     }
 
     async fn segments_dropped(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
@@ -302,7 +292,7 @@ impl CoordinatorApi for RemoteCoordinator {
     }
 
     async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
-        self.call(wire::COORD_COMPACT, &task).await
+        self.call(wire::COORD_COMPACT, &task, Retry::Once).await
     }
 
     async fn create_role(&self, role: RoleInfo, if_not_exists: bool) -> ApiResult<bool> {
@@ -336,7 +326,11 @@ impl CoordinatorApi for RemoteCoordinator {
 
     async fn refresh_catalog(&self) -> ApiResult<()> {
         let state: CatalogState = self
-            .call(wire::COORD_CATALOG, &CatalogPoll { since: None })
+            .call(
+                wire::COORD_CATALOG,
+                &CatalogPoll { since: None },
+                Retry::Idempotent,
+            )
             .await?;
         self.install(state);
         Ok(())

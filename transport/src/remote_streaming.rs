@@ -1,4 +1,6 @@
-//! The streaming node as seen from a proxy in another process.
+//! The streaming node as seen from a proxy in another process: the active
+//! one among the configured streaming-node processes (standbys do not
+//! listen until they take over).
 
 use std::sync::Arc;
 
@@ -10,21 +12,51 @@ use quiver_api::{
 use quiver_segment::DeleteLogEntry;
 use quiver_types::{SegmentId, ShardId, Timestamp};
 
-use crate::client::{NodeClient, internal};
+use crate::client::internal;
+use crate::failover::{FailoverClient, Retry};
+use crate::frame;
 use crate::wire::{self, SnapshotCall, Ticket, WriteHeader};
-use crate::{TransportError, frame};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RemoteStreamingNode {
-    client: NodeClient,
+    nodes: FailoverClient,
 }
 
 impl RemoteStreamingNode {
-    /// The streaming node at `address`, as the role trait (connects lazily).
-    pub fn connect(address: &str) -> Result<Arc<dyn StreamingApi>, TransportError> {
+    /// The streaming node active among `addresses`, as the role trait
+    /// (connects lazily).
+    pub fn connect(addresses: &[String]) -> ApiResult<Arc<dyn StreamingApi>> {
         Ok(Arc::new(RemoteStreamingNode {
-            client: NodeClient::new(address)?,
+            nodes: FailoverClient::new(addresses, "[cluster] streaming_nodes")?,
         }))
+    }
+
+    async fn action<Req: serde::Serialize + Sync + ?Sized, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        request: &Req,
+        retry: Retry,
+    ) -> ApiResult<Resp> {
+        self.nodes
+            .call(
+                retry,
+                |node| async move { node.action(kind, request).await },
+            )
+            .await
+    }
+
+    async fn action_body<Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        retry: Retry,
+    ) -> ApiResult<Resp> {
+        let body = &body;
+        self.nodes
+            .call(retry, |node| async move {
+                node.action_body(kind, body.clone()).await
+            })
+            .await
     }
 }
 
@@ -47,31 +79,34 @@ fn encode_writes(requests: &[WriteRequest]) -> ApiResult<Vec<u8>> {
 impl StreamingApi for RemoteStreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
         let body = encode_writes(std::slice::from_ref(&request))?;
-        self.client.action_body(wire::STREAM_WRITE, body).await
+        self.action_body(wire::STREAM_WRITE, body, Retry::Once)
+            .await
     }
 
     async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp> {
         let body = encode_writes(&requests)?;
-        self.client.action_body(wire::STREAM_COMMIT, body).await
+        self.action_body(wire::STREAM_COMMIT, body, Retry::Once)
+            .await
     }
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
         let body = frame::encode(table, &[Some(&keys)])?;
-        self.client
-            .action_body(wire::STREAM_EXISTING_KEYS, body)
+        self.action_body(wire::STREAM_EXISTING_KEYS, body, Retry::Idempotent)
             .await
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
-        self.client.action(wire::STREAM_TRUNCATE, table).await
+        self.action(wire::STREAM_TRUNCATE, table, Retry::Once).await
     }
 
     async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
-        self.client.action(wire::STREAM_WAIT_APPLIED, &ts).await
+        self.action(wire::STREAM_WAIT_APPLIED, &ts, Retry::Idempotent)
+            .await
     }
 
     async fn applied_ts(&self) -> ApiResult<Timestamp> {
-        self.client.action(wire::STREAM_APPLIED_TS, &()).await
+        self.action(wire::STREAM_APPLIED_TS, &(), Retry::Idempotent)
+            .await
     }
 
     async fn snapshot(
@@ -85,7 +120,14 @@ impl StreamingApi for RemoteStreamingNode {
             shard,
             ts,
         });
-        let (growing, _schema, meta) = self.client.get(&call).await?;
+        let call = &call;
+        let (growing, _schema, meta) = self
+            .nodes
+            .call(
+                Retry::Idempotent,
+                |node| async move { node.get(call).await },
+            )
+            .await?;
         let sealed: Vec<(SegmentId, Vec<DeleteLogEntry>)> = if meta.is_empty() {
             // The server always sends the metadata; an empty one is only
             // possible from a server that has nothing to report.
@@ -106,10 +148,11 @@ impl StreamingApi for RemoteStreamingNode {
     }
 
     async fn flush_all(&self) -> ApiResult<()> {
-        self.client.action(wire::STREAM_FLUSH_ALL, &()).await
+        self.action(wire::STREAM_FLUSH_ALL, &(), Retry::Idempotent)
+            .await
     }
 
     async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize> {
-        self.client.action(wire::STREAM_COMPACT, &table).await
+        self.action(wire::STREAM_COMPACT, &table, Retry::Once).await
     }
 }

@@ -260,14 +260,22 @@ async fn campaigns_elect_one_leader_at_a_time() {
     let etcd = Etcd::start(dir.path(), free_port(), free_port());
     let meta = etcd.connect("/quiver-test").await;
     let first = meta
-        .campaign("/election/coordinator", b"a".to_vec(), Duration::from_secs(2))
+        .campaign(
+            "/election/coordinator",
+            b"a".to_vec(),
+            Duration::from_secs(2),
+        )
         .await
         .expect("the first candidate leads");
     let second = {
         let meta = etcd.connect("/quiver-test").await;
         tokio::spawn(async move {
-            meta.campaign("/election/coordinator", b"b".to_vec(), Duration::from_secs(2))
-                .await
+            meta.campaign(
+                "/election/coordinator",
+                b"b".to_vec(),
+                Duration::from_secs(2),
+            )
+            .await
         })
     };
     // Renewed past its time to live: the second candidate still waits.

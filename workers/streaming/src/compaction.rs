@@ -199,7 +199,7 @@ impl Channel {
         }
         ctx.meta.batch(ops).await.map_err(StreamingError::from)?;
         if let Some(meta) = &new_meta {
-            ctx.coordinator.segments_sealed(vec![meta.clone()]).await?;
+            ctx.segments_sealed(vec![meta.clone()]).await;
         }
         {
             let mut data = self.data.write();

@@ -188,10 +188,8 @@ impl Channel {
                 .map_err(StreamingError::Coordinator)?;
         }
         if !sealed.is_empty() {
-            ctx.coordinator
-                .segments_sealed(sealed.iter().map(|(_, meta, _)| meta.clone()).collect())
-                .await
-                .map_err(StreamingError::Coordinator)?;
+            ctx.segments_sealed(sealed.iter().map(|(_, meta, _)| meta.clone()).collect())
+                .await;
         }
 
         {

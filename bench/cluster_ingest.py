@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Ingest through 1 and 2 proxies of a cluster whose every role is a process.
+
+It starts etcd, a coordinator, a streaming node, a query node, a data node
+and two proxies (`quiver proxy`) on 127.0.0.1, then loads N x D vectors
+(default 100,000 x 384) with binary COPY over C connections (default 4):
+first all through one proxy, then split over both (into a fresh table).
+For each run it prints rows/s and MB/s, the CPU seconds each process spent
+per 100,000 rows, and every process's RSS afterwards.
+
+On one 2-core machine every process shares the same two cores, so raw
+rows/s cannot double with a second proxy here; the per-process CPU shows
+which role does the work: the proxies' share divides over proxies on more
+machines, the streaming node's does not (one node owns every shard).
+
+Usage:
+  .venv/bin/python bench/cluster_ingest.py [--rows N] [--dim D] [--conns C]
+      [--chunk ROWS] [--wal local|kafka]
+  QUIVER_BIN=... or --quiver-bin picks the binary (default: the release build).
+
+A benchmark, not a test: it prints figures and never fails on them.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psycopg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vector_search as vs  # noqa: E402
+from cluster_search import Proc, cpu_seconds, rss  # noqa: E402
+from ingest_knn import binary_copy_payload, free_port  # noqa: E402
+
+SERVICES = os.path.expanduser(os.environ.get("QUIVER_SERVICES_DIR", "~/.cache/quiver-services"))
+
+
+def write_config(path, ports, work, wal, kafka_port):
+    wal_toml = (f'kind = "kafka"\nbrokers = "127.0.0.1:{kafka_port}"\ntopic = "bench-wal"\n'
+                f'delete_sealed_records = false' if wal == "kafka"
+                else f'kind = "local"\ndir = "{work}/wal"')
+    with open(path, "w") as f:
+        f.write(f"""
+[coordinator]
+query_nodes = ["127.0.0.1:{ports['query']}"]
+data_nodes = ["127.0.0.1:{ports['data']}"]
+
+[cluster]
+coordinators = ["127.0.0.1:{ports['coordinator']}"]
+streaming_nodes = ["127.0.0.1:{ports['streaming']}"]
+
+[storage.meta]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:{ports['etcd']}"]
+root = "/bench"
+
+[storage.wal]
+{wal_toml}
+
+[storage.object]
+kind = "local"
+root = "{work}/objects"
+""")
+
+
+def load(ports, table, payloads, dim, conns):
+    with psycopg.connect(host="127.0.0.1", port=ports[0], user="postgres", dbname="postgres",
+                         autocommit=True) as c:
+        c.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, embedding vector({dim}))")
+    errors = []
+
+    def worker(idx):
+        try:
+            with psycopg.connect(host="127.0.0.1", port=ports[idx % len(ports)], user="postgres",
+                                 dbname="postgres", autocommit=True) as c:
+                for k in range(idx, len(payloads), conns):
+                    with c.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as cp:
+                        cp.write(payloads[k])
+        except Exception as e:  # reported after the run
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conns)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--chunk", type=int, default=5_000)
+    ap.add_argument("--wal", choices=["local", "kafka"], default="local")
+    ap.add_argument("--quiver-bin", default=vs.default_quiver_bin())
+    args = ap.parse_args()
+
+    data = np.random.default_rng(42).normal(size=(args.rows, args.dim)).astype(np.float32)
+    payloads = [binary_copy_payload(data, s, min(s + args.chunk, args.rows))
+                for s in range(0, args.rows, args.chunk)]
+    mb = sum(len(p) for p in payloads) / 1e6
+    work = tempfile.mkdtemp(prefix="quiver-cluster-ingest-")
+    ports = {name: free_port() for name in
+             ("etcd", "etcd_peer", "kafka", "query", "data", "coordinator", "streaming", "p1", "p2")}
+    config = os.path.join(work, "quiver.toml")
+    write_config(config, ports, work, args.wal, ports["kafka"])
+    procs = []
+    try:
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer = f"http://127.0.0.1:{ports['etcd_peer']}"
+        services = [Proc("etcd", ["etcd", "--name", "b", "--data-dir", f"{work}/etcd",
+                                  "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                                  "--initial-cluster", f"b={peer}"], ports["etcd"], f"{work}/etcd.log")]
+        if args.wal == "kafka":
+            url = f"tcp://127.0.0.1:{ports['kafka']}"
+            services.append(Proc("tansu", [f"{SERVICES}/bin/tansu", "broker", "--listener-url", url,
+                                           "--advertised-listener-url", url, "--storage-engine",
+                                           f"sqlite://{work}/tansu.db"], ports["kafka"],
+                                 f"{work}/tansu.log"))
+        for p in services:
+            procs.append(p.start())
+        time.sleep(2)  # etcd elects itself
+        for name, role in [("query", "query-node"), ("data", "data-node"),
+                           ("coordinator", "coordinator"), ("streaming", "streaming-node"),
+                           ("p1", "proxy"), ("p2", "proxy")]:
+            procs.append(Proc(name, [args.quiver_bin, role, "--config", config, "--data-dir",
+                                     f"{work}/{name}", "--listen", f"127.0.0.1:{ports[name]}"],
+                              ports[name], f"{work}/{name}.log").start())
+        quiver = [p for p in procs if p.name not in ("etcd", "tansu")]
+        vs.log(f"{args.rows} x {args.dim} rows, {mb:.1f} MB of binary COPY, {args.conns} connections, "
+               f"{args.wal} WAL")
+        results = []
+        for setup, proxy_ports in [("1 proxy", [ports["p1"]]), ("2 proxies", [ports["p1"], ports["p2"]])]:
+            cpu0 = {p.name: cpu_seconds(p.proc.pid) for p in quiver}
+            table = "items_" + str(len(proxy_ports))
+            wall = load(proxy_ports, table, payloads, args.dim, args.conns)
+            cpu = {p.name: (cpu_seconds(p.proc.pid) - cpu0[p.name]) * 100_000 / args.rows
+                   for p in quiver}
+            with psycopg.connect(host="127.0.0.1", port=ports["p2"], user="postgres",
+                                 dbname="postgres") as c:
+                count = c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            assert count == args.rows, (count, args.rows)
+            memory = {p.name: rss(p.proc.pid) for p in quiver}
+            results.append((setup, wall, cpu, memory))
+            vs.log(f"{setup}: {args.rows / wall:,.0f} rows/s, {mb / wall:.1f} MB/s")
+        print()
+        names = [p.name for p in quiver]
+        print("| setup | rows/s | MB/s | " + " | ".join(f"{n} CPU s/100k rows" for n in names) + " |")
+        print("|---" * (3 + len(names)) + "|")
+        for setup, wall, cpu, _ in results:
+            print(f"| {setup} | {args.rows / wall:,.0f} | {mb / wall:.1f} | "
+                  + " | ".join(f"{cpu[n]:.2f}" for n in names) + " |")
+        print()
+        print("RSS after each run (MiB): " + "; ".join(
+            f"{setup}: " + ", ".join(f"{n} {memory[n] / 2**20:.0f}" for n in names)
+            for setup, _, _, memory in results))
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
