@@ -127,8 +127,9 @@ def main():
             url = f"tcp://127.0.0.1:{ports['kafka']}"
             services.append(Proc("tansu", [f"{SERVICES}/bin/tansu", "broker", "--listener-url", url,
                                            "--advertised-listener-url", url, "--storage-engine",
-                                           f"sqlite://{work}/tansu.db"], ports["kafka"],
-                                 f"{work}/tansu.log"))
+                                           # resolved against its working directory
+                                           "sqlite://tansu.db"], ports["kafka"],
+                                 f"{work}/tansu.log", cwd=work))
         for p in services:
             procs.append(p.start())
         time.sleep(2)  # etcd elects itself

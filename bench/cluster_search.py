@@ -53,14 +53,15 @@ def rss(pid):
 
 
 class Proc:
-    def __init__(self, name, args, port, log_path):
+    def __init__(self, name, args, port, log_path, cwd=None):
         self.name, self.args, self.port, self.log_path = name, args, port, log_path
+        self.cwd = cwd
         self.proc = None
 
     def start(self, timeout=120):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, cwd=self.cwd)
         vs.wait_for_port(self.port, self.proc, timeout, self.name, self.log_path)
         return self
 

@@ -94,21 +94,18 @@ impl NodeContext {
     /// Tells the coordinator about segments already durable in the meta
     /// store (sealed, or replaced by compaction). Never fails: the caller
     /// must go on to swap its in-memory state, or it would seal the same
-    /// rows again. While the coordinator is unreachable (a standby taking
-    /// over) the call is retried for a while; a coordinator that starts
-    /// later places every segment of the meta store anyway, so giving up
-    /// only delays serving (reads of the segment fail with 08006 until
-    /// then), never loses or duplicates rows.
+    /// rows again. A failing call (the coordinator unreachable while a
+    /// standby takes over, its meta store briefly down) is retried for a
+    /// while; a coordinator that starts later places every segment of the
+    /// meta store anyway, so giving up only delays serving (reads of the
+    /// segment fail with 08006 until then), never loses or duplicates rows.
     pub(crate) async fn segments_sealed(&self, segments: Vec<quiver_segment::SegmentMeta>) {
         let deadline = std::time::Instant::now() + COORDINATOR_RETRY;
         loop {
             match self.coordinator.segments_sealed(segments.clone()).await {
                 Ok(()) => return,
-                Err(e)
-                    if e.code == StatusCode::Unavailable
-                        && std::time::Instant::now() < deadline =>
-                {
-                    tracing::warn!(error = %e.message, "coordinator unavailable for sealed segments; retrying");
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e.message, "the coordinator did not take sealed segments; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
