@@ -48,7 +48,8 @@ pub async fn run_coordinator(config: &Config) -> anyhow::Result<()> {
         standalone::start_coordinator(config, meta.clone(), store.clone(), false)
     })
     .await?;
-    let service = NodeService::new(filter_functions()).with_coordinator(coordinator);
+    let service =
+        NodeService::new(filter_functions()).with_coordinator(coordinator, leadership.term());
     serve_while_leading("coordinator", &cc.listen, service, leadership).await
 }
 
@@ -61,11 +62,12 @@ pub async fn run_streaming_node(config: &Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let sc = &config.streaming;
     let address = sc.advertise.clone().unwrap_or_else(|| sc.listen.clone());
-    let (_meta, leadership) =
+    let (meta, leadership) =
         lead(config, "streaming node", keys::STREAMING_LEADER, &address).await?;
     let coordinator =
         RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
-    let streaming = standalone::start_streaming(config, coordinator).await?;
+    let streaming =
+        standalone::start_streaming(config, meta, open_store(config)?, coordinator).await?;
     let service = NodeService::new(filter_functions()).with_streaming(streaming);
     serve_while_leading("streaming node", &sc.listen, service, leadership).await
 }
@@ -99,9 +101,13 @@ async fn lead(
     Ok((meta, leadership))
 }
 
-/// Listens and serves until a shutdown signal (then resigns, so a standby
-/// takes over at once) or until leadership is lost (then fails: another
-/// process may lead now, and this one must not act any more).
+/// Listens and serves until a shutdown signal, then resigns so that a
+/// standby takes over at once. Resigning only after serving stopped keeps
+/// two leaders from acting together; the process exits right after, which
+/// ends the role's background work (flushes, ticks) too.
+///
+/// Lost leadership (the lease could not be renewed) ends the process at
+/// once, without draining: another process may lead already.
 async fn serve_while_leading(
     role: &str,
     listen: &str,
@@ -109,21 +115,25 @@ async fn serve_while_leading(
     mut leadership: Leadership,
 ) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    let role_name = role.to_string();
     let stop = async move {
         tokio::select! {
-            _ = shutdown_signal() => {
-                leadership.resign().await;
-                tracing::info!("resigned leadership");
-            }
+            _ = shutdown_signal() => leadership,
             _ = leadership.lost() => {
-                let _ = lost_tx.send(());
+                tracing::error!("{role_name} lost its leadership (etcd lease not renewed); exiting at once");
+                std::process::exit(1);
             }
         }
     };
+    let (leadership_tx, leadership_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        let leadership = stop.await;
+        let _ = leadership_tx.send(leadership);
+    };
     serve(role, listener, service, stop).await?;
-    if lost_rx.await.is_ok() {
-        anyhow::bail!("{role} lost its leadership (etcd lease not renewed); exiting");
+    if let Ok(leadership) = leadership_rx.await {
+        leadership.resign().await;
+        tracing::info!("{role} resigned leadership");
     }
     Ok(())
 }

@@ -25,8 +25,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Arc<Engine>> {
     let meta = config.open_meta_store().await?;
     let store = open_object_store(&config.object_store())?;
     let coordinator: Arc<dyn CoordinatorApi> =
-        start_coordinator(config, meta, store.clone(), true).await?;
-    let streaming = start_streaming(config, coordinator.clone()).await?;
+        start_coordinator(config, meta.clone(), store.clone(), true).await?;
+    // One meta store for both roles: the embedded store must be opened
+    // once per process.
+    let streaming = start_streaming(config, meta, store, coordinator.clone()).await?;
     engine(
         config,
         Backends {
@@ -105,10 +107,10 @@ pub async fn start_coordinator(
 /// The streaming node owning every shard, on the configured WAL.
 pub async fn start_streaming(
     config: &Config,
+    meta: Arc<dyn MetaStore>,
+    store: Arc<dyn object_store::ObjectStore>,
     coordinator: Arc<dyn CoordinatorApi>,
 ) -> anyhow::Result<Arc<dyn StreamingApi>> {
-    let meta = config.open_meta_store().await?;
-    let store = open_object_store(&config.object_store())?;
     let wal = config.open_wal().await?;
     let sc = &config.streaming;
     let node: Arc<dyn StreamingApi> = StreamingNode::open(

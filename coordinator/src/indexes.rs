@@ -138,7 +138,7 @@ impl Coordinator {
             return Ok(());
         };
         match node.load_index(manifest).await {
-            Err(e) if e.code == StatusCode::Unavailable => {
+            Err(e) if e.code.is_unavailable() => {
                 tracing::warn!(segment = %key.0, index = %key.1, error = %e.message, "query node unreachable; the index is loaded when the segment is placed again");
                 Ok(())
             }
@@ -316,7 +316,7 @@ impl Coordinator {
 
 fn ignore_unreachable(result: ApiResult<()>) -> ApiResult<()> {
     match result {
-        Err(e) if e.code == StatusCode::Unavailable => {
+        Err(e) if e.code.is_unavailable() => {
             tracing::warn!(error = %e.message, "query node unreachable; release skipped");
             Ok(())
         }

@@ -184,7 +184,7 @@ impl Coordinator {
             );
             match coordinator.place(segments).await {
                 // No query node up yet: the node monitor places them.
-                Err(e) if e.code == StatusCode::Unavailable => {
+                Err(e) if e.code.is_unavailable() => {
                     tracing::warn!(error = %e.message, "sealed segments wait for a query node");
                 }
                 other => other.map_err(startup_failed)?,
@@ -207,7 +207,7 @@ impl Coordinator {
         // take them they wait (statements reading them fail with a
         // retryable error) and the node monitor places them.
         match self.place(segments).await {
-            Err(e) if e.code == StatusCode::Unavailable => {
+            Err(e) if e.code.is_unavailable() => {
                 tracing::warn!(error = %e.message, "sealed segments wait for a query node");
                 Ok(())
             }

@@ -269,7 +269,7 @@ impl Coordinator {
                             owners.insert(s.id, target);
                         }
                     }
-                    Err(e) if e.code == StatusCode::Unavailable => {
+                    Err(e) if e.code.is_unavailable() => {
                         tracing::warn!(node = target, error = %e.message, "query node failed while loading segments; trying another");
                         failed.push(target);
                         segments.extend(batch);

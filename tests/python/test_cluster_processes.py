@@ -28,7 +28,8 @@ from conftest import wait_for_index_builds
 from services import Etcd, KafkaBroker, QuiverNode, S3Server
 
 FAILURE_TIMEOUT_MS = 2000
-RETRYABLE = {"08006", "08001", "57P01"}
+# 08007: a write cut off by a failure may or may not have been applied.
+RETRYABLE = {"08006", "08007", "08001", "57P01"}
 
 
 class Cluster:

@@ -29,9 +29,10 @@ pub struct CatalogState {
     pub index_builds: Vec<IndexBuildStatus>,
 }
 
-/// `epoch` is random per coordinator process, `seq` grows with every
-/// change it publishes: a holder takes any state of a new epoch (another
-/// coordinator took over) and only newer states of its own.
+/// `epoch` is the publishing coordinator's leadership term, `seq` grows
+/// with every change it publishes: a holder takes states of a later term
+/// (another coordinator took over), never of an earlier one (a late answer
+/// from a deposed leader), and only newer states within its term.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogVersion {
     pub epoch: u64,
@@ -40,7 +41,7 @@ pub struct CatalogVersion {
 
 impl CatalogVersion {
     pub fn supersedes(self, held: CatalogVersion) -> bool {
-        self.epoch != held.epoch || self.seq > held.seq
+        self.epoch > held.epoch || (self.epoch == held.epoch && self.seq > held.seq)
     }
 }
 
@@ -71,11 +72,12 @@ pub struct CatalogPublisher {
 }
 
 impl CatalogPublisher {
-    pub fn start(coordinator: Arc<dyn CoordinatorApi>) -> Arc<Self> {
+    /// `epoch`: the coordinator's leadership term.
+    pub fn start(coordinator: Arc<dyn CoordinatorApi>, epoch: u64) -> Arc<Self> {
         let (current, _) = watch::channel(Arc::new(CatalogState::default()));
         let publisher = Arc::new(CatalogPublisher {
             coordinator,
-            epoch: rand::random(),
+            epoch,
             last: Mutex::new(Vec::new()),
             current,
         });

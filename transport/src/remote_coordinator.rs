@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use quiver_api::{
     ApiResult, CompactionOutput, CompactionTask, CoordinatorApi, IndexBuildStatus, IndexDef,
-    IndexInfo, QueryApi, RoleInfo, StatusCode, TableInfo,
+    IndexInfo, QueryApi, RoleInfo, TableInfo,
 };
 use quiver_segment::SegmentMeta;
 use quiver_types::{SegmentId, TableId, TableSchema, Timestamp};
@@ -88,7 +88,7 @@ impl RemoteCoordinator {
         loop {
             match remote.refresh_catalog().await {
                 Ok(()) => break,
-                Err(e) if e.code == StatusCode::Unavailable && Instant::now() < deadline => {
+                Err(e) if e.code.is_unavailable() && Instant::now() < deadline => {
                     tracing::info!(error = %e, "waiting for the coordinator");
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
@@ -258,7 +258,11 @@ impl CoordinatorApi for RemoteCoordinator {
     }
 
     async fn segments_dropped(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
-        self.change(wire::COORD_SEGMENTS_DROPPED, &segments).await
+        // Forgetting segments twice changes nothing.
+        self.call::<_, ()>(wire::COORD_SEGMENTS_DROPPED, &segments, Retry::Idempotent)
+            .await?;
+        self.refresh_after(wire::COORD_SEGMENTS_DROPPED).await;
+        Ok(())
     }
 
     async fn create_index(

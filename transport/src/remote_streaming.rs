@@ -7,7 +7,8 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use quiver_api::{
-    ApiResult, SealedSegmentRef, ShardSnapshot, StreamingApi, TableInfo, WriteRequest, WriteResult,
+    ApiError, ApiResult, SealedSegmentRef, ShardSnapshot, StatusCode, StreamingApi, TableInfo,
+    WriteRequest, WriteResult,
 };
 use quiver_segment::DeleteLogEntry;
 use quiver_types::{SegmentId, ShardId, Timestamp};
@@ -60,6 +61,19 @@ impl RemoteStreamingNode {
     }
 }
 
+/// A write whose connection broke after it was sent may have been
+/// applied: the client must learn that, not that it may simply retry.
+fn outcome_unknown(e: ApiError) -> ApiError {
+    if e.code == StatusCode::Unavailable {
+        ApiError::new(
+            StatusCode::OutcomeUnknown,
+            format!("the write may or may not have been applied: {}", e.message),
+        )
+    } else {
+        e
+    }
+}
+
 fn encode_writes(requests: &[WriteRequest]) -> ApiResult<Vec<u8>> {
     let headers: Vec<WriteHeader> = requests
         .iter()
@@ -81,12 +95,14 @@ impl StreamingApi for RemoteStreamingNode {
         let body = encode_writes(std::slice::from_ref(&request))?;
         self.action_body(wire::STREAM_WRITE, body, Retry::Once)
             .await
+            .map_err(outcome_unknown)
     }
 
     async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp> {
         let body = encode_writes(&requests)?;
         self.action_body(wire::STREAM_COMMIT, body, Retry::Once)
             .await
+            .map_err(outcome_unknown)
     }
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
@@ -96,7 +112,9 @@ impl StreamingApi for RemoteStreamingNode {
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
-        self.action(wire::STREAM_TRUNCATE, table, Retry::Once).await
+        self.action(wire::STREAM_TRUNCATE, table, Retry::Once)
+            .await
+            .map_err(outcome_unknown)
     }
 
     async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {

@@ -24,9 +24,9 @@ pub struct CoordinatorService {
 }
 
 impl CoordinatorService {
-    pub fn new(coordinator: Arc<dyn CoordinatorApi>) -> Self {
+    pub fn new(coordinator: Arc<dyn CoordinatorApi>, term: u64) -> Self {
         CoordinatorService {
-            catalog: CatalogPublisher::start(coordinator.clone()),
+            catalog: CatalogPublisher::start(coordinator.clone(), term),
             coordinator,
         }
     }

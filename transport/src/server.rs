@@ -65,10 +65,11 @@ impl NodeService {
         self
     }
 
-    /// Serves the coordinator and publishes its catalog (call inside the
-    /// runtime: publishing runs as a task).
-    pub fn with_coordinator(mut self, coordinator: Arc<dyn CoordinatorApi>) -> Self {
-        self.coordinator = Some(CoordinatorService::new(coordinator));
+    /// Serves the coordinator and publishes its catalog, versioned by the
+    /// leadership `term` (call inside the runtime: publishing runs as a
+    /// task).
+    pub fn with_coordinator(mut self, coordinator: Arc<dyn CoordinatorApi>, term: u64) -> Self {
+        self.coordinator = Some(CoordinatorService::new(coordinator, term));
         self
     }
 

@@ -11,7 +11,12 @@ use tonic::metadata::MetadataValue;
 
 const CODE_KEY: &str = "quiver-status";
 
-pub fn to_status(e: ApiError) -> tonic::Status {
+pub fn to_status(mut e: ApiError) -> tonic::Status {
+    // "Never delivered" holds only for the hop that failed to connect: this
+    // request did reach this process, which may have acted on it.
+    if e.code == StatusCode::Unreachable {
+        e.code = StatusCode::Unavailable;
+    }
     let grpc = match e.code {
         StatusCode::UniqueViolation | StatusCode::DuplicateTable | StatusCode::DuplicateObject => {
             tonic::Code::AlreadyExists
@@ -20,7 +25,9 @@ pub fn to_status(e: ApiError) -> tonic::Status {
             tonic::Code::InvalidArgument
         }
         StatusCode::UndefinedTable | StatusCode::UndefinedObject => tonic::Code::NotFound,
-        StatusCode::Unavailable => tonic::Code::Unavailable,
+        StatusCode::Unavailable | StatusCode::Unreachable | StatusCode::OutcomeUnknown => {
+            tonic::Code::Unavailable
+        }
         StatusCode::StorageFailure | StatusCode::Internal => tonic::Code::Internal,
     };
     let mut status = tonic::Status::new(grpc, e.message);
@@ -68,9 +75,38 @@ pub fn from_status(endpoint: &str, status: tonic::Status) -> ApiError {
                 }
                 source = s.source();
             }
-            ApiError::new(StatusCode::Unavailable, message)
+            ApiError::new(
+                if never_connected(&status) {
+                    StatusCode::Unreachable
+                } else {
+                    StatusCode::Unavailable
+                },
+                message,
+            )
         }
     }
+}
+
+/// Whether the call failed while connecting, so the request never left:
+/// a refused connection (nothing listens: a standby, a dead process) or a
+/// connect that timed out.
+fn never_connected(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::HostUnreachable
+            )
+        {
+            return true;
+        }
+        if s.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 pub fn bad_request(message: impl std::fmt::Display) -> tonic::Status {
@@ -104,6 +140,12 @@ mod tests {
         assert_eq!(e.code, StatusCode::Internal);
         let e = from_status("http://x", tonic::Status::out_of_range("message too large"));
         assert_eq!(e.code, StatusCode::Internal);
+    }
+
+    #[test]
+    fn unreachable_is_only_true_for_one_hop() {
+        let back = from_status("n", to_status(ApiError::new(StatusCode::Unreachable, "x")));
+        assert_eq!(back.code, StatusCode::Unavailable);
     }
 
     #[test]

@@ -39,11 +39,27 @@ pub enum StatusCode {
     UndefinedObject,
     /// A request the catalog cannot satisfy (e.g. index on a non-vector column).
     InvalidRequest,
-    /// The role is not ready, or was reassigned; retrying may succeed.
+    /// The role is not ready, was reassigned, or the connection to it
+    /// broke; retrying may succeed.
     Unavailable,
+    /// The request never reached the role (nothing listens there, or the
+    /// connection could not be made): it did not run, so another process
+    /// of the role may take it.
+    Unreachable,
+    /// A write was sent but the connection broke before its answer: it may
+    /// or may not have been applied (PostgreSQL's 08007).
+    OutcomeUnknown,
     /// Storage (WAL, meta, object store) failed.
     StorageFailure,
     Internal,
+}
+
+impl StatusCode {
+    /// Unavailable or unreachable: the role did not answer, and retrying
+    /// (later, or elsewhere) may succeed.
+    pub fn is_unavailable(self) -> bool {
+        matches!(self, StatusCode::Unavailable | StatusCode::Unreachable)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -40,7 +40,7 @@ pub(crate) async fn campaign(
                 .await
                 .map_err(remote("granting a lease"))?
                 .id();
-            let won = kv
+            let taken = kv
                 .clone()
                 .txn(
                     Txn::new()
@@ -52,9 +52,10 @@ pub(crate) async fn campaign(
                         )]),
                 )
                 .await
-                .map_err(remote("taking the leader key"))?
-                .succeeded();
-            if won {
+                .map_err(remote("taking the leader key"))?;
+            if taken.succeeded() {
+                // etcd's revision of the write: grows with every new leader.
+                let term = taken.header().map_or(0, |h| h.revision()).max(0) as u64;
                 let (lost_tx, lost) = tokio::sync::watch::channel(false);
                 let renew = {
                     let lease = lease.clone();
@@ -72,7 +73,7 @@ pub(crate) async fn campaign(
                         tracing::warn!(error = %e, "revoking the leadership lease failed; it expires by itself");
                     }
                 });
-                return Ok(Leadership::new(registration, lost));
+                return Ok(Leadership::new(registration, lost, term));
             }
             // Another candidate was faster.
             let _ = lease.clone().revoke(id).await;
@@ -155,14 +156,20 @@ async fn put_leased(
 }
 
 /// Renews the lease a third of its time to live apart; returns when it
-/// can no longer be renewed.
+/// can no longer be renewed. That is decided before etcd could expire it:
+/// once two thirds of the time to live passed since the last confirmed
+/// renewal, the lease counts as lost, so a leader stops before a standby
+/// can take its place.
 async fn keep_alive(lease: &LeaseClient, id: i64, ttl_s: i64) -> Result<(), etcd_client::Error> {
     let (mut keeper, mut responses) = lease.clone().keep_alive(id).await?;
-    let period = Duration::from_millis((ttl_s as u64 * 1000 / 3).max(200));
+    let ttl = Duration::from_secs(ttl_s as u64);
+    let period = (ttl / 3).max(Duration::from_millis(200));
+    let mut confirmed = tokio::time::Instant::now();
     loop {
         keeper.keep_alive().await?;
-        match tokio::time::timeout(period * 2, responses.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+        let give_up = confirmed + ttl * 2 / 3;
+        match tokio::time::timeout_at(give_up, responses.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => confirmed = tokio::time::Instant::now(),
             Ok(Ok(_)) => {
                 return Err(etcd_client::Error::LeaseKeepAliveError(
                     "lease expired".into(),
@@ -171,7 +178,7 @@ async fn keep_alive(lease: &LeaseClient, id: i64, ttl_s: i64) -> Result<(), etcd
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(etcd_client::Error::LeaseKeepAliveError(
-                    "no keep-alive answer".into(),
+                    "no keep-alive answer within two thirds of the lease's time to live".into(),
                 ));
             }
         }

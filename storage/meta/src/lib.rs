@@ -210,11 +210,26 @@ impl Drop for Registration {
 pub struct Leadership {
     registration: Registration,
     lost: tokio::sync::watch::Receiver<bool>,
+    term: u64,
 }
 
 impl Leadership {
-    pub fn new(registration: Registration, lost: tokio::sync::watch::Receiver<bool>) -> Self {
-        Leadership { registration, lost }
+    pub fn new(
+        registration: Registration,
+        lost: tokio::sync::watch::Receiver<bool>,
+        term: u64,
+    ) -> Self {
+        Leadership {
+            registration,
+            lost,
+            term,
+        }
+    }
+
+    /// Grows with every leadership won for the key: a later leader has a
+    /// larger term.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// Completes when leadership is lost (its lease could not be renewed):

@@ -181,12 +181,7 @@ impl Channel {
         }
         ctx.meta.batch(ops).await?;
 
-        if !dropped.is_empty() {
-            ctx.coordinator
-                .segments_dropped(dropped.clone())
-                .await
-                .map_err(StreamingError::Coordinator)?;
-        }
+        let dropped_told = dropped.is_empty() || ctx.segments_dropped(&dropped).await;
         if !sealed.is_empty() {
             ctx.segments_sealed(sealed.iter().map(|(_, meta, _)| meta.clone()).collect())
                 .await;
@@ -209,8 +204,10 @@ impl Channel {
                     st.unflushed.drain(..flushed.min(st.unflushed.len()));
                 }
             }
-            data.dropped_segments
-                .retain(|d| !dropped.iter().any(|x| x.id == d.id));
+            if dropped_told {
+                data.dropped_segments
+                    .retain(|d| !dropped.iter().any(|x| x.id == d.id));
+            }
             if let Some(cp) = checkpoint {
                 data.checkpoint = cp;
             }

@@ -94,23 +94,53 @@ impl NodeContext {
     /// Tells the coordinator about segments already durable in the meta
     /// store (sealed, or replaced by compaction). Never fails: the caller
     /// must go on to swap its in-memory state, or it would seal the same
-    /// rows again. A failing call (the coordinator unreachable while a
-    /// standby takes over, its meta store briefly down) is retried for a
-    /// while; a coordinator that starts later places every segment of the
-    /// meta store anyway, so giving up only delays serving (reads of the
-    /// segment fail with 08006 until then), never loses or duplicates rows.
+    /// rows again. A coordinator that starts later places every segment of
+    /// the meta store anyway, so giving up only delays serving (reads of
+    /// the segment fail with 08006 until then), never loses or duplicates
+    /// rows.
     pub(crate) async fn segments_sealed(&self, segments: Vec<quiver_segment::SegmentMeta>) {
+        let told = self
+            .tell_coordinator("sealed segments", || {
+                self.coordinator.segments_sealed(segments.clone())
+            })
+            .await;
+        if !told {
+            tracing::error!(
+                "the coordinator did not take sealed segments; they are placed when a coordinator starts"
+            );
+        }
+    }
+
+    /// Tells the coordinator that segments left the manifest (TRUNCATE);
+    /// `false` when it could not be told, so the caller keeps them to tell
+    /// again at the next flush. Like [`Self::segments_sealed`], never fails
+    /// the flush whose meta batch already committed.
+    pub(crate) async fn segments_dropped(&self, segments: &[quiver_segment::SegmentMeta]) -> bool {
+        self.tell_coordinator("dropped segments", || {
+            self.coordinator.segments_dropped(segments.to_vec())
+        })
+        .await
+    }
+
+    /// Retries a call telling the coordinator about a committed change
+    /// while it fails (a standby taking over, its meta store briefly
+    /// down), for [`COORDINATOR_RETRY`].
+    async fn tell_coordinator<F, Fut>(&self, what: &str, call: F) -> bool
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ApiResult<()>>,
+    {
         let deadline = std::time::Instant::now() + COORDINATOR_RETRY;
         loop {
-            match self.coordinator.segments_sealed(segments.clone()).await {
-                Ok(()) => return,
+            match call().await {
+                Ok(()) => return true,
                 Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e.message, "the coordinator did not take sealed segments; retrying");
+                    tracing::warn!(error = %e.message, "telling the coordinator about {what} failed; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e.message, "the coordinator did not take sealed segments; they are placed when a coordinator starts");
-                    return;
+                    tracing::error!(error = %e.message, "telling the coordinator about {what} failed");
+                    return false;
                 }
             }
         }
