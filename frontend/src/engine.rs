@@ -521,6 +521,16 @@ impl Engine {
         };
         let result = self.execute_statement(session, statement).await;
         abort_on_drop.armed = result.is_err();
+        if let Err(e) = &result
+            && e.sqlstate == sqlstate::UNDEFINED_TABLE
+        {
+            // The streaming node refused a table this proxy's catalog copy
+            // still has (dropped or replaced through another proxy): the
+            // next statement must see the catalog as it is.
+            if let Err(e) = self.backends.coordinator.refresh_catalog().await {
+                tracing::warn!(error = %e, "refreshing the catalog failed");
+            }
+        }
         result
     }
 

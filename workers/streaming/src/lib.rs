@@ -349,6 +349,9 @@ impl StreamingNode {
     /// of them become visible together and recovery replays all or none.
     /// Returns one result per request.
     async fn write_atomically(&self, requests: &[WriteRequest]) -> ApiResult<Vec<WriteResult>> {
+        for r in requests {
+            self.check_current(&r.table).await?;
+        }
         for (i, r) in requests.iter().enumerate() {
             if requests[..i].iter().any(|o| o.table.id == r.table.id) {
                 return Err(ApiError::new(
@@ -465,6 +468,36 @@ impl StreamingNode {
     }
 }
 
+impl StreamingNode {
+    /// Refuses a table the catalog no longer has under that id (dropped,
+    /// or dropped and created again): a proxy whose catalog copy lags a
+    /// few milliseconds behind must not write rows nobody will see, nor
+    /// read a dropped table. A table this node does not know yet may have
+    /// been created a moment ago: the catalog is refreshed before refusing.
+    async fn check_current(&self, table: &TableInfo) -> ApiResult<()> {
+        let coordinator = &self.ctx.coordinator;
+        let current = || {
+            coordinator
+                .table(&table.name)
+                .is_some_and(|t| t.id == table.id)
+        };
+        if current() {
+            return Ok(());
+        }
+        coordinator.refresh_catalog().await?;
+        if current() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::UndefinedTable,
+            format!(
+                "relation \"{}\" does not exist (it was dropped or replaced meanwhile)",
+                table.name
+            ),
+        ))
+    }
+}
+
 #[async_trait]
 impl StreamingApi for StreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
@@ -480,6 +513,7 @@ impl StreamingApi for StreamingNode {
     }
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
+        self.check_current(table).await?;
         let shards = table.shards.min(self.channels.len() as u32);
         Ok(keys_of(&keys, &key_only_columns(table))
             .iter()
@@ -491,6 +525,7 @@ impl StreamingApi for StreamingNode {
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
+        self.check_current(table).await?;
         // Flush locks first (no flush may be between freeze and swap while
         // rows vanish), then write locks: the order every path uses.
         let mut flush_guards = Vec::new();
@@ -558,6 +593,7 @@ impl StreamingApi for StreamingNode {
         shard: ShardId,
         ts: Timestamp,
     ) -> ApiResult<ShardSnapshot> {
+        self.check_current(table).await?;
         self.channel(shard)?.snapshot(table, ts)
     }
 

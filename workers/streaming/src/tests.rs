@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use quiver_api::{ConflictPolicy, CoordinatorApi, QueryApi, StreamingApi, WriteRequest};
+use quiver_api::{
+    ConflictPolicy, CoordinatorApi, QueryApi, StatusCode, StreamingApi, WriteRequest,
+};
 use quiver_coordinator::{Coordinator, CoordinatorOptions};
 use quiver_meta::{EmbeddedMeta, MetaStore, keys};
 use quiver_query::{IndexCacheOptions, QueryNode};
 use quiver_segment::{ObjectStoreConfig, WalRecord, WalRecordKind, open_object_store};
-use quiver_types::{ColumnDef, ColumnType, PkEncoder, ShardId, TableSchema, shard_of};
+use quiver_types::{ColumnDef, ColumnType, PkEncoder, ShardId, TableSchema, Timestamp, shard_of};
 use quiver_wal::{LocalWal, LocalWalOptions, Wal};
 
 use crate::{StreamingNode, StreamingOptions};
@@ -251,4 +253,34 @@ async fn a_transaction_over_two_tables_of_one_shard_is_replayed_whole_or_not_at_
     let node = open(dir.path()).await;
     assert_eq!(visible_ids(&node, "a").await, vec![shard0[0]]);
     assert_eq!(visible_ids(&node, "b").await, vec![shard0[0]]);
+}
+
+/// A proxy whose catalog copy lags (the table was dropped, or dropped and
+/// created again, through another proxy) is refused instead of writing rows
+/// nobody will see or reading a dropped table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_or_replaced_table_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path()).await;
+    let old = create(&node, "t").await;
+    node.coordinator.drop_table("t", false).await.unwrap();
+    let new = create(&node, "t").await;
+    assert_ne!(old.id, new.id);
+    let write = |info: &quiver_api::TableInfo| WriteRequest {
+        table: info.clone(),
+        delete_keys: None,
+        insert: Some(rows(&[1])),
+        on_conflict: ConflictPolicy::Error,
+    };
+    let err = node.streaming.write(write(&old)).await.unwrap_err();
+    assert_eq!(err.code, StatusCode::UndefinedTable, "{}", err.message);
+    let err = node
+        .streaming
+        .snapshot(&old, ShardId(0), Timestamp::MAX)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, StatusCode::UndefinedTable, "{}", err.message);
+    let written = node.streaming.write(write(&new)).await.unwrap();
+    node.streaming.wait_applied(written.ts).await.unwrap();
+    assert_eq!(visible_ids(&node, "t").await, [1]);
 }
