@@ -77,9 +77,13 @@ where
 }
 
 fn session_of<C: ClientInfo + ?Sized>(engine: &Engine, client: &C) -> Arc<Session> {
-    client
-        .session_extensions()
-        .get_or_insert_with(|| engine.new_session())
+    client.session_extensions().get_or_insert_with(|| {
+        let session = engine.new_session();
+        if let Some(user) = client.metadata().get("user") {
+            session.set_user(user);
+        }
+        session
+    })
 }
 
 /// `CHECKPOINT` is PostgreSQL's own statement but unknown to sqlparser.

@@ -66,6 +66,8 @@ pub struct Session {
     /// NOTICE messages for the client, sent before the statement's result.
     notices: Mutex<Vec<Notice>>,
     transaction: Mutex<TransactionState>,
+    /// The role the connection logged in as (`current_user`).
+    user: Mutex<String>,
 }
 
 /// A NOTICE or WARNING for the client.
@@ -100,7 +102,16 @@ impl Session {
             prepared: Mutex::new(HashMap::new()),
             notices: Mutex::new(Vec::new()),
             transaction: Mutex::new(TransactionState::Idle),
+            user: Mutex::new("postgres".to_string()),
         }
+    }
+
+    pub fn user(&self) -> String {
+        self.user.lock().clone()
+    }
+
+    pub fn set_user(&self, user: &str) {
+        *self.user.lock() = user.to_string();
     }
 
     pub fn in_transaction_block(&self) -> bool {

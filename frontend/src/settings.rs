@@ -115,7 +115,24 @@ pub(crate) fn bind_current_setting(
 ) -> Result<(), SqlError> {
     use sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
     let mut failure = None;
+    let user = session.user();
     let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
+        // current_user and friends name the session's role (DataFusion's
+        // catalog functions know no sessions).
+        if let Expr::Function(f) = e
+            && matches!(
+                f.name.to_string().to_ascii_lowercase().as_str(),
+                "current_user" | "session_user" | "user" | "current_role"
+            )
+            && match &f.args {
+                FunctionArguments::None => true,
+                FunctionArguments::List(list) => list.args.is_empty(),
+                FunctionArguments::Subquery(_) => false,
+            }
+        {
+            *e = Expr::value(Value::SingleQuotedString(user.clone()));
+            return std::ops::ControlFlow::Continue(());
+        }
         if let Expr::Function(f) = e
             && f.name.to_string().eq_ignore_ascii_case("current_setting")
             && let FunctionArguments::List(list) = &f.args

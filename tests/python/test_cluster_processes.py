@@ -146,7 +146,7 @@ def test_proxies_serve_one_database(cluster):
         # A role made through one proxy logs in through the other.
         a.execute("CREATE ROLE reader LOGIN")
     with cluster.connect(1, user="reader") as r:
-        assert r.execute("SELECT 1").fetchone()[0] == 1
+        assert r.execute("SELECT current_user, session_user").fetchone() == ("reader", "reader")
     with pytest.raises(psycopg.OperationalError, match="role \"nobody\" does not exist"):
         cluster.connect(1, user="nobody")
 
