@@ -3,11 +3,13 @@
 
 It starts a data node, two query nodes (`quiver query-node`) and the proxy
 process (`quiver standalone`, which keeps the coordinator and the streaming
-node) on one shared local object store, and:
+node) on one shared local object store -- or, with `--roles`, etcd and the
+coordinator, streaming node and proxy as processes of their own -- and:
   1. loads N x D vectors (default 100,000 x 384, the clustered data of
      bench/vector_search.py) with binary COPY, seals them into several
      segments and builds DiskANN indexes on the data node;
-  2. restarts the proxy listing one query node, then both, and for each runs
+  2. restarts the proxy (the coordinator, with `--roles`) listing one query
+     node, then both, and for each runs
      Q top-10 queries over 1 and 8 connections at the given search lists:
      recall@10 against exact numpy, QPS, p50/p99;
   3. reports per process the RSS while serving and the CPU seconds spent per
@@ -20,7 +22,7 @@ figures show how the work divides.
 
 Usage:
   .venv/bin/python bench/cluster_search.py [--rows N] [--dim D] [--queries Q]
-      [--search-lists 40,100] [--conns 1,8] [--seal-rows S]
+      [--search-lists 40,100] [--conns 1,8] [--seal-rows S] [--roles]
   QUIVER_BIN=... or --quiver-bin picks the binary (default: the release build).
 
 A benchmark, not a test: it prints figures and never fails on them.
@@ -75,9 +77,26 @@ class Proc:
                 self.proc.wait()
 
 
-def write_config(path, query_ports, data_port, objects, seal_rows):
+def write_config(path, query_ports, data_port, objects, seal_rows, roles=None):
+    """`roles`: ports of etcd, the coordinator and the streaming node when
+    every role is a process of its own."""
     nodes = ", ".join(f'"127.0.0.1:{p}"' for p in query_ports)
     with open(path, "w") as f:
+        if roles:
+            f.write(f"""
+[cluster]
+coordinators = ["127.0.0.1:{roles['coordinator']}"]
+streaming_nodes = ["127.0.0.1:{roles['streaming']}"]
+
+[storage.meta]
+kind = "etcd"
+endpoints = ["http://127.0.0.1:{roles['etcd']}"]
+root = "/bench"
+
+[storage.wal]
+kind = "local"
+dir = "{os.path.dirname(objects)}/wal"
+""")
         f.write(f"""
 [coordinator]
 query_nodes = [{nodes}]
@@ -129,6 +148,8 @@ def main():
     ap.add_argument("--quiver-bin", default=vs.default_quiver_bin())
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "quiver-bench-data"))
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--roles", action="store_true",
+                    help="coordinator, streaming node and proxy as processes of their own (on etcd)")
     args = ap.parse_args()
 
     data, queries, gt = vs.load_data(args)
@@ -152,12 +173,33 @@ def main():
             nodes[name] = Proc(name, [args.quiver_bin, role, "--config", config, "--data-dir",
                                       os.path.join(work, name), "--listen", f"127.0.0.1:{port}"],
                                port, os.path.join(work, f"{name}.log"))
-        proxy_args = [args.quiver_bin, "standalone", "--config", config, "--data-dir",
-                      os.path.join(work, "proxy"), "--listen", f"127.0.0.1:{proxy_port}"]
-        write_config(config, query_ports[:1], data_port, objects, args.seal_rows)
+        roles = None
+        if args.roles:
+            roles = {"etcd": free_port(), "etcd_peer": free_port(), "coordinator": free_port(),
+                     "streaming": free_port()}
+            etcd_url = f"http://127.0.0.1:{roles['etcd']}"
+            peer = f"http://127.0.0.1:{roles['etcd_peer']}"
+            procs.append(Proc("etcd", [
+                "etcd", "--name", "b", "--data-dir", os.path.join(work, "etcd"),
+                "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"b={peer}"], roles["etcd"], os.path.join(work, "etcd.log")).start())
+            time.sleep(2)  # etcd elects itself
+        role = lambda name, sub, port, *extra: Proc(  # noqa: E731
+            name, [args.quiver_bin, sub, "--config", config, "--data-dir", os.path.join(work, name),
+                   "--listen", f"127.0.0.1:{port}", *extra], port, os.path.join(work, f"{name}.log"))
+        write_config(config, query_ports[:1], data_port, objects, args.seal_rows, roles)
         for p in nodes.values():
             procs.append(p.start())
-        proxy = Proc("proxy", proxy_args, proxy_port, os.path.join(work, "proxy.log")).start()
+        if roles:
+            # The coordinator reads the query-node list: it is what restarts.
+            placer = role("coordinator", "coordinator", roles["coordinator"]).start()
+            procs.append(placer)
+            procs.append(role("streaming", "streaming-node", roles["streaming"]).start())
+            proxy = role("proxy", "proxy", proxy_port).start()
+        else:
+            proxy = role("proxy", "standalone", proxy_port).start()
+            placer = proxy
         procs.append(proxy)
 
         t = time.perf_counter()
@@ -174,13 +216,15 @@ def main():
 
         results, memories, split = [], {}, {}
         for n in (1, 2):
-            proxy.stop()
-            write_config(config, query_ports[:n], data_port, objects, args.seal_rows)
+            placer.stop()
+            write_config(config, query_ports[:n], data_port, objects, args.seal_rows, roles)
             marks = {name: os.path.getsize(nodes[name].log_path) for name in ("query-1", "query-2")}
-            proxy.start()
-            # The coordinator places segments at start-up.
-            time.sleep(1)
-            serving = [proxy, nodes["data"]] + [nodes[f"query-{i + 1}"] for i in range(n)]
+            placer.start()
+            # The coordinator places segments at start-up (and proxies
+            # follow a new coordinator's catalog within a moment).
+            time.sleep(3 if roles else 1)
+            serving = [p for p in procs if p.name in ("proxy", "coordinator", "streaming", "data")]
+            serving += [nodes[f"query-{i + 1}"] for i in range(n)]
             rows, memory = measure(f"{n} query node(s)", proxy_port, serving, args.search_lists,
                                    args.conns, texts, gt, args.timeout)
             results += rows
@@ -203,12 +247,15 @@ def main():
         print(f"== cluster search: {args.rows} x {args.dim}, {len(sealed)} segments, {args.queries} queries, "
               f"2 cores shared by all processes ==")
         print(f"load {load_s:.1f}s ({args.rows / load_s:,.0f} rows/s), index build {build_s:.1f}s (data node)")
-        print("| query nodes | search_list | conns | recall@10 | QPS | p50 ms | p99 ms | CPU ms per query: proxy / query nodes |")
+        print("every role a process (--roles)" if roles else "proxy = quiver standalone")
+        print("| query nodes | search_list | conns | recall@10 | QPS | p50 ms | p99 ms | CPU ms per query: proxy / "
+              + ("coordinator / streaming / " if roles else "") + "query nodes |")
         print("|---|---|---|---|---|---|---|---|")
         for r in results:
             q_cpu = " + ".join(f"{v:.2f}" for k, v in r["cpu_ms"].items() if k.startswith("query"))
+            others = "".join(f"{r['cpu_ms'][k]:.2f} / " for k in ("coordinator", "streaming") if k in r["cpu_ms"])
             print(f"| {r['setup'][0]} | {r['search_list']} | {r['conns']} | {r['recall']:.3f} | {r['qps']:,.0f} | "
-                  f"{r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_ms']['proxy']:.2f} / {q_cpu} |")
+                  f"{r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_ms']['proxy']:.2f} / {others}{q_cpu} |")
         print()
         for n, memory in memories.items():
             print(f"RSS with {n} query node(s): " + ", ".join(f"{k} {vs.fmt_bytes(v)}" for k, v in memory.items()))
