@@ -292,6 +292,10 @@ fi
 # the time. Restart points SIGKILL all but etcd and the query/data nodes.
 run_slt_on_cluster() {
     local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer name port
+    if ! command -v etcd >/dev/null; then
+        log "etcd is missing (scripts/ci-deps.sh installs etcd-server)"
+        return 1
+    fi
     q1="$(free_port)"; q2="$(free_port)"; d1="$(free_port)"
     etcd="$(free_port)"; etcd_peer="$(free_port)"
     QUIVER_SLT_COORDINATOR_PORT="$(free_port)"
@@ -338,10 +342,20 @@ EOF
         --initial-cluster "slt=http://127.0.0.1:$etcd_peer" </dev/null >>"$WORK/etcd.log" 2>&1 &
     NODE_PIDS+=($!)
     # Nodes register in etcd as they start: wait until it serves.
+    local healthy=0
     for _ in $(seq 1 150); do
-        curl -sf "http://127.0.0.1:$etcd/health" 2>/dev/null | grep -q '"true"' && break
+        if curl -sf "http://127.0.0.1:$etcd/health" 2>/dev/null | grep -q '"true"'; then
+            healthy=1
+            break
+        fi
         sleep 0.2
     done
+    if ((healthy == 0)); then
+        log "etcd did not become healthy; last lines of its log:"
+        tail -n 20 "$WORK/etcd.log" >&2
+        stop_role_nodes
+        return 1
+    fi
     for spec in "query-node q1 $q1" "query-node q2 $q2" "data-node d1 $d1"; do
         read -r role name port <<<"$spec"
         "$QUIVER_BIN" "$role" --config "$config" --data-dir "$WORK/$name" \

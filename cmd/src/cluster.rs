@@ -11,12 +11,11 @@ use quiver_frontend::engine::Backends;
 use quiver_meta::{Leadership, MetaStore, keys};
 use quiver_transport::{NodeService, RemoteCoordinator, RemoteStreamingNode};
 
-use crate::nodes::{bind, filter_functions, open_store, serve, shutdown_signal};
+use crate::nodes::{
+    bind, filter_functions, lease_ttl, open_store, retry_storage, serve, shutdown_signal,
+};
 use crate::standalone;
 
-/// How long the coordinator retries its start-up while the meta store is
-/// not ready.
-const STORAGE_WAIT: Duration = Duration::from_secs(30);
 /// How long a process waits at start-up for the coordinator to answer.
 const COORDINATOR_WAIT: Duration = Duration::from_secs(60);
 
@@ -81,7 +80,7 @@ async fn lead(
     key: &str,
     address: &str,
 ) -> anyhow::Result<(Arc<dyn MetaStore>, Leadership)> {
-    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
+    let ttl = lease_ttl(config);
     let meta = retry_storage("opening the meta store", || async {
         Ok(config.open_meta_store().await?)
     })
@@ -136,26 +135,6 @@ async fn serve_while_leading(
         tracing::info!("{role} resigned leadership");
     }
     Ok(())
-}
-
-/// Retries `attempt` for [`STORAGE_WAIT`]: etcd may still be electing its
-/// own leader when the cluster starts up.
-async fn retry_storage<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<T>>,
-{
-    let deadline = std::time::Instant::now() + STORAGE_WAIT;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing::warn!(error = format!("{e:#}"), "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 pub async fn run_proxy(config: &Config) -> anyhow::Result<()> {

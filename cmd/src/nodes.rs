@@ -97,28 +97,47 @@ async fn register(
     let MetaConfig::Etcd(_) = &config.storage.meta else {
         return Ok(None);
     };
-    let ttl = Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000));
-    // etcd may still be electing its leader when the cluster starts up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let registration = loop {
-        let attempt = async {
-            let meta = config.open_meta_store().await?;
-            anyhow::Ok(
-                meta.register(&key, serde_json::to_vec(address)?, ttl)
-                    .await?,
-            )
-        };
-        match attempt.await {
-            Ok(registration) => break registration,
+    let ttl = lease_ttl(config);
+    let registration = retry_storage("registration", || async {
+        let meta = config.open_meta_store().await?;
+        Ok(meta
+            .register(&key, serde_json::to_vec(address)?, ttl)
+            .await?)
+    })
+    .await?;
+    tracing::info!(%key, ttl_ms = ttl.as_millis() as u64, "node registered");
+    Ok(Some(registration))
+}
+
+/// The time to live of every lease a process holds on etcd (node
+/// registrations, coordinator and streaming-node leadership): a process
+/// that stops renewing is gone this long after, as the coordinator's
+/// failure timeout for nodes says.
+pub(crate) fn lease_ttl(config: &Config) -> Duration {
+    Duration::from_millis(config.coordinator.node_failure_timeout_ms.max(1_000))
+}
+
+/// How long start-up retries while the meta store is not ready.
+const STORAGE_WAIT: Duration = Duration::from_secs(30);
+
+/// Retries `attempt` for [`STORAGE_WAIT`]: etcd may still be electing its
+/// own leader when the cluster starts up.
+pub(crate) async fn retry_storage<T, F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + STORAGE_WAIT;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
             Err(e) if std::time::Instant::now() < deadline => {
-                tracing::warn!(error = format!("{e:#}"), "registration failed; retrying");
+                tracing::warn!(error = format!("{e:#}"), "{what} failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e),
         }
-    };
-    tracing::info!(%key, ttl_ms = ttl.as_millis() as u64, "node registered");
-    Ok(Some(registration))
+    }
 }
 
 /// Completes on SIGINT/SIGTERM after removing the registration, so

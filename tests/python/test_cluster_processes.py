@@ -34,9 +34,18 @@ RETRYABLE = {"08006", "08007", "08001", "57P01"}
 
 class Cluster:
     def __init__(self, base):
-        self.etcd = Etcd(base).start()
-        self.broker = KafkaBroker(base).start()
-        self.s3 = S3Server(base).start()
+        self.etcd, self.broker, self.s3 = Etcd(base), KafkaBroker(base), S3Server(base)
+        try:
+            self._start(base)
+        except BaseException:
+            # Nothing may outlive a failed start-up.
+            self.stop()
+            raise
+
+    def _start(self, base):
+        self.etcd.start()
+        self.broker.start()
+        self.s3.start()
         self.config = base / "cluster.toml"
         node = lambda role, name: QuiverNode(base, role, name, self.config)  # noqa: E731
         self.query = [node("query-node", "q1"), node("query-node", "q2")]
@@ -87,6 +96,8 @@ max_txn_ops = 1024
             p.start()
 
     def all_nodes(self):
+        if not hasattr(self, "proxies"):
+            return []
         return [*self.proxies, *self.streaming, *self.coordinators, self.data, *self.query]
 
     def connect(self, proxy: int, **kwargs):

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 fn bad(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::Internal, format!("malformed call body: {e}"))
+    ApiError::new(
+        StatusCode::InvalidRequest,
+        format!("malformed call body: {e}"),
+    )
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) -> ApiResult<()> {

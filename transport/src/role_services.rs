@@ -69,49 +69,47 @@ impl CoordinatorService {
     /// Calls that change the catalog.
     async fn catalog_change(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, Status> {
         let c = &self.coordinator;
-        {
-            match kind {
-                wire::COORD_CREATE_TABLE => {
-                    let call: wire::CreateTableCall = parse(body)?;
-                    reply(
-                        c.create_table(&call.name, call.schema, call.if_not_exists)
-                            .await,
-                    )
-                }
-                wire::COORD_DROP_TABLE => {
-                    let call: wire::DropCall = parse(body)?;
-                    reply(c.drop_table(&call.name, call.if_exists).await)
-                }
-                wire::COORD_SEGMENTS_SEALED => {
-                    let segments: Vec<SegmentMeta> = parse(body)?;
-                    reply(c.segments_sealed(segments).await)
-                }
-                wire::COORD_SEGMENTS_DROPPED => {
-                    let segments: Vec<SegmentMeta> = parse(body)?;
-                    reply(c.segments_dropped(segments).await)
-                }
-                wire::COORD_CREATE_INDEX => {
-                    let call: wire::CreateIndexCall = parse(body)?;
-                    reply(
-                        c.create_index(&call.table, call.def, call.if_not_exists)
-                            .await,
-                    )
-                }
-                wire::COORD_DROP_INDEX => {
-                    let call: wire::DropCall = parse(body)?;
-                    reply(c.drop_index(&call.name, call.if_exists).await)
-                }
-                wire::COORD_CREATE_ROLE => {
-                    let call: wire::CreateRoleCall = parse(body)?;
-                    reply(c.create_role(call.role, call.if_not_exists).await)
-                }
-                wire::COORD_ALTER_ROLE => reply(c.alter_role(parse(body)?).await),
-                wire::COORD_DROP_ROLE => {
-                    let call: wire::DropCall = parse(body)?;
-                    reply(c.drop_role(&call.name, call.if_exists).await)
-                }
-                other => Err(unknown_action(other)),
+        match kind {
+            wire::COORD_CREATE_TABLE => {
+                let call: wire::CreateTableCall = parse(body)?;
+                reply(
+                    c.create_table(&call.name, call.schema, call.if_not_exists)
+                        .await,
+                )
             }
+            wire::COORD_DROP_TABLE => {
+                let call: wire::DropCall = parse(body)?;
+                reply(c.drop_table(&call.name, call.if_exists).await)
+            }
+            wire::COORD_SEGMENTS_SEALED => {
+                let segments: Vec<SegmentMeta> = parse(body)?;
+                reply(c.segments_sealed(segments).await)
+            }
+            wire::COORD_SEGMENTS_DROPPED => {
+                let segments: Vec<SegmentMeta> = parse(body)?;
+                reply(c.segments_dropped(segments).await)
+            }
+            wire::COORD_CREATE_INDEX => {
+                let call: wire::CreateIndexCall = parse(body)?;
+                reply(
+                    c.create_index(&call.table, call.def, call.if_not_exists)
+                        .await,
+                )
+            }
+            wire::COORD_DROP_INDEX => {
+                let call: wire::DropCall = parse(body)?;
+                reply(c.drop_index(&call.name, call.if_exists).await)
+            }
+            wire::COORD_CREATE_ROLE => {
+                let call: wire::CreateRoleCall = parse(body)?;
+                reply(c.create_role(call.role, call.if_not_exists).await)
+            }
+            wire::COORD_ALTER_ROLE => reply(c.alter_role(parse(body)?).await),
+            wire::COORD_DROP_ROLE => {
+                let call: wire::DropCall = parse(body)?;
+                reply(c.drop_role(&call.name, call.if_exists).await)
+            }
+            other => Err(unknown_action(other)),
         }
     }
 }
@@ -121,7 +119,7 @@ pub fn decode_writes(body: &[u8]) -> ApiResult<Vec<WriteRequest>> {
     let (headers, batches): (Vec<WriteHeader>, Vec<Option<RecordBatch>>) = frame::decode(body)?;
     if batches.len() != headers.len() * 2 {
         return Err(ApiError::new(
-            StatusCode::Internal,
+            StatusCode::InvalidRequest,
             "malformed call body: batch count does not match the requests",
         ));
     }
@@ -143,42 +141,40 @@ pub async fn streaming_action(
     kind: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, Status> {
-    {
-        match kind {
-            wire::STREAM_WRITE => {
-                let mut requests = decode_writes(body).map_err(to_status)?;
-                let request = requests
-                    .pop()
-                    .filter(|_| requests.is_empty())
-                    .ok_or_else(|| bad_request("a write carries one request"))?;
-                reply(streaming.write(request).await)
-            }
-            wire::STREAM_COMMIT => {
-                let requests = decode_writes(body).map_err(to_status)?;
-                reply(streaming.commit(requests).await)
-            }
-            wire::STREAM_EXISTING_KEYS => {
-                let (table, batches): (TableInfo, Vec<Option<RecordBatch>>) =
-                    frame::decode(body).map_err(to_status)?;
-                let keys = batches
-                    .into_iter()
-                    .next()
-                    .flatten()
-                    .ok_or_else(|| bad_request("existing_keys without keys"))?;
-                reply(streaming.existing_keys(&table, keys).await)
-            }
-            wire::STREAM_TRUNCATE => {
-                let table: TableInfo = parse(body)?;
-                reply(streaming.truncate(&table).await)
-            }
-            wire::STREAM_WAIT_APPLIED => reply(streaming.wait_applied(parse(body)?).await),
-            wire::STREAM_APPLIED_TS => reply(streaming.applied_ts().await),
-            wire::STREAM_FLUSH_ALL => reply(streaming.flush_all().await),
-            wire::STREAM_COMPACT => {
-                let table: Option<TableInfo> = parse(body)?;
-                reply(streaming.compact(table.as_ref()).await)
-            }
-            other => Err(unknown_action(other)),
+    match kind {
+        wire::STREAM_WRITE => {
+            let mut requests = decode_writes(body).map_err(to_status)?;
+            let request = requests
+                .pop()
+                .filter(|_| requests.is_empty())
+                .ok_or_else(|| bad_request("a write carries one request"))?;
+            reply(streaming.write(request).await)
         }
+        wire::STREAM_COMMIT => {
+            let requests = decode_writes(body).map_err(to_status)?;
+            reply(streaming.commit(requests).await)
+        }
+        wire::STREAM_EXISTING_KEYS => {
+            let (table, batches): (TableInfo, Vec<Option<RecordBatch>>) =
+                frame::decode(body).map_err(to_status)?;
+            let keys = batches
+                .into_iter()
+                .next()
+                .flatten()
+                .ok_or_else(|| bad_request("existing_keys without keys"))?;
+            reply(streaming.existing_keys(&table, keys).await)
+        }
+        wire::STREAM_TRUNCATE => {
+            let table: TableInfo = parse(body)?;
+            reply(streaming.truncate(&table).await)
+        }
+        wire::STREAM_WAIT_APPLIED => reply(streaming.wait_applied(parse(body)?).await),
+        wire::STREAM_APPLIED_TS => reply(streaming.applied_ts().await),
+        wire::STREAM_FLUSH_ALL => reply(streaming.flush_all().await),
+        wire::STREAM_COMPACT => {
+            let table: Option<TableInfo> = parse(body)?;
+            reply(streaming.compact(table.as_ref()).await)
+        }
+        other => Err(unknown_action(other)),
     }
 }

@@ -173,23 +173,21 @@ impl NodeService {
         &self,
         call: wire::SnapshotCall,
     ) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
-        {
-            let streaming = self.streaming.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::Unavailable,
-                    "this node serves no streaming role",
-                )
-            })?;
-            let snapshot = streaming.snapshot(&call.table, call.shard, call.ts).await?;
-            let sealed: Vec<(SegmentId, &[quiver_segment::DeleteLogEntry])> = snapshot
-                .sealed
-                .iter()
-                .map(|s| (s.segment, s.deletes.as_slice()))
-                .collect();
-            let meta = serde_json::to_vec(&sealed)
-                .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
-            Ok((snapshot.growing, Some(Bytes::from(meta))))
-        }
+        let streaming = self.streaming.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::Unavailable,
+                "this node serves no streaming role",
+            )
+        })?;
+        let snapshot = streaming.snapshot(&call.table, call.shard, call.ts).await?;
+        let sealed: Vec<(SegmentId, &[quiver_segment::DeleteLogEntry])> = snapshot
+            .sealed
+            .iter()
+            .map(|s| (s.segment, s.deletes.as_slice()))
+            .collect();
+        let meta = serde_json::to_vec(&sealed)
+            .map_err(|e| ApiError::new(StatusCode::Internal, e.to_string()))?;
+        Ok((snapshot.growing, Some(Bytes::from(meta))))
     }
 
     async fn query_get(&self, ticket: Ticket) -> ApiResult<(Vec<RecordBatch>, Option<Bytes>)> {
