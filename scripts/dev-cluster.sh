@@ -4,8 +4,9 @@
 #   scripts/dev-cluster.sh start [DIR]    install (idempotently) and start etcd,
 #                                         a Kafka-protocol broker (tansu), an S3
 #                                         server (s3s-fs), then a data node, two
-#                                         query nodes, the coordinator, the
-#                                         streaming node and two proxies
+#                                         query nodes, two coordinators and two
+#                                         streaming nodes (a leader and a
+#                                         standby each) and two proxies
 #   scripts/dev-cluster.sh status [DIR]   what runs, and how to connect
 #   scripts/dev-cluster.sh stop [DIR]     stop exactly the processes start started
 #
@@ -19,7 +20,8 @@
 # the binary (default: a debug build, built here).
 #
 # Every role is a process of its own; query and data nodes register in etcd,
-# proxies and the streaming node find the coordinator through [cluster].
+# coordinators and streaming nodes elect their leader there (the standby does
+# not listen until it leads), proxies find them through [cluster].
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,10 +58,29 @@ wait_port() {
 spawn() {
     local name=$1 port=$2
     shift 2
+    spawn_only "$name" "$@"
+    wait_port "$name" "$port" "$SPAWNED"
+}
+
+# The same without waiting for a port: a standby listens only once it leads.
+spawn_standby() {
+    local name=$1
+    shift 2
+    spawn_only "$name" "$@"
+    sleep 0.5
+    if ! kill -0 "$SPAWNED" 2>/dev/null; then
+        log "$name exited; last lines of $DIR/$name.log:"
+        tail -n 20 "$DIR/$name.log" >&2
+        return 1
+    fi
+}
+
+spawn_only() {
+    local name=$1
+    shift
     (cd "$DIR" && exec "$@" </dev/null >>"$DIR/$name.log" 2>&1) &
-    local pid=$!
-    echo "$name $pid $1" >>"$PIDS"
-    wait_port "$name" "$port" "$pid"
+    SPAWNED=$!
+    echo "$name $SPAWNED $1" >>"$PIDS"
 }
 
 running() {
@@ -137,7 +158,8 @@ EOF
     source "$DIR/ports"
     # Ports added by later versions of this script.
     local var
-    for var in HEALTH_PORT HEALTH2_PORT COORDINATOR_PORT STREAMING_PORT; do
+    for var in HEALTH_PORT HEALTH2_PORT COORDINATOR_PORT STREAMING_PORT COORDINATOR2_PORT \
+        STREAMING2_PORT; do
         if [[ -z "${!var:-}" ]]; then
             echo "$var=$(free_port)" >>"$DIR/ports"
         fi
@@ -159,8 +181,8 @@ discover_data_nodes = true
 listen = "127.0.0.1:$STREAMING_PORT"
 
 [cluster]
-coordinators = ["127.0.0.1:$COORDINATOR_PORT"]
-streaming_nodes = ["127.0.0.1:$STREAMING_PORT"]
+coordinators = ["127.0.0.1:$COORDINATOR_PORT", "127.0.0.1:$COORDINATOR2_PORT"]
+streaming_nodes = ["127.0.0.1:$STREAMING_PORT", "127.0.0.1:$STREAMING2_PORT"]
 
 [storage.meta]
 kind = "etcd"
@@ -203,6 +225,12 @@ EOF
             --data-dir "$DIR/coordinator" &&
         spawn streaming-node "$STREAMING_PORT" "$bin" streaming-node --config "$DIR/quiver.toml" \
             --data-dir "$DIR/streaming-node" &&
+        spawn_standby coordinator-2 "$COORDINATOR2_PORT" "$bin" coordinator \
+            --config "$DIR/quiver.toml" --data-dir "$DIR/coordinator-2" \
+            --listen "127.0.0.1:$COORDINATOR2_PORT" &&
+        spawn_standby streaming-node-2 "$STREAMING2_PORT" "$bin" streaming-node \
+            --config "$DIR/quiver.toml" --data-dir "$DIR/streaming-node-2" \
+            --listen "127.0.0.1:$STREAMING2_PORT" &&
         spawn proxy-1 "$PROXY_PORT" "$bin" proxy --config "$DIR/quiver.toml" \
             --data-dir "$DIR/proxy-1" --listen "127.0.0.1:$PROXY_PORT" \
             --health-listen "127.0.0.1:$HEALTH_PORT" &&

@@ -1,8 +1,8 @@
 """scripts/dev-cluster.sh starts a whole local cluster -- etcd, tansu
 (Kafka protocol), s3s-fs (S3), a data node and two query nodes registered
-in etcd, the coordinator, the streaming node and two proxies, each its own
-process -- and stops exactly the processes it started; data survives stop +
-start on the same directory."""
+in etcd, two coordinators and two streaming nodes (a leader and a standby
+each) and two proxies, each its own process -- and stops exactly the
+processes it started; data survives stop + start on the same directory."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def test_start_stop_and_restart(tmp_path):
     started = run("start", directory, port, port2)
     assert started.returncode == 0, started.stderr[-3000:]
     try:
-        for name in ("query-node-2", "coordinator", "streaming-node", "proxy-1", "proxy-2"):
+        for name in ("query-node-2", "coordinator", "streaming-node", "coordinator-2",
+                     "streaming-node-2", "proxy-1", "proxy-2"):
             assert f"running  {name}" in started.stdout, started.stdout
         assert run("status", directory, port).returncode == 0
         # Every Quiver process answers the gRPC health protocol.
@@ -56,7 +57,7 @@ def test_start_stop_and_restart(tmp_path):
                                    capture_output=True, text=True, timeout=30)
             assert probe.returncode == 0 and probe.stdout.strip() == "SERVING", (name, probe)
         first = pids(directory)
-        assert len(first) == 10 and all(alive(pid) for pid in first)
+        assert len(first) == 12 and all(alive(pid) for pid in first)
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
                              autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v vector(3))")
