@@ -87,7 +87,11 @@ impl CatalogPublisher {
                 let Some(publisher) = weak.upgrade() else {
                     return;
                 };
-                publisher.publish().await;
+                // Only while somebody follows: the scan serialises the
+                // whole catalog.
+                if publisher.current.receiver_count() > 0 {
+                    publisher.publish().await;
+                }
                 drop(publisher);
                 tokio::time::sleep(SCAN_INTERVAL).await;
             }
