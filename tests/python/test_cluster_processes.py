@@ -13,10 +13,13 @@ kill -9 of the leading streaming node (the standby replays the shards' WAL
 from their checkpoints); kill -9 of a proxy leaves the other serving; the
 broker stopped for 20 s under write load: writes fail with SQLSTATE 58030
 naming the broker and succeed again once it is back; then every process of
-the cluster killed and started again: all acknowledged rows are there."""
+the cluster killed and started again: all acknowledged rows are there;
+etcd frozen: both leaders step down before their leases lapse, and the
+standbys take over once etcd answers again."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -344,3 +347,38 @@ def test_broker_outage_then_whole_cluster_restart(cluster):
                 break
             except psycopg.Error as e:
                 assert e.sqlstate in RETRYABLE and time.monotonic() < deadline, e
+
+
+def test_leaders_cut_off_from_etcd_step_down(cluster):
+    """A leader that cannot renew its lease must stop before a standby may
+    lead: etcd frozen (SIGSTOP) makes both leaders exit; once etcd answers
+    again the standbys lead and the data is all there."""
+    with cluster.connect(0) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
+        insert(conn, range(300), np.ones((300, 8), dtype=np.float32))
+    leaders = [cluster.coordinators[0], cluster.streaming[0]]
+    cluster.etcd.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + FAILURE_TIMEOUT_MS / 1000 + 5
+        while any(n.alive() for n in leaders) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(n.alive() for n in leaders), "a leader kept acting without its lease"
+        for node in leaders:
+            assert b"lost its leadership" in node.log_path.read_bytes(), node.name
+    finally:
+        cluster.etcd.proc.send_signal(signal.SIGCONT)
+    for standby in (cluster.coordinators[1], cluster.streaming[1]):
+        wait_elected(standby, timeout=60)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with cluster.connect(1) as conn:
+                # A retried statement may have been applied already (08007).
+                conn.execute("INSERT INTO items (id, v) SELECT i, '[1,1,1,1,1,1,1,1]' "
+                             "FROM generate_series(300, 399) AS g(i) ON CONFLICT DO NOTHING")
+                ids = sorted(r[0] for r in conn.execute("SELECT id FROM items").fetchall())
+            break
+        except psycopg.Error as e:
+            assert e.sqlstate in RETRYABLE and time.monotonic() < deadline, e
+            time.sleep(0.5)
+    assert ids == list(range(400))

@@ -8,6 +8,12 @@ use etcd_client::{Compare, CompareOp, KvClient, LeaseClient, PutOptions, Txn, Tx
 
 use crate::{Leadership, MetaError, Registration};
 
+/// Maps an etcd failure to the meta store's error, saying what was done.
+fn remote(context: &str) -> impl FnOnce(etcd_client::Error) -> MetaError {
+    let context = context.to_string();
+    move |source| MetaError::Remote { context, source }
+}
+
 /// How often a candidate looks whether the leader's key is gone.
 const CAMPAIGN_POLL: Duration = Duration::from_millis(250);
 
@@ -23,10 +29,6 @@ pub(crate) async fn campaign(
     ttl: Duration,
 ) -> Result<Leadership, MetaError> {
     let ttl_s = ttl.as_millis().div_ceil(1000).max(1) as i64;
-    let remote = |context: &str| {
-        let context = context.to_string();
-        move |source| MetaError::Remote { context, source }
-    };
     loop {
         let held = kv
             .clone()
@@ -138,10 +140,6 @@ async fn put_leased(
     value: &[u8],
     ttl_s: i64,
 ) -> Result<i64, MetaError> {
-    let remote = |context: &str| {
-        let context = context.to_string();
-        move |source| MetaError::Remote { context, source }
-    };
     let id = lease
         .clone()
         .grant(ttl_s, None)
