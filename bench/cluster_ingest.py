@@ -34,38 +34,12 @@ import psycopg
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vector_search as vs  # noqa: E402
-from cluster_search import Proc, cpu_seconds, rss  # noqa: E402
+from cluster_search import Proc, cpu_seconds, rss, start_etcd, write_config  # noqa: E402
 from ingest_knn import binary_copy_payload, free_port  # noqa: E402
 
+# Below the rows per shard of a run: the load measures the write path, not seals.
+SEAL_ROWS = 100_000
 SERVICES = os.path.expanduser(os.environ.get("QUIVER_SERVICES_DIR", "~/.cache/quiver-services"))
-
-
-def write_config(path, ports, work, wal, kafka_port):
-    wal_toml = (f'kind = "kafka"\nbrokers = "127.0.0.1:{kafka_port}"\ntopic = "bench-wal"\n'
-                f'delete_sealed_records = false' if wal == "kafka"
-                else f'kind = "local"\ndir = "{work}/wal"')
-    with open(path, "w") as f:
-        f.write(f"""
-[coordinator]
-query_nodes = ["127.0.0.1:{ports['query']}"]
-data_nodes = ["127.0.0.1:{ports['data']}"]
-
-[cluster]
-coordinators = ["127.0.0.1:{ports['coordinator']}"]
-streaming_nodes = ["127.0.0.1:{ports['streaming']}"]
-
-[storage.meta]
-kind = "etcd"
-endpoints = ["http://127.0.0.1:{ports['etcd']}"]
-root = "/bench"
-
-[storage.wal]
-{wal_toml}
-
-[storage.object]
-kind = "local"
-root = "{work}/objects"
-""")
 
 
 def load(ports, table, payloads, dim, conns):
@@ -114,25 +88,20 @@ def main():
     ports = {name: free_port() for name in
              ("etcd", "etcd_peer", "kafka", "query", "data", "coordinator", "streaming", "p1", "p2")}
     config = os.path.join(work, "quiver.toml")
-    write_config(config, ports, work, args.wal, ports["kafka"])
+    wal_toml = (f'kind = "kafka"\nbrokers = "127.0.0.1:{ports["kafka"]}"\ntopic = "bench-wal"\n'
+                f'delete_sealed_records = false' if args.wal == "kafka" else None)
+    write_config(config, [ports["query"]], ports["data"], os.path.join(work, "objects"),
+                 SEAL_ROWS, roles=ports, wal_toml=wal_toml)
     procs = []
     try:
-        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-        peer = f"http://127.0.0.1:{ports['etcd_peer']}"
-        services = [Proc("etcd", ["etcd", "--name", "b", "--data-dir", f"{work}/etcd",
-                                  "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                                  "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                                  "--initial-cluster", f"b={peer}"], ports["etcd"], f"{work}/etcd.log")]
+        procs.append(start_etcd(work, ports["etcd"], ports["etcd_peer"]))
         if args.wal == "kafka":
             url = f"tcp://127.0.0.1:{ports['kafka']}"
-            services.append(Proc("tansu", [f"{SERVICES}/bin/tansu", "broker", "--listener-url", url,
-                                           "--advertised-listener-url", url, "--storage-engine",
-                                           # resolved against its working directory
-                                           "sqlite://tansu.db"], ports["kafka"],
-                                 f"{work}/tansu.log", cwd=work))
-        for p in services:
-            procs.append(p.start())
-        time.sleep(2)  # etcd elects itself
+            procs.append(Proc("tansu", [f"{SERVICES}/bin/tansu", "broker", "--listener-url", url,
+                                        "--advertised-listener-url", url, "--storage-engine",
+                                        # resolved against its working directory
+                                        "sqlite://tansu.db"], ports["kafka"],
+                              f"{work}/tansu.log", cwd=work).start())
         for name, role in [("query", "query-node"), ("data", "data-node"),
                            ("coordinator", "coordinator"), ("streaming", "streaming-node"),
                            ("p1", "proxy"), ("p2", "proxy")]:

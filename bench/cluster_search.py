@@ -77,9 +77,24 @@ class Proc:
                 self.proc.wait()
 
 
-def write_config(path, query_ports, data_port, objects, seal_rows, roles=None):
+def start_etcd(work, port, peer_port):
+    """One etcd member on 127.0.0.1, after it elected itself."""
+    url, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
+    etcd = Proc("etcd", ["etcd", "--name", "b", "--data-dir", os.path.join(work, "etcd"),
+                         "--listen-client-urls", url, "--advertise-client-urls", url,
+                         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                         "--initial-cluster", f"b={peer}"], port,
+                os.path.join(work, "etcd.log")).start()
+    time.sleep(2)
+    return etcd
+
+
+def write_config(path, query_ports, data_port, objects, seal_rows, roles=None, wal_toml=None):
     """`roles`: ports of etcd, the coordinator and the streaming node when
-    every role is a process of its own."""
+    every role is a process of its own; `wal_toml`: the `[storage.wal]` body
+    (default: a local WAL beside the objects)."""
+    wal_toml = wal_toml or f'kind = "local"\ndir = "{os.path.dirname(objects)}/wal"'
+
     nodes = ", ".join(f'"127.0.0.1:{p}"' for p in query_ports)
     with open(path, "w") as f:
         if roles:
@@ -94,8 +109,7 @@ endpoints = ["http://127.0.0.1:{roles['etcd']}"]
 root = "/bench"
 
 [storage.wal]
-kind = "local"
-dir = "{os.path.dirname(objects)}/wal"
+{wal_toml}
 """)
         f.write(f"""
 [coordinator]
@@ -177,14 +191,7 @@ def main():
         if args.roles:
             roles = {"etcd": free_port(), "etcd_peer": free_port(), "coordinator": free_port(),
                      "streaming": free_port()}
-            etcd_url = f"http://127.0.0.1:{roles['etcd']}"
-            peer = f"http://127.0.0.1:{roles['etcd_peer']}"
-            procs.append(Proc("etcd", [
-                "etcd", "--name", "b", "--data-dir", os.path.join(work, "etcd"),
-                "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"b={peer}"], roles["etcd"], os.path.join(work, "etcd.log")).start())
-            time.sleep(2)  # etcd elects itself
+            procs.append(start_etcd(work, roles["etcd"], roles["etcd_peer"]))
         role = lambda name, sub, port, *extra: Proc(  # noqa: E731
             name, [args.quiver_bin, sub, "--config", config, "--data-dir", os.path.join(work, name),
                    "--listen", f"127.0.0.1:{port}", *extra], port, os.path.join(work, f"{name}.log"))

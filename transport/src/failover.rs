@@ -48,6 +48,38 @@ impl FailoverClient {
         })
     }
 
+    /// A control call (JSON body) on the active process.
+    pub async fn action<Req, Resp>(
+        &self,
+        kind: &str,
+        request: &Req,
+        retry: Retry,
+    ) -> ApiResult<Resp>
+    where
+        Req: serde::Serialize + Sync + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        self.call(
+            retry,
+            |node| async move { node.action(kind, request).await },
+        )
+        .await
+    }
+
+    /// A control call whose body is already encoded (framed batches).
+    pub async fn action_body<Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        retry: Retry,
+    ) -> ApiResult<Resp> {
+        let body = &body;
+        self.call(retry, |node| async move {
+            node.action_body(kind, body.clone()).await
+        })
+        .await
+    }
+
     pub async fn call<T, F, Fut>(&self, retry: Retry, call: F) -> ApiResult<T>
     where
         F: Fn(NodeClient) -> Fut,

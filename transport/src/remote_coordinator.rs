@@ -108,7 +108,8 @@ impl RemoteCoordinator {
                 let since = remote.catalog.read().state.version;
                 let poll = CatalogPoll { since: Some(since) };
                 match remote
-                    .call::<_, CatalogState>(wire::COORD_CATALOG, &poll, Retry::Idempotent)
+                    .coordinators
+                    .action::<_, CatalogState>(wire::COORD_CATALOG, &poll, Retry::Idempotent)
                     .await
                 {
                     Ok(state) => {
@@ -140,20 +141,6 @@ impl RemoteCoordinator {
         self.catalog.read().clone()
     }
 
-    async fn call<Req: Serialize + ?Sized + Sync, Resp: DeserializeOwned>(
-        &self,
-        kind: &str,
-        request: &Req,
-        retry: Retry,
-    ) -> ApiResult<Resp> {
-        self.coordinators
-            .call(
-                retry,
-                |node| async move { node.action(kind, request).await },
-            )
-            .await
-    }
-
     /// A call that changes the catalog: the copy is refreshed before
     /// returning, so this handle's next lookup sees the change.
     async fn change<Req: Serialize + ?Sized + Sync, Resp: DeserializeOwned>(
@@ -161,7 +148,7 @@ impl RemoteCoordinator {
         kind: &str,
         request: &Req,
     ) -> ApiResult<Resp> {
-        let reply = self.call(kind, request, Retry::Once).await?;
+        let reply = self.coordinators.action(kind, request, Retry::Once).await?;
         self.refresh_after(kind).await;
         Ok(reply)
     }
@@ -194,12 +181,14 @@ impl RemoteCoordinator {
 impl CoordinatorApi for RemoteCoordinator {
     async fn allocate_timestamp(&self) -> ApiResult<Timestamp> {
         // A timestamp lost to a retry is never used: harmless.
-        self.call(wire::COORD_ALLOCATE_TIMESTAMP, &(), Retry::Idempotent)
+        self.coordinators
+            .action(wire::COORD_ALLOCATE_TIMESTAMP, &(), Retry::Idempotent)
             .await
     }
 
     async fn allocate_segment_ids(&self, count: u64) -> ApiResult<SegmentId> {
-        self.call(wire::COORD_ALLOCATE_SEGMENT_IDS, &count, Retry::Idempotent)
+        self.coordinators
+            .action(wire::COORD_ALLOCATE_SEGMENT_IDS, &count, Retry::Idempotent)
             .await
     }
 
@@ -237,7 +226,8 @@ impl CoordinatorApi for RemoteCoordinator {
             count,
         };
         // A gap in a sequence, as in PostgreSQL.
-        self.call(wire::COORD_NEXT_SERIAL_VALUES, &call, Retry::Idempotent)
+        self.coordinators
+            .action(wire::COORD_NEXT_SERIAL_VALUES, &call, Retry::Idempotent)
             .await
     }
 
@@ -251,7 +241,8 @@ impl CoordinatorApi for RemoteCoordinator {
     }
 
     async fn segments_sealed(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
-        self.call::<_, ()>(wire::COORD_SEGMENTS_SEALED, &segments, Retry::Idempotent)
+        self.coordinators
+            .action::<_, ()>(wire::COORD_SEGMENTS_SEALED, &segments, Retry::Idempotent)
             .await?;
         self.refresh_after(wire::COORD_SEGMENTS_SEALED).await;
         Ok(())
@@ -259,7 +250,8 @@ impl CoordinatorApi for RemoteCoordinator {
 
     async fn segments_dropped(&self, segments: Vec<SegmentMeta>) -> ApiResult<()> {
         // Forgetting segments twice changes nothing.
-        self.call::<_, ()>(wire::COORD_SEGMENTS_DROPPED, &segments, Retry::Idempotent)
+        self.coordinators
+            .action::<_, ()>(wire::COORD_SEGMENTS_DROPPED, &segments, Retry::Idempotent)
             .await?;
         self.refresh_after(wire::COORD_SEGMENTS_DROPPED).await;
         Ok(())
@@ -296,7 +288,9 @@ impl CoordinatorApi for RemoteCoordinator {
     }
 
     async fn compact(&self, task: CompactionTask) -> ApiResult<CompactionOutput> {
-        self.call(wire::COORD_COMPACT, &task, Retry::Once).await
+        self.coordinators
+            .action(wire::COORD_COMPACT, &task, Retry::Once)
+            .await
     }
 
     async fn create_role(&self, role: RoleInfo, if_not_exists: bool) -> ApiResult<bool> {
@@ -330,7 +324,8 @@ impl CoordinatorApi for RemoteCoordinator {
 
     async fn refresh_catalog(&self) -> ApiResult<()> {
         let state: CatalogState = self
-            .call(
+            .coordinators
+            .action(
                 wire::COORD_CATALOG,
                 &CatalogPoll { since: None },
                 Retry::Idempotent,

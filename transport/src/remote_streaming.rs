@@ -31,34 +31,6 @@ impl RemoteStreamingNode {
             nodes: FailoverClient::new(addresses, "[cluster] streaming_nodes")?,
         }))
     }
-
-    async fn action<Req: serde::Serialize + Sync + ?Sized, Resp: serde::de::DeserializeOwned>(
-        &self,
-        kind: &str,
-        request: &Req,
-        retry: Retry,
-    ) -> ApiResult<Resp> {
-        self.nodes
-            .call(
-                retry,
-                |node| async move { node.action(kind, request).await },
-            )
-            .await
-    }
-
-    async fn action_body<Resp: serde::de::DeserializeOwned>(
-        &self,
-        kind: &str,
-        body: Vec<u8>,
-        retry: Retry,
-    ) -> ApiResult<Resp> {
-        let body = &body;
-        self.nodes
-            .call(retry, |node| async move {
-                node.action_body(kind, body.clone()).await
-            })
-            .await
-    }
 }
 
 /// A write whose connection broke after it was sent may have been
@@ -93,37 +65,43 @@ fn encode_writes(requests: &[WriteRequest]) -> ApiResult<Vec<u8>> {
 impl StreamingApi for RemoteStreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
         let body = encode_writes(std::slice::from_ref(&request))?;
-        self.action_body(wire::STREAM_WRITE, body, Retry::Once)
+        self.nodes
+            .action_body(wire::STREAM_WRITE, body, Retry::Once)
             .await
             .map_err(outcome_unknown)
     }
 
     async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp> {
         let body = encode_writes(&requests)?;
-        self.action_body(wire::STREAM_COMMIT, body, Retry::Once)
+        self.nodes
+            .action_body(wire::STREAM_COMMIT, body, Retry::Once)
             .await
             .map_err(outcome_unknown)
     }
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
         let body = frame::encode(table, &[Some(&keys)])?;
-        self.action_body(wire::STREAM_EXISTING_KEYS, body, Retry::Idempotent)
+        self.nodes
+            .action_body(wire::STREAM_EXISTING_KEYS, body, Retry::Idempotent)
             .await
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
-        self.action(wire::STREAM_TRUNCATE, table, Retry::Once)
+        self.nodes
+            .action(wire::STREAM_TRUNCATE, table, Retry::Once)
             .await
             .map_err(outcome_unknown)
     }
 
     async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
-        self.action(wire::STREAM_WAIT_APPLIED, &ts, Retry::Idempotent)
+        self.nodes
+            .action(wire::STREAM_WAIT_APPLIED, &ts, Retry::Idempotent)
             .await
     }
 
     async fn applied_ts(&self) -> ApiResult<Timestamp> {
-        self.action(wire::STREAM_APPLIED_TS, &(), Retry::Idempotent)
+        self.nodes
+            .action(wire::STREAM_APPLIED_TS, &(), Retry::Idempotent)
             .await
     }
 
@@ -166,11 +144,14 @@ impl StreamingApi for RemoteStreamingNode {
     }
 
     async fn flush_all(&self) -> ApiResult<()> {
-        self.action(wire::STREAM_FLUSH_ALL, &(), Retry::Idempotent)
+        self.nodes
+            .action(wire::STREAM_FLUSH_ALL, &(), Retry::Idempotent)
             .await
     }
 
     async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize> {
-        self.action(wire::STREAM_COMPACT, &table, Retry::Once).await
+        self.nodes
+            .action(wire::STREAM_COMPACT, &table, Retry::Once)
+            .await
     }
 }

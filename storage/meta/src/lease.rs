@@ -14,6 +14,11 @@ fn remote(context: &str) -> impl FnOnce(etcd_client::Error) -> MetaError {
     move |source| MetaError::Remote { context, source }
 }
 
+/// etcd leases count whole seconds.
+fn ttl_secs(ttl: Duration) -> i64 {
+    ttl.as_millis().div_ceil(1000).max(1) as i64
+}
+
 /// How often a candidate looks whether the leader's key is gone.
 const CAMPAIGN_POLL: Duration = Duration::from_millis(250);
 
@@ -28,7 +33,7 @@ pub(crate) async fn campaign(
     value: Vec<u8>,
     ttl: Duration,
 ) -> Result<Leadership, MetaError> {
-    let ttl_s = ttl.as_millis().div_ceil(1000).max(1) as i64;
+    let ttl_s = ttl_secs(ttl);
     loop {
         let held = kv
             .clone()
@@ -94,7 +99,7 @@ pub(crate) async fn register(
     value: Vec<u8>,
     ttl: Duration,
 ) -> Result<Registration, MetaError> {
-    let ttl_s = ttl.as_millis().div_ceil(1000).max(1) as i64;
+    let ttl_s = ttl_secs(ttl);
     let id = put_leased(&kv, &lease, &key, &value, ttl_s).await?;
     let current = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(id));
     let renew = {
