@@ -345,22 +345,16 @@ impl Engine {
                 streaming.wait_applied(now).await.map_err(from_api)?
             }
             Consistency::Session => {
-                let applied = streaming.applied_ts().await.map_err(from_api)?;
-                if session.last_write() == Timestamp::ZERO {
-                    // A new session sees everything acknowledged before its first read.
-                    let start = self
-                        .backends
-                        .coordinator
-                        .allocate_timestamp()
-                        .await
-                        .map_err(from_api)?;
-                    session.record_write(start);
-                }
+                // Everything acknowledged before this read, by anyone (as in
+                // PostgreSQL), which includes the session's own writes; the
+                // session's own timestamp still counts when a client carried
+                // it over from another proxy (`SET quiver.last_write_ts`).
+                let acknowledged = streaming.acknowledged_ts().await.map_err(from_api)?;
                 let own = session.last_write();
-                if own > applied {
+                if own > acknowledged {
                     streaming.wait_applied(own).await.map_err(from_api)?
                 } else {
-                    applied
+                    acknowledged
                 }
             }
             Consistency::Bounded => {

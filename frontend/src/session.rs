@@ -16,8 +16,10 @@ use crate::transaction::{PendingWrites, Transaction};
 pub enum Consistency {
     /// Everything acknowledged before the read started, by anyone.
     Strong,
-    /// This connection's own writes (read-your-writes) plus whatever every
-    /// shard has already applied. The default.
+    /// Every write acknowledged before the read started, by any session
+    /// (PostgreSQL's read committed), found from the shards' newest time
+    /// tick without asking the timestamp oracle; plus a write timestamp the
+    /// client carried over with `SET quiver.last_write_ts`. The default.
     Session,
     /// Everything older than the configured staleness bound.
     Bounded,

@@ -292,3 +292,20 @@ def test_transaction_buffer_is_bounded(quiver_factory, tmp_path):
         # Autocommit statements are not bounded by it.
         conn.execute(f"INSERT INTO tx_big VALUES {', '.join(f'({i}, {chr(39)}{vec}{chr(39)})' for i in range(2000))}")
         assert conn.execute("SELECT count(*) FROM tx_big").fetchone() == (2000,)
+
+
+def test_a_commit_is_visible_to_every_other_session_at_once(server):
+    # At the default consistency, as in PostgreSQL: once a write is
+    # acknowledged, the next statement of any session sees it, although
+    # the other shard's time tick has not moved yet.
+    with server.connect() as writer, server.connect() as reader:
+        reset(writer, "tx_seen")
+        writer.execute("CREATE TABLE tx_seen (id bigint PRIMARY KEY, n int)")
+        assert reader.execute("SHOW quiver.consistency").fetchone() == ("session",)
+        for i in range(200):
+            writer.execute("INSERT INTO tx_seen VALUES (%s, %s)", (i, i))
+            assert reader.execute(
+                "SELECT n FROM tx_seen WHERE id = %s", (i,)
+            ).fetchone() == (i,), f"row {i} missing right after its commit"
+        writer.execute("DELETE FROM tx_seen WHERE id = 7")
+        assert reader.execute("SELECT count(*) FROM tx_seen").fetchone() == (199,)

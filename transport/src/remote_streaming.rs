@@ -105,6 +105,12 @@ impl StreamingApi for RemoteStreamingNode {
             .await
     }
 
+    async fn acknowledged_ts(&self) -> ApiResult<Timestamp> {
+        self.nodes
+            .action(wire::STREAM_ACKNOWLEDGED_TS, &(), Retry::Idempotent)
+            .await
+    }
+
     async fn snapshot(
         &self,
         table: &TableInfo,

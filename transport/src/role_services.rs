@@ -170,6 +170,7 @@ pub async fn streaming_action(
         }
         wire::STREAM_WAIT_APPLIED => reply(streaming.wait_applied(parse(body)?).await),
         wire::STREAM_APPLIED_TS => reply(streaming.applied_ts().await),
+        wire::STREAM_ACKNOWLEDGED_TS => reply(streaming.acknowledged_ts().await),
         wire::STREAM_FLUSH_ALL => reply(streaming.flush_all().await),
         wire::STREAM_COMPACT => {
             let table: Option<TableInfo> = parse(body)?;

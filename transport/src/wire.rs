@@ -178,6 +178,7 @@ pub const STREAM_EXISTING_KEYS: &str = "streaming.existing_keys";
 pub const STREAM_TRUNCATE: &str = "streaming.truncate";
 pub const STREAM_WAIT_APPLIED: &str = "streaming.wait_applied";
 pub const STREAM_APPLIED_TS: &str = "streaming.applied_ts";
+pub const STREAM_ACKNOWLEDGED_TS: &str = "streaming.acknowledged_ts";
 pub const STREAM_FLUSH_ALL: &str = "streaming.flush_all";
 pub const STREAM_COMPACT: &str = "streaming.compact";
 

@@ -281,6 +281,11 @@ pub trait StreamingApi: Send + Sync {
     async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp>;
     /// The latest snapshot timestamp that needs no waiting.
     async fn applied_ts(&self) -> ApiResult<Timestamp>;
+    /// A snapshot timestamp covering every write acknowledged so far, by
+    /// any session: the newest tick of any shard, once every shard has
+    /// applied up to it. PostgreSQL's read-committed visibility, without a
+    /// trip to the timestamp oracle.
+    async fn acknowledged_ts(&self) -> ApiResult<Timestamp>;
     async fn snapshot(
         &self,
         table: &TableInfo,

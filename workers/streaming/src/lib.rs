@@ -201,23 +201,26 @@ impl StreamingNode {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(node) = weak.upgrade() else { return };
-                for ch in &node.channels {
-                    if let Ok(_guard) = ch.write_lock.try_lock() {
-                        match node.ctx.coordinator.allocate_timestamp().await {
-                            Ok(ts) => {
-                                if failures > 0 {
-                                    tracing::info!(failures, "time ticks advance again");
-                                    failures = 0;
-                                }
-                                ch.advance_tick(ts)
-                            }
-                            Err(e) => {
-                                if failures.is_multiple_of(20) {
-                                    tracing::warn!(error = %e, failures, "time tick failed");
-                                }
-                                failures += 1;
+                // One timestamp for every idle shard: a write holds its
+                // shard's lock from taking its timestamp until it is applied,
+                // so a shard whose lock is free has nothing pending below it.
+                match node.ctx.coordinator.allocate_timestamp().await {
+                    Ok(ts) => {
+                        if failures > 0 {
+                            tracing::info!(failures, "time ticks advance again");
+                            failures = 0;
+                        }
+                        for ch in &node.channels {
+                            if let Ok(_guard) = ch.write_lock.try_lock() {
+                                ch.advance_tick(ts);
                             }
                         }
+                    }
+                    Err(e) => {
+                        if failures.is_multiple_of(20) {
+                            tracing::warn!(error = %e, failures, "time tick failed");
+                        }
+                        failures += 1;
                     }
                 }
             }
@@ -585,6 +588,19 @@ impl StreamingApi for StreamingNode {
             .map(|c| c.tick())
             .min()
             .unwrap_or(Timestamp::ZERO))
+    }
+
+    async fn acknowledged_ts(&self) -> ApiResult<Timestamp> {
+        // A write is acknowledged only after its shard's tick passed its
+        // timestamp, so the newest tick covers all of them; the other shards
+        // then catch up to it (waiting for any write holding their lock).
+        let newest = self
+            .channels
+            .iter()
+            .map(|c| c.tick())
+            .max()
+            .unwrap_or(Timestamp::ZERO);
+        self.wait_applied(newest).await
     }
 
     async fn snapshot(

@@ -26,6 +26,10 @@ struct Node {
 }
 
 async fn open(dir: &std::path::Path) -> Node {
+    open_ticking(dir, Duration::from_millis(10)).await
+}
+
+async fn open_ticking(dir: &std::path::Path, tick_interval: Duration) -> Node {
     let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(dir.join("meta")).unwrap());
     let store = open_object_store(&ObjectStoreConfig::Local {
         root: dir.join("objects"),
@@ -66,7 +70,7 @@ async fn open(dir: &std::path::Path) -> Node {
         coordinator.clone(),
         StreamingOptions {
             seal_rows: 1_000_000,
-            tick_interval: Duration::from_millis(10),
+            tick_interval,
             compaction_interval: Duration::ZERO,
             compaction_deleted_ratio: 0.2,
         },
@@ -89,8 +93,12 @@ fn rows(ids: &[i64]) -> RecordBatch {
 
 /// Every visible id of a table: growing rows and sealed segments.
 async fn visible_ids(node: &Node, table: &str) -> Vec<i64> {
-    let info = node.coordinator.table(table).unwrap();
     let ts = node.streaming.applied_ts().await.unwrap();
+    visible_ids_at(node, table, ts).await
+}
+
+async fn visible_ids_at(node: &Node, table: &str, ts: Timestamp) -> Vec<i64> {
+    let info = node.coordinator.table(table).unwrap();
     let mut ids = Vec::new();
     for shard in 0..2 {
         let snap = node
@@ -283,4 +291,33 @@ async fn a_dropped_or_replaced_table_is_refused() {
     let written = node.streaming.write(write(&new)).await.unwrap();
     node.streaming.wait_applied(written.ts).await.unwrap();
     assert_eq!(visible_ids(&node, "t").await, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_visible_at_the_acknowledged_snapshot_while_other_shards_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard0, _) = ids_by_shard();
+    // No idle ticks during the test: shard 1 stays behind shard 0.
+    let node = open_ticking(dir.path(), Duration::from_secs(3600)).await;
+    let info = create(&node, "t").await;
+    let written = node
+        .streaming
+        .write(WriteRequest {
+            table: info.clone(),
+            delete_keys: None,
+            insert: Some(rows(&[shard0[0]])),
+            on_conflict: ConflictPolicy::Error,
+        })
+        .await
+        .unwrap();
+    let applied = node.streaming.applied_ts().await.unwrap();
+    assert!(applied < written.ts, "shard 1 should lag the write");
+    let acknowledged = node.streaming.acknowledged_ts().await.unwrap();
+    assert!(acknowledged >= written.ts);
+    assert_eq!(
+        visible_ids_at(&node, "t", acknowledged).await,
+        vec![shard0[0]]
+    );
+    // The lagging shard caught up: the snapshot needs no more waiting.
+    assert_eq!(node.streaming.applied_ts().await.unwrap(), acknowledged);
 }
