@@ -554,8 +554,13 @@ def bench_quiver(args, data, texts, gt, payloads, tmp_root, out):
             log(f"quiver: WARNING: some segments are searched exactly at search_list={max(args.sweep)}: {m.group(1)}")
         pid = server.proc.pid
         out["sweep"], peak = sweep("quiver", server.port, "diskann.search_list", args.sweep, args.conns,
-                                   texts, gt, args.query_timeout, lambda: proc_status(pid, "VmRSS"))
+                                   texts, gt, args.query_timeout,
+                                   lambda: proc_status(pid, "VmRSS", "RssAnon", "RssFile"))
         out["serving_peak_rss"] = peak.get("VmRSS")
+        # Private memory versus pages of the mapped binary and files (which
+        # the kernel can drop and re-read).
+        out["serving_peak_rss_anon"] = peak.get("RssAnon")
+        out["serving_peak_rss_file"] = peak.get("RssFile")
         st = proc_status(pid, "VmHWM") or {}
         out["serving_vmhwm"] = st.get("VmHWM")
         out["data_dir_bytes"] = dir_bytes(data_dir)
@@ -818,8 +823,12 @@ def print_report(args, res):
                   + ("" if r.get("restarted") else " (no restart: serving figures include the load phase)"))
             if r.get("serving_peak_rss"):
                 print(f"        serving peak RSS {fmt_bytes(r['serving_peak_rss'])} "
-                      f"({r['serving_peak_rss'] / raw:.2f}x raw vector bytes), serving VmHWM "
-                      f"{fmt_bytes(r.get('serving_vmhwm'))}; data dir {fmt_bytes(r.get('data_dir_bytes'))}")
+                      f"({r['serving_peak_rss'] / raw:.2f}x raw vector bytes; anonymous "
+                      f"{fmt_bytes(r.get('serving_peak_rss_anon'))}, file-backed "
+                      f"{fmt_bytes(r.get('serving_peak_rss_file'))}), serving VmHWM "
+                      f"{fmt_bytes(r.get('serving_vmhwm'))} ({(r.get('serving_vmhwm') or 0) / raw:.2f}x, "
+                      f"includes loading the segments at the first queries); "
+                      f"data dir {fmt_bytes(r.get('data_dir_bytes'))}")
         if key == "pg" and r.get("serving_rss_anon_sum_peak"):
             print(f"memory: backends' private RSS (sum of RssAnon, peak) "
                   f"{fmt_bytes(r['serving_rss_anon_sum_peak'])}; shared memory touched (max RssShmem of one "

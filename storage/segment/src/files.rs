@@ -144,33 +144,71 @@ pub async fn read_parquet(
 }
 
 /// Reads only the given top-level columns (e.g. the primary key) of a
-/// Parquet object, in file order.
+/// Parquet object, in file order. Only those columns' bytes are fetched (by
+/// range requests), not the object: reading a segment's keys at start-up
+/// must not hold its vectors in memory.
 pub async fn read_parquet_columns(
-    store: &dyn ObjectStore,
+    store: &Arc<dyn ObjectStore>,
     path: &str,
     columns: &[usize],
 ) -> Result<Vec<RecordBatch>, SegmentError> {
-    let bytes = store.get(&Path::from(path)).await?.bytes().await?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    use futures::TryStreamExt;
+    use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+    let reader = ParquetObjectReader::new(store.clone(), Path::from(path));
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
-    let reader = builder
+    let stream = builder
         .with_projection(mask)
         .with_batch_size(64 * 1024)
         .build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    Ok(stream.try_collect().await?)
 }
 
-/// A segment object fetched once, decoded column by column in batches, so a
-/// reader can handle a large column piecewise instead of decoding it whole.
+/// A segment object copied once into a local file and decoded from there
+/// column by column in batches: a reader handles a large column piecewise,
+/// and memory holds one batch at a time instead of the whole object (a
+/// 100,000 x 384 segment is ~150 MiB). The file is removed on drop.
 pub struct ParquetObject {
-    bytes: Bytes,
+    file: std::fs::File,
+    path: std::path::PathBuf,
 }
 
 impl ParquetObject {
-    pub async fn fetch(store: &dyn ObjectStore, path: &str) -> Result<Self, SegmentError> {
+    /// Streams the object at `path` into `local` (overwritten).
+    pub async fn download(
+        store: &dyn ObjectStore,
+        path: &str,
+        local: &std::path::Path,
+    ) -> Result<Self, SegmentError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let io = |source| SegmentError::LocalCopy {
+            path: local.to_path_buf(),
+            source,
+        };
+        let mut out = tokio::fs::File::create(local).await.map_err(io)?;
+        let mut stream = store.get(&Path::from(path)).await?.into_stream();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk?).await.map_err(io)?;
+        }
+        out.flush().await.map_err(io)?;
+        drop(out);
+        let file = std::fs::File::open(local).map_err(io)?;
         Ok(ParquetObject {
-            bytes: store.get(&Path::from(path)).await?.bytes().await?,
+            file,
+            path: local.to_path_buf(),
         })
+    }
+
+    fn reader(&self) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>, SegmentError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|source| SegmentError::LocalCopy {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(ParquetRecordBatchReaderBuilder::try_new(file)?)
     }
 
     /// The given top-level columns, `batch_rows` rows at a time.
@@ -179,7 +217,7 @@ impl ParquetObject {
         columns: &[usize],
         batch_rows: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch, SegmentError>>, SegmentError> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())?;
+        let builder = self.reader()?;
         let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
         let reader = builder
             .with_projection(mask)
@@ -190,11 +228,15 @@ impl ParquetObject {
 
     /// The Arrow schema stored in the object.
     pub fn schema(&self) -> Result<arrow::datatypes::SchemaRef, SegmentError> {
-        Ok(
-            ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())?
-                .schema()
-                .clone(),
-        )
+        Ok(self.reader()?.schema().clone())
+    }
+}
+
+impl Drop for ParquetObject {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "removing a segment's local copy failed");
+        }
     }
 }
 
@@ -267,9 +309,7 @@ mod tests {
         assert!(write_parquet(store.as_ref(), &path, &batch).await.unwrap() > 0);
         let back = read_parquet(store.as_ref(), &path).await.unwrap();
         assert_eq!(back[0], batch);
-        let keys = read_parquet_columns(store.as_ref(), &path, &[0])
-            .await
-            .unwrap();
+        let keys = read_parquet_columns(&store, &path, &[0]).await.unwrap();
         assert_eq!(keys[0].num_columns(), 1);
         assert_eq!(keys[0].num_rows(), 3);
         let entries = vec![DeleteLogEntry {

@@ -42,4 +42,9 @@ pub enum SegmentError {
     MalformedRecord(String),
     #[error("invalid object store configuration: {0}")]
     Config(String),
+    #[error("local copy {path} failed")]
+    LocalCopy {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }

@@ -116,7 +116,7 @@ impl DataNode {
         task: &IndexBuildTask,
     ) -> Result<(Vec<f32>, Option<Vec<u32>>), DataNodeError> {
         let path = &task.segment.path;
-        let batches = read_parquet_columns(self.store.as_ref(), path, &[task.column_index])
+        let batches = read_parquet_columns(&self.store, path, &[task.column_index])
             .await
             .map_err(|source| DataNodeError::ReadSegment {
                 path: path.clone(),

@@ -24,7 +24,7 @@ use quiver_api::{
     ApiError, ApiResult, QueryApi, SegmentSearchPlan, SegmentSearchResult, StatusCode,
     VectorSearchRequest,
 };
-use quiver_segment::{DeleteLogEntry, ParquetObject, SegmentIndexMeta, SegmentMeta, read_parquet};
+use quiver_segment::{DeleteLogEntry, ParquetObject, SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, Timestamp};
 
 pub use cache::{IndexCache, IndexCacheOptions};
@@ -69,8 +69,8 @@ impl From<QueryNodeError> for ApiError {
 
 pub(crate) struct LoadedSegment {
     pub meta: SegmentMeta,
-    /// The segment's rows once fetched; dropped (and fetched again with its
-    /// vectors moved to disk) when an index for it arrives.
+    /// The segment's rows once fetched (scalars in memory, vectors in a
+    /// local file).
     data: Mutex<Option<Arc<SegmentData>>>,
     loading: tokio::sync::Mutex<()>,
 }
@@ -80,8 +80,10 @@ pub struct QueryNode {
     segments: RwLock<HashMap<SegmentId, Arc<LoadedSegment>>>,
     indexes: RwLock<HashMap<(SegmentId, IndexId), SegmentIndexMeta>>,
     cache: IndexCache,
-    /// Raw vector files of indexed segments.
+    /// Raw vector files of loaded segments (and segments' local copies
+    /// while they load).
     vector_dir: PathBuf,
+    load_permit: tokio::sync::Semaphore,
     /// When this run started (see [`QueryApi::incarnation`]).
     incarnation: u64,
 }
@@ -106,6 +108,7 @@ impl QueryNode {
             segments: RwLock::new(HashMap::new()),
             indexes: RwLock::new(HashMap::new()),
             vector_dir,
+            load_permit: tokio::sync::Semaphore::new(1),
             incarnation: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -135,10 +138,6 @@ impl QueryNode {
         self.indexes.read().get(&(segment, index)).cloned()
     }
 
-    fn has_index(&self, segment: SegmentId) -> bool {
-        self.indexes.read().keys().any(|(s, _)| *s == segment)
-    }
-
     pub(crate) async fn data(&self, seg: &LoadedSegment) -> ApiResult<Arc<SegmentData>> {
         if let Some(d) = seg.data.lock().clone() {
             return Ok(d);
@@ -147,48 +146,42 @@ impl QueryNode {
         if let Some(d) = seg.data.lock().clone() {
             return Ok(d);
         }
-        let offload = self.has_index(seg.meta.id);
-        let meta = seg.meta.clone();
-        let data = if offload {
-            let object = ParquetObject::fetch(self.store.as_ref(), &seg.meta.path)
-                .await
-                .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
-            let dir = self.vector_dir.clone();
-            tokio::task::spawn_blocking(move || SegmentData::load_offloaded(&meta, &object, &dir))
-                .await
-                .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
-                .map_err(ApiError::from)?
-        } else {
-            let batches = read_parquet(self.store.as_ref(), &seg.meta.path)
-                .await
-                .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
-            let Some(schema) = batches.first().map(|b| b.schema()) else {
-                return Err(ApiError::new(
-                    StatusCode::StorageFailure,
-                    format!("segment {} has no data", seg.meta.id),
-                ));
-            };
-            tokio::task::spawn_blocking(move || {
-                let batch = arrow::compute::concat_batches(&schema, &batches)?;
-                SegmentData::new(batch)
+        // One segment loads at a time: a node's first query reaches all its
+        // segments at once, and each load holds decoded batches.
+        let _one_at_a_time = self
+            .load_permit
+            .acquire()
+            .await
+            .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?;
+        std::fs::create_dir_all(&self.vector_dir).map_err(|e| {
+            ApiError::from(QueryNodeError::Cache {
+                dir: self.vector_dir.clone(),
+                source: e,
             })
+        })?;
+        let local = self
+            .vector_dir
+            .join(format!("{}.parquet.partial", seg.meta.id));
+        let object = ParquetObject::download(self.store.as_ref(), &seg.meta.path, &local)
+            .await
+            .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?;
+        let meta = seg.meta.clone();
+        let dir = self.vector_dir.clone();
+        let data = tokio::task::spawn_blocking(move || SegmentData::load(&meta, &object, &dir))
             .await
             .map_err(|e| ApiError::from_error(StatusCode::Internal, &e))?
-            .map_err(ApiError::from)?
-        };
+            .map_err(ApiError::from)?;
         let data = Arc::new(data);
-        if offload {
-            release_freed_memory();
-        }
-        tracing::debug!(segment = %seg.meta.id, rows = seg.meta.rows, vectors_on_disk = offload, "segment loaded");
+        release_freed_memory();
+        tracing::debug!(segment = %seg.meta.id, rows = seg.meta.rows, "segment loaded");
         *seg.data.lock() = Some(data.clone());
         Ok(data)
     }
 }
 
-/// Loading a segment decodes all of it before its vectors move to disk;
-/// glibc keeps such freed memory in its arenas, where it would count as the
-/// node's RSS indefinitely. Hand it back to the kernel.
+/// Loading decodes batches that are freed right after; glibc keeps such
+/// memory in its arenas, where it would count as the node's RSS
+/// indefinitely. Hand it back to the kernel.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel; it has
@@ -266,21 +259,9 @@ impl QueryApi for QueryNode {
     }
 
     async fn load_index(&self, index: SegmentIndexMeta) -> ApiResult<()> {
-        let segment = index.segment;
         self.indexes
             .write()
             .insert((index.segment, index.index), index);
-        // Loaded with its vectors in memory: fetch again with them on disk.
-        if let Some(seg) = self.segments.read().get(&segment).cloned() {
-            let mut data = seg.data.lock();
-            if data.as_ref().is_some_and(|d| {
-                d.columns
-                    .iter()
-                    .all(|c| matches!(c, segment_data::ColumnData::Memory(_)))
-            }) {
-                *data = None;
-            }
-        }
         Ok(())
     }
 

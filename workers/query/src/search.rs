@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use quiver_api::{ApiError, SearchStrategy, SegmentSearchResult, VectorSearchRequest};
-use quiver_index::exact_top_k;
 use quiver_segment::{DeleteLogEntry, SegmentIndexMeta};
 use quiver_types::Timestamp;
 
@@ -192,13 +191,7 @@ pub(crate) async fn search_segment(
                         .map(|(i, _)| i as u32)
                         .collect()
                 });
-                let vectors = data.vectors(column, candidates.as_deref())?;
-                let hits = exact_top_k(&vectors, metric, &query, k, |_| true)?;
-                Ok::<_, QueryNodeError>(
-                    hits.into_iter()
-                        .map(|(r, _)| candidates.as_ref().map_or(r, |c| c[r as usize]))
-                        .collect::<Vec<u32>>(),
-                )
+                data.exact_top_k(column, candidates.as_deref(), metric, &query, k)
             })
             .await
             .map_err(QueryNodeError::from)??

@@ -1,9 +1,9 @@
 //! A loaded segment's columns. Scalar columns and insert timestamps stay in
-//! memory; the vector columns of a segment that has an index are moved to a
-//! local file of raw `f32`s and read with `pread` (through the page cache)
-//! when rows are needed: search results, exact fallbacks over a few matching
-//! rows, full scans. That keeps the query node's memory at the scalars plus
-//! the indexes' PQ codes instead of every vector.
+//! memory; vector columns are moved to a local file of raw `f32`s and read
+//! with `pread` (through the page cache) when rows are needed: search
+//! results, exact searches (piece by piece), full scans. That keeps the
+//! query node's memory at the scalars plus the indexes' PQ codes instead of
+//! every vector, whether or not the segment has an index yet.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -35,6 +35,30 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> QueryNodeError + '_ {
     }
 }
 
+/// The file holds little-endian `f32`s, which on little-endian machines are
+/// the values' own bytes: written and read without a conversion copy.
+fn write_f32s(out: &mut impl std::io::Write, values: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        out.write_all(bytemuck::cast_slice(values))
+    } else {
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.write_all(&raw)
+    }
+}
+
+fn read_f32s(file: &File, offset: u64, out: &mut [f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        file.read_exact_at(bytemuck::cast_slice_mut(out), offset)
+    } else {
+        let mut raw = vec![0u8; out.len() * 4];
+        file.read_exact_at(&mut raw, offset)?;
+        for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+}
+
 impl VectorFile {
     /// Writes a vector column arriving in batches to `path`, holding one
     /// batch at a time.
@@ -62,11 +86,7 @@ impl VectorFile {
                     ))
                 })?;
             let (values, _) = quiver_index::exact::vector_values(column)?;
-            let mut raw = Vec::with_capacity(values.len() * 4);
-            for v in values {
-                raw.extend_from_slice(&v.to_le_bytes());
-            }
-            out.write_all(&raw).map_err(io_err(&tmp))?;
+            write_f32s(&mut out, values).map_err(io_err(&tmp))?;
             for i in 0..column.len() {
                 let valid = column.is_valid(i);
                 any_null |= !valid;
@@ -96,30 +116,38 @@ impl VectorFile {
     }
 
     fn read_at(&self, offset: u64, out: &mut [f32]) -> Result<(), QueryNodeError> {
-        let mut raw = vec![0u8; out.len() * 4];
-        self.file
-            .read_exact_at(&mut raw, offset)
-            .map_err(|e| QueryNodeError::Cache {
-                dir: PathBuf::from("vector file"),
-                source: e,
-            })?;
-        for (o, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
-            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        Ok(())
+        read_f32s(&self.file, offset, out).map_err(|e| QueryNodeError::Cache {
+            dir: PathBuf::from("vector file"),
+            source: e,
+        })
     }
 
     pub fn read_all(&self) -> Result<FixedSizeListArray, QueryNodeError> {
-        let mut values = vec![0f32; self.rows * self.dim];
-        self.read_at(0, &mut values)?;
-        Ok(self.array(values, self.nulls.clone()))
+        self.read_range(0, self.rows)
+    }
+
+    /// Rows `start..start + len`.
+    pub fn read_range(
+        &self,
+        start: usize,
+        len: usize,
+    ) -> Result<FixedSizeListArray, QueryNodeError> {
+        let mut values = vec![0f32; len * self.dim];
+        self.read_at((start * self.dim * 4) as u64, &mut values)?;
+        let nulls = self.nulls.as_ref().map(|n| n.slice(start, len));
+        Ok(self.array(values, nulls))
     }
 
     pub fn read_rows(&self, rows: &[u32]) -> Result<FixedSizeListArray, QueryNodeError> {
-        // Many rows: one sequential read beats a pread per row.
-        if rows.len() * 8 > self.rows {
-            let all = self.read_all()?;
-            let taken = arrow::compute::take(&all, &UInt32Array::from(rows.to_vec()), None)?;
+        let (Some(&first), Some(&last)) = (rows.iter().min(), rows.iter().max()) else {
+            return Ok(self.array(Vec::new(), None));
+        };
+        let span = (last - first) as usize + 1;
+        // Dense rows: one sequential read of their span beats a pread per row.
+        if span <= rows.len() * 8 {
+            let all = self.read_range(first as usize, span)?;
+            let local = UInt32Array::from_iter_values(rows.iter().map(|r| r - first));
+            let taken = arrow::compute::take(&all, &local, None)?;
             return taken
                 .as_any()
                 .downcast_ref::<FixedSizeListArray>()
@@ -170,34 +198,14 @@ pub(crate) struct SegmentData {
 }
 
 impl SegmentData {
-    /// Takes a segment's stored batch (user columns + insert timestamps),
-    /// all kept in memory.
-    pub fn new(batch: RecordBatch) -> Result<Self, QueryNodeError> {
-        let n = batch.num_columns() - 1;
-        let stored = batch.schema();
-        let schema = Arc::new(Schema::new(stored.fields()[..n].to_vec()));
-        let insert_ts = insert_timestamps(batch.column(n))?;
-        let columns = batch.columns()[..n]
-            .iter()
-            .map(|c| ColumnData::Memory(c.clone()))
-            .collect();
-        Ok(SegmentData {
-            schema,
-            columns,
-            insert_ts,
-            rows: batch.num_rows(),
-        })
-    }
-
     /// Loads a segment with its vector columns streamed to files in `dir`
     /// batch by batch (the segment is never decoded whole).
-    pub fn load_offloaded(
+    pub fn load(
         meta: &SegmentMeta,
         object: &quiver_segment::ParquetObject,
         dir: &Path,
     ) -> Result<Self, QueryNodeError> {
-        const VECTOR_BATCH_ROWS: usize = 8192;
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        const VECTOR_BATCH_ROWS: usize = 4096;
         let stored = object.schema().map_err(QueryNodeError::Segment)?;
         let n = stored.fields().len() - 1;
         let schema = Arc::new(Schema::new(stored.fields()[..n].to_vec()));
@@ -280,25 +288,168 @@ impl SegmentData {
         })
     }
 
-    /// One vector column (all rows, or `rows`).
-    pub fn vectors(
+    /// The `k` rows nearest to `query` in vector column `column`, among
+    /// `candidates` (ascending row numbers; all rows when `None`), nearest
+    /// first. Vectors are read from the column's file a piece at a time, so
+    /// an exact search holds one piece, not the segment's vectors.
+    pub fn exact_top_k(
         &self,
-        i: usize,
-        rows: Option<&[u32]>,
-    ) -> Result<FixedSizeListArray, QueryNodeError> {
-        let array = self.column(i, rows, None)?;
-        array
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .cloned()
-            .ok_or_else(|| {
-                QueryNodeError::Arrow(arrow::error::ArrowError::InvalidArgumentError(format!(
-                    "column {i} is not a vector column"
-                )))
-            })
+        column: usize,
+        candidates: Option<&[u32]>,
+        metric: quiver_types::VectorMetric,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<u32>, QueryNodeError> {
+        const PIECE_ROWS: usize = 4096;
+        let file = match &self.columns[column] {
+            ColumnData::Vectors(f) => f,
+            ColumnData::Memory(_) => {
+                return Err(QueryNodeError::Arrow(
+                    arrow::error::ArrowError::InvalidArgumentError(format!(
+                        "column {column} is not a vector column"
+                    )),
+                ));
+            }
+        };
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(2 * k.min(PIECE_ROWS) + 1);
+        let mut merge = |piece: &FixedSizeListArray, row_of: &dyn Fn(u32) -> u32| {
+            let hits = quiver_index::exact_top_k(piece, metric, query, k, |_| true)?;
+            best.extend(hits.into_iter().map(|(r, d)| (row_of(r), d)));
+            best.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            best.truncate(k);
+            Ok::<_, QueryNodeError>(())
+        };
+        match candidates {
+            None => {
+                for start in (0..self.rows).step_by(PIECE_ROWS) {
+                    let len = PIECE_ROWS.min(self.rows - start);
+                    let piece = file.read_range(start, len)?;
+                    merge(&piece, &|r| start as u32 + r)?;
+                }
+            }
+            Some(rows) => {
+                for chunk in rows.chunks(PIECE_ROWS) {
+                    let piece = file.read_rows(chunk)?;
+                    merge(&piece, &|r| chunk[r as usize])?;
+                }
+            }
+        }
+        Ok(best.into_iter().map(|(r, _)| r).collect())
     }
 
     pub fn all_columns(&self) -> Vec<usize> {
         (0..self.columns.len()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::Field;
+    use quiver_types::{SegmentId, ShardId, TableId, Timestamp, VectorMetric};
+
+    /// 10,000 rows of 4-d vectors, every 7th NULL, written as a segment.
+    async fn segment(dir: &Path) -> (SegmentData, FixedSizeListArray) {
+        const ROWS: usize = 10_000;
+        let store = quiver_segment::open_object_store(&quiver_segment::ObjectStoreConfig::Local {
+            root: dir.join("objects"),
+        })
+        .unwrap();
+        let item = Arc::new(Field::new("item", DataType::Float32, true));
+        let values: Vec<f32> = (0..ROWS * 4)
+            .map(|i| ((i * 7919 % 1000) as f32 / 37.0).sin())
+            .collect();
+        let nulls = NullBuffer::from_iter((0..ROWS).map(|i| i % 7 != 3));
+        let vectors = FixedSizeListArray::new(
+            item.clone(),
+            4,
+            Arc::new(Float32Array::from(values)),
+            Some(nulls),
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::FixedSizeList(item, 4), true),
+            Field::new("_quiver_insert_ts", DataType::UInt64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..ROWS as i64)),
+                Arc::new(vectors.clone()),
+                Arc::new(UInt64Array::from_iter_values(
+                    (0..ROWS as u64).map(|i| i + 1),
+                )),
+            ],
+        )
+        .unwrap();
+        let path = "tables/1/segments/9/data.parquet";
+        quiver_segment::write_parquet(store.as_ref(), path, &batch)
+            .await
+            .unwrap();
+        let meta = SegmentMeta {
+            id: SegmentId(9),
+            table: TableId(1),
+            shard: ShardId(0),
+            rows: ROWS as u64,
+            bytes: 0,
+            path: path.into(),
+            max_ts: Timestamp(ROWS as u64),
+            delete_logs: vec![],
+        };
+        let local = dir.join("9.parquet.partial");
+        let object = quiver_segment::ParquetObject::download(store.as_ref(), path, &local)
+            .await
+            .unwrap();
+        let data = SegmentData::load(&meta, &object, dir).unwrap();
+        drop(object);
+        assert!(!local.exists(), "the local copy is removed once loaded");
+        (data, vectors)
+    }
+
+    #[tokio::test]
+    async fn piecewise_exact_search_equals_a_search_of_the_whole_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, vectors) = segment(dir.path()).await;
+        assert!(matches!(data.columns[1], ColumnData::Vectors(_)));
+        assert_eq!(data.rows, 10_000);
+        let query = [0.3f32, -0.2, 0.9, 0.1];
+        for metric in [
+            VectorMetric::L2,
+            VectorMetric::Cosine,
+            VectorMetric::InnerProduct,
+        ] {
+            for k in [1, 10, 5000] {
+                let whole: Vec<u32> =
+                    quiver_index::exact_top_k(&vectors, metric, &query, k, |_| true)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(r, _)| r)
+                        .collect();
+                assert_eq!(data.exact_top_k(1, None, metric, &query, k).unwrap(), whole);
+                // Candidates: every third row, dense enough for span reads,
+                // and a sparse set read row by row.
+                for step in [3u32, 97] {
+                    let rows: Vec<u32> = (0..10_000).step_by(step as usize).collect();
+                    let expected: Vec<u32> =
+                        quiver_index::exact_top_k(&vectors, metric, &query, k, |r| {
+                            r as u32 % step == 0
+                        })
+                        .unwrap()
+                        .into_iter()
+                        .map(|(r, _)| r)
+                        .collect();
+                    assert_eq!(
+                        data.exact_top_k(1, Some(&rows), metric, &query, k).unwrap(),
+                        expected,
+                        "{metric:?} k={k} step={step}"
+                    );
+                }
+            }
+        }
+        // Rows come back with their NULLs.
+        let some = data.project(&[1], Some(&[3, 4, 10])).unwrap();
+        let some = some.column(0);
+        assert!(some.is_null(0) && some.is_valid(1) && some.is_null(2));
     }
 }

@@ -37,8 +37,7 @@ async fn load_sealed(
 ) -> Result<(), StreamingError> {
     // Only the key columns are needed to rebuild the primary-key index;
     // they come back in file order, so map key order onto it.
-    let batches =
-        read_parquet_columns(ctx.store.as_ref(), &meta.path, &info.schema.primary_key).await?;
+    let batches = read_parquet_columns(&ctx.store, &meta.path, &info.schema.primary_key).await?;
     let mut in_file_order = info.schema.primary_key.clone();
     in_file_order.sort_unstable();
     let key_positions: Vec<usize> = info
