@@ -153,8 +153,14 @@ pub async fn read_parquet_columns(
     columns: &[usize],
 ) -> Result<Vec<RecordBatch>, SegmentError> {
     use futures::TryStreamExt;
-    use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
-    let reader = ParquetObjectReader::new(store.clone(), Path::from(path));
+    use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+    let path = Path::from(path);
+    let size = store.head(&path).await?.size;
+    let reader = RangeReader {
+        store: store.clone(),
+        path,
+        size,
+    };
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
     let stream = builder
@@ -162,6 +168,50 @@ pub async fn read_parquet_columns(
         .with_batch_size(64 * 1024)
         .build()?;
     Ok(stream.try_collect().await?)
+}
+
+/// Parquet's async reader over an object: footer and column chunks by range
+/// requests. (parquet's own `ParquetObjectReader` is deprecated in favour of
+/// implementing `AsyncFileReader`, which this is.)
+struct RangeReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        use futures::FutureExt;
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        parquet::errors::Result<Arc<parquet::file::metadata::ParquetMetaData>>,
+    > {
+        use futures::FutureExt;
+        async move {
+            let size = self.size;
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
 }
 
 /// A segment object copied once into a local file and decoded from there

@@ -433,7 +433,7 @@ mod tests {
                     let rows: Vec<u32> = (0..10_000).step_by(step as usize).collect();
                     let expected: Vec<u32> =
                         quiver_index::exact_top_k(&vectors, metric, &query, k, |r| {
-                            r as u32 % step == 0
+                            (r as u32).is_multiple_of(step)
                         })
                         .unwrap()
                         .into_iter()
