@@ -321,6 +321,7 @@ seal_rows = 3
 [cluster]
 coordinators = ["127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT", "127.0.0.1:$QUIVER_SLT_COORDINATOR2_PORT"]
 streaming_nodes = ["127.0.0.1:$QUIVER_SLT_STREAMING_PORT", "127.0.0.1:$QUIVER_SLT_STREAMING2_PORT"]
+secret = "slt-cluster-secret"
 
 [storage.meta]
 kind = "etcd"

@@ -100,6 +100,7 @@ impl NodeArgs {
         if let Some(l) = self.listen {
             *listen(&mut cfg) = l;
         }
+        quiver_transport::install_cluster_secret(cfg.cluster.secret.clone());
         Ok(cfg)
     }
 }
@@ -138,6 +139,8 @@ async fn main() -> anyhow::Result<()> {
             if let Some(s) = shards {
                 cfg.coordinator.shards = s;
             }
+            // Remote query and data nodes, when configured, check it.
+            quiver_transport::install_cluster_secret(cfg.cluster.secret.clone());
             let engine = standalone::start(&cfg).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "startup failed");
                 e

@@ -34,6 +34,13 @@ pub struct ClusterConfig {
     /// `host:port` of every `quiver streaming-node` (the one owning the
     /// shards and its standbys, any order).
     pub streaming_nodes: Vec<String>,
+    /// Shared secret every process of the cluster presents on its calls to
+    /// the others and demands on theirs (a bearer token on the gRPC/Flight
+    /// calls; health probes stay open). Unset: no authentication between
+    /// processes, for a cluster on a private network or loopback. Never
+    /// printed by `check-config`.
+    #[serde(skip_serializing)]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

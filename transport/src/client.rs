@@ -20,7 +20,10 @@ use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::AttachSecret;
 
 use crate::status::from_status;
 use crate::wire::{
@@ -35,7 +38,7 @@ use crate::{MAX_MESSAGE_BYTES, TransportError};
 pub struct NodeClient {
     endpoint: Arc<str>,
     channel: Channel,
-    flight: FlightServiceClient<Channel>,
+    flight: FlightServiceClient<InterceptedService<Channel, AttachSecret>>,
 }
 
 impl std::fmt::Debug for NodeClient {
@@ -47,8 +50,14 @@ impl std::fmt::Debug for NodeClient {
 }
 
 impl NodeClient {
-    /// `address` is `host:port` or an `http://` URL.
+    /// `address` is `host:port` or an `http://` URL. Calls carry this
+    /// process's cluster secret, if it has one.
     pub fn new(address: &str) -> Result<Self, TransportError> {
+        Self::with_secret(address, crate::auth::cluster_secret().as_deref())
+    }
+
+    /// [`Self::new`] with an explicit cluster secret.
+    pub fn with_secret(address: &str, secret: Option<&str>) -> Result<Self, TransportError> {
         let url = if address.contains("://") {
             address.to_string()
         } else {
@@ -64,9 +73,10 @@ impl NodeClient {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
-        let flight = FlightServiceClient::new(channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let flight =
+            FlightServiceClient::with_interceptor(channel.clone(), AttachSecret::new(secret))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(NodeClient {
             endpoint: url.into(),
             channel,

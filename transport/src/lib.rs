@@ -14,6 +14,7 @@
 //! (splitting, dictionaries, schema messages) is exactly what scans and
 //! search results need, and the generated code ships with `arrow-flight`.
 
+mod auth;
 mod catalog;
 mod client;
 mod failover;
@@ -28,12 +29,13 @@ mod wire;
 
 use std::net::SocketAddr;
 
+pub use auth::install_cluster_secret;
 pub use catalog::{CatalogState, CatalogVersion};
 pub use client::{NodeClient, RemoteDataNode, RemoteQueryNode, check_health};
 pub use failover::{FailoverClient, Retry};
 pub use remote_coordinator::RemoteCoordinator;
 pub use remote_streaming::RemoteStreamingNode;
-pub use server::{NodeService, serve, serve_health};
+pub use server::{NodeService, serve, serve_health, serve_with_secret};
 pub use wire::NodeStatus;
 
 /// Failures of the transport itself (role failures are `ApiError`s).

@@ -414,6 +414,22 @@ pub async fn serve(
     service: NodeService,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), TransportError> {
+    serve_with_secret(
+        listener,
+        service,
+        crate::auth::cluster_secret().as_deref(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], refusing Flight calls that do not carry `secret` (when set).
+pub async fn serve_with_secret(
+    listener: TcpListener,
+    service: NodeService,
+    secret: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), TransportError> {
     let listen = listener
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -421,9 +437,12 @@ pub async fn serve(
     health_reporter
         .set_serving::<FlightServiceServer<NodeService>>()
         .await;
-    let flight = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let flight = tonic::service::interceptor::InterceptedService::new(
+        FlightServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        crate::auth::RequireSecret::new(secret),
+    );
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(flight)
