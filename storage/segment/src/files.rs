@@ -221,6 +221,8 @@ impl parquet::arrow::async_reader::AsyncFileReader for RangeReader {
 pub struct ParquetObject {
     file: std::fs::File,
     path: std::path::PathBuf,
+    /// The footer, parsed once for every column read.
+    metadata: parquet::arrow::arrow_reader::ArrowReaderMetadata,
 }
 
 impl ParquetObject {
@@ -244,9 +246,12 @@ impl ParquetObject {
         out.flush().await.map_err(io)?;
         drop(out);
         let file = std::fs::File::open(local).map_err(io)?;
+        let metadata =
+            parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())?;
         Ok(ParquetObject {
             file,
             path: local.to_path_buf(),
+            metadata,
         })
     }
 
@@ -258,7 +263,10 @@ impl ParquetObject {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(ParquetRecordBatchReaderBuilder::try_new(file)?)
+        Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+            file,
+            self.metadata.clone(),
+        ))
     }
 
     /// The given top-level columns, `batch_rows` rows at a time.
@@ -278,7 +286,7 @@ impl ParquetObject {
 
     /// The Arrow schema stored in the object.
     pub fn schema(&self) -> Result<arrow::datatypes::SchemaRef, SegmentError> {
-        Ok(self.reader()?.schema().clone())
+        Ok(self.metadata.schema().clone())
     }
 }
 
