@@ -217,6 +217,21 @@ summary() {
 }
 
 # 1. dependencies
+# Free disk space where the build and the servers write: a full disk shows up
+# later as unrelated-looking failures (servers that never listen), so say it
+# up front.
+report_disk() {
+    local dir avail
+    for dir in "$ROOT" "${TMPDIR:-/tmp}"; do
+        avail=$(df -Pk "$dir" 2>/dev/null | awk 'NR==2 {print int($4/1024)}')
+        log "disk: ${avail:-?} MiB free under $dir"
+        if [[ -n "$avail" ]] && ((avail < 4096)); then
+            log "WARNING: less than 4 GiB free under $dir; tests may fail with ENOSPC"
+        fi
+    done
+}
+report_disk
+
 log "installing dependencies (scripts/ci-deps.sh)"
 if ! "$ROOT/scripts/ci-deps.sh"; then
     log "dependency installation failed"
@@ -393,6 +408,7 @@ else
 fi
 
 # 5. Python suite (starts its own servers)
+report_disk
 log ".venv/bin/pytest -q tests/python"
 # shellcheck disable=SC2086
 "$ROOT/.venv/bin/pytest" -q tests/python ${PYTEST_ARGS:-} &

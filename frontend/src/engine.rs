@@ -18,6 +18,7 @@ use quiver_api::{CoordinatorApi, QueryApi, StreamingApi, TableInfo};
 use quiver_planner::rewrite::{
     normalize_operators, rewrite_array_subqueries, rewrite_vector_casts,
 };
+use quiver_planner::subqueries;
 use quiver_planner::vector::{VectorOperatorPlanner, udfs};
 use quiver_planner::{SqlError, sqlstate};
 use quiver_types::{SegmentId, Timestamp};
@@ -220,6 +221,7 @@ impl Engine {
         for udf in udfs() {
             ctx.register_udf(udf);
         }
+        ctx.register_udaf(subqueries::SubqueryValue::udaf());
         ctx.register_udf(quiver_planner::catalog_functions::to_regtype_udf());
         ctx.register_udf(quiver_planner::catalog_functions::version_udf());
         // avg/sum also accept vectors (element-wise), as in pgvector.
@@ -297,21 +299,61 @@ impl Engine {
     }
 
     /// The one way SQL text becomes statements: pgvector's `<+>` respelled,
-    /// PostgreSQL-client compatibility rewrites (pg_catalog queries), and
-    /// `::vector` casts turned into `to_vector()` calls.
+    /// PostgreSQL-client compatibility rewrites (pg_catalog queries),
+    /// scalar subqueries made plannable, and `::vector` casts turned into
+    /// `to_vector()` calls.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
+        let text = quiver_planner::rewrite::psql_column_defaults(&normalize_operators(sql));
         let mut statements = self
             .sql_parser
-            .parse(&quiver_planner::rewrite::psql_column_defaults(
-                &normalize_operators(sql),
-            ))
+            .parse(&text)
             .map_err(|e| SqlError::new(sqlstate::SYNTAX_ERROR, e.to_string()))?;
+        let mut subqueries_done = false;
+        if subqueries::may_hold_subquery(&text)
+            && let Some(rewritten) = self.parse_with_scalar_subqueries(&text, &statements)
+        {
+            statements = rewritten;
+            subqueries_done = true;
+        }
         for s in &mut statements {
             rewrite_vector_casts(s);
-            rewrite_array_subqueries(s);
-            quiver_planner::rewrite::aggregate_catalog_subqueries(s);
+            if !subqueries_done {
+                rewrite_array_subqueries(s);
+                subqueries::rewrite_scalar_subqueries(s);
+            }
         }
         Ok(statements)
+    }
+
+    /// The compatibility parser replaces every correlated subquery of a
+    /// select list by NULL, before Quiver could make it plannable: for
+    /// statements with subqueries, parse again and make them plannable
+    /// before its rules run. Not when its substitutions of known client
+    /// queries fired (its output then differs from its rules applied to
+    /// the plain parse): those replacements are kept.
+    fn parse_with_scalar_subqueries(
+        &self,
+        text: &str,
+        compat: &[Statement],
+    ) -> Option<Vec<Statement>> {
+        let plain =
+            sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, text)
+                .ok()?;
+        let unchanged = plain.len() == compat.len()
+            && plain
+                .iter()
+                .zip(compat)
+                .all(|(p, c)| self.sql_parser.rewrite(p.clone()).to_string() == c.to_string());
+        unchanged.then(|| {
+            plain
+                .into_iter()
+                .map(|mut s| {
+                    rewrite_array_subqueries(&mut s);
+                    subqueries::rewrite_scalar_subqueries(&mut s);
+                    self.sql_parser.rewrite(s)
+                })
+                .collect()
+        })
     }
 
     /// Parses SQL that must hold exactly one statement.

@@ -72,6 +72,16 @@ pub fn from_datafusion(e: DataFusionError) -> SqlError {
                 format!("relation \"{}\" does not exist", quoted_name(msg)),
             )
         }
+        DataFusionError::Plan(msg) | DataFusionError::NotImplemented(msg)
+            if msg.contains("Correlated scalar subquery")
+                || msg.contains("logical expression ScalarSubquery") =>
+        {
+            SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "this correlated subquery is not supported: Quiver plans a correlated \
+                 scalar subquery when it is correlated by equalities (inner = outer) only",
+            )
+        }
         DataFusionError::Plan(msg) if msg.contains("No field named") => {
             SqlError::new(sqlstate::UNDEFINED_COLUMN, msg.clone())
         }

@@ -11,6 +11,7 @@
 pub mod catalog_functions;
 pub mod coerce;
 pub mod rewrite;
+pub mod subqueries;
 pub mod vector;
 pub mod vector_agg;
 pub mod vector_search;
@@ -82,5 +83,6 @@ pub mod sqlstate {
     /// A statement inside a transaction block that already failed.
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
     /// A statement that cannot run inside a transaction block (VACUUM).
+    pub const CARDINALITY_VIOLATION: &str = "21000";
     pub const ACTIVE_TRANSACTION: &str = "25001";
 }

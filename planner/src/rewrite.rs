@@ -133,7 +133,7 @@ pub fn vector_type_dim(data_type: &SqlDataType) -> Option<Option<u32>> {
     Some(args.first().and_then(|a| a.parse::<u32>().ok()))
 }
 
-fn call(name: &str, args: Vec<Expr>) -> Expr {
+pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(Function {
         name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
         uses_odbc_syntax: false,
@@ -236,41 +236,7 @@ pub fn rewrite_array_subqueries(statement: &mut Statement) {
     });
 }
 
-/// Wraps the single output of a scalar subquery over catalog tables in
-/// `first_value(...)`: DataFusion plans a correlated scalar subquery only
-/// when it aggregates, and clients' catalog queries (psql's `\dT`) use
-/// plain ones that yield at most one row, for which the result is the
-/// same. Subqueries over user tables are left alone (PostgreSQL would reject
-/// more than one row there).
-pub fn aggregate_catalog_subqueries(statement: &mut Statement) {
-    let _ = visit_expressions_mut(statement, |expr| {
-        if let Expr::Subquery(query) = expr
-            && query.limit_clause.is_none()
-            && let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut()
-            && select.projection.len() == 1
-            && matches!(select.group_by, sqlparser::ast::GroupByExpr::Expressions(ref e, _) if e.is_empty())
-            && !select.from.is_empty()
-            && select.from.iter().all(|t| {
-                is_catalog_table(&t.relation)
-                    && t.joins.iter().all(|j| is_catalog_table(&j.relation))
-            })
-        {
-            let item = match &mut select.projection[0] {
-                sqlparser::ast::SelectItem::UnnamedExpr(e) => Some(e),
-                sqlparser::ast::SelectItem::ExprWithAlias { expr, .. } => Some(expr),
-                _ => None,
-            };
-            if let Some(item) = item
-                && !is_aggregate_call(item)
-            {
-                *item = call("first_value", vec![item.clone()]);
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-}
-
-fn is_catalog_table(relation: &sqlparser::ast::TableFactor) -> bool {
+pub(crate) fn is_catalog_table(relation: &sqlparser::ast::TableFactor) -> bool {
     let sqlparser::ast::TableFactor::Table {
         name, args: None, ..
     } = relation
@@ -290,8 +256,9 @@ fn is_catalog_table(relation: &sqlparser::ast::TableFactor) -> bool {
     }
 }
 
-fn is_aggregate_call(expr: &Expr) -> bool {
-    const AGGREGATES: [&str; 9] = [
+/// Whether `expr` is, or holds, a call of an aggregate function.
+pub(crate) fn holds_aggregate_call(expr: &Expr) -> bool {
+    const AGGREGATES: [&str; 11] = [
         "count",
         "max",
         "min",
@@ -301,11 +268,22 @@ fn is_aggregate_call(expr: &Expr) -> bool {
         "string_agg",
         "first_value",
         "bool_and",
+        "bool_or",
+        crate::subqueries::SUBQUERY_VALUE,
     ];
-    matches!(expr, Expr::Function(f)
-    if f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
-        AGGREGATES.iter().any(|a| i.value.eq_ignore_ascii_case(a))
-    }))
+    sqlparser::ast::visit_expressions(expr, |e| {
+        let aggregate = matches!(e, Expr::Function(f)
+        if f.over.is_none()
+            && f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                AGGREGATES.iter().any(|a| i.value.eq_ignore_ascii_case(a))
+            }));
+        if aggregate {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
 }
 
 /// Whether a SELECT reads `FROM [pg_catalog.]unnest(<x>.reloptions)`.

@@ -1,0 +1,115 @@
+"""Scalar subqueries with PostgreSQL's semantics over the wire: correlated
+ones yield the matching row's value (NULL without one, error 21000 with more
+than one), also inside CASE and behind outer-only guards; and SQLAlchemy's
+column reflection, which is built from exactly such subqueries."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import create_engine, inspect
+
+
+@pytest.fixture(scope="module")
+def server(module_quiver):
+    with module_quiver.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS sq_outer")
+        conn.execute("DROP TABLE IF EXISTS sq_inner")
+        conn.execute("CREATE TABLE sq_outer (a int PRIMARY KEY, f bool)")
+        conn.execute("CREATE TABLE sq_inner (b int PRIMARY KEY, c text, g int)")
+        conn.execute("INSERT INTO sq_outer VALUES (1, true), (2, false), (3, true), (4, NULL)")
+        conn.execute("INSERT INTO sq_inner VALUES (1, 'one', 7), (2, 'two', 7), (4, 'four', 8)")
+    return module_quiver
+
+
+def rows(server, sql):
+    with server.connect() as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_correlated_subquery_in_the_select_list(server):
+    got = rows(
+        server,
+        "SELECT a, (SELECT c FROM sq_inner WHERE sq_inner.b = sq_outer.a) AS c FROM sq_outer ORDER BY a",
+    )
+    assert got == [(1, "one"), (2, "two"), (3, None), (4, "four")]
+    aliased = rows(
+        server,
+        "SELECT o.a, (SELECT i.c || '!' FROM sq_inner i WHERE i.b = o.a) FROM sq_outer o ORDER BY o.a",
+    )
+    assert aliased == [(1, "one!"), (2, "two!"), (3, None), (4, "four!")]
+
+
+def test_correlated_subquery_inside_case_and_behind_an_outer_guard(server):
+    in_case = rows(
+        server,
+        "SELECT a, CASE WHEN f THEN (SELECT c FROM sq_inner WHERE sq_inner.b = sq_outer.a) ELSE 'no' END"
+        " FROM sq_outer ORDER BY a",
+    )
+    assert in_case == [(1, "one"), (2, "no"), (3, None), (4, "no")]
+    guarded = rows(
+        server,
+        "SELECT a, (SELECT c FROM sq_inner WHERE sq_outer.f AND sq_inner.b = sq_outer.a AND sq_inner.g = 7)"
+        " FROM sq_outer ORDER BY a",
+    )
+    assert guarded == [(1, "one"), (2, None), (3, None), (4, None)]
+    counted = rows(
+        server,
+        "SELECT a, (SELECT count(*) FROM sq_inner WHERE sq_inner.g = 7 AND sq_inner.b = sq_outer.a)"
+        " FROM sq_outer ORDER BY a",
+    )
+    assert counted == [(1, 1), (2, 1), (3, 0), (4, 0)]
+
+
+def test_uncorrelated_subqueries(server):
+    assert rows(server, "SELECT (SELECT c FROM sq_inner WHERE b = 2)") == [("two",)]
+    assert rows(server, "SELECT (SELECT c FROM sq_inner WHERE b = 99)") == [(None,)]
+    assert rows(
+        server, "SELECT a FROM sq_outer WHERE a = (SELECT b FROM sq_inner WHERE c = 'four')"
+    ) == [(4,)]
+
+
+def test_more_than_one_row_is_an_error_and_the_session_goes_on(server):
+    with server.connect() as conn:
+        with pytest.raises(psycopg.errors.CardinalityViolation) as err:
+            conn.execute("SELECT a, (SELECT c FROM sq_inner) FROM sq_outer").fetchall()
+        assert "more than one row returned by a subquery" in str(err.value)
+        with pytest.raises(psycopg.errors.CardinalityViolation):
+            conn.execute(
+                "SELECT a, (SELECT c FROM sq_inner WHERE sq_inner.g = 7 AND sq_outer.a > 0) FROM sq_outer"
+            ).fetchall()
+        assert conn.execute("SELECT count(*) FROM sq_outer").fetchone() == (4,)
+
+
+def test_an_unsupported_correlation_fails_instead_of_returning_nulls(server):
+    with server.connect() as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute(
+                "SELECT a, (SELECT c FROM sq_inner WHERE sq_inner.b < sq_outer.a) FROM sq_outer"
+            ).fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sqlalchemy_reflects_columns(server):
+    assert Vector  # importing pgvector.sqlalchemy registers the `vector` type
+    with server.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS sq_reflected")
+        conn.execute(
+            "CREATE TABLE sq_reflected (id bigserial PRIMARY KEY, name text NOT NULL DEFAULT 'x',"
+            " embedding vector(3))"
+        )
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres")
+    try:
+        columns = {c["name"]: c for c in inspect(engine).get_columns("sq_reflected")}
+    finally:
+        engine.dispose()
+    assert list(columns) == ["id", "name", "embedding"]
+    assert columns["id"]["default"] == "nextval('sq_reflected_id_seq'::regclass)"
+    assert columns["id"]["autoincrement"] is True
+    assert not columns["id"]["nullable"]
+    assert columns["name"]["default"] == "'x'"
+    assert not columns["name"]["nullable"]
+    assert isinstance(columns["embedding"]["type"], Vector)
+    assert columns["embedding"]["type"].dim == 3
+    assert columns["embedding"]["nullable"]
