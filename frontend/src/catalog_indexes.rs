@@ -1,7 +1,7 @@
 //! Quiver's indexes and the `vector` extension as the PostgreSQL catalog
 //! shows them: rows appended to `pg_class` (relkind `i`), `pg_index`,
-//! `pg_am` (`diskann`) and `pg_extension` (`vector`), the `pg_indexes`
-//! view, and `pg_get_indexdef`. psql's `\di`, `\dx` and the "Indexes:" part
+//! `pg_am` (`diskann`) and `pg_extension` (`vector`), each primary key's
+//! row in `pg_constraint`, the `pg_indexes` view, and `pg_get_indexdef`. psql's `\di`, `\dx` and the "Indexes:" part
 //! of `\d`, and ORM/JDBC index reflection read these.
 //!
 //! Every table has its primary key index `<table>_pkey` (btree, as in
@@ -26,9 +26,14 @@ const VECTOR_EXTENSION_OID: i32 = 9001;
 const VECTOR_EXTENSION_VERSION: &str = "0.8.0";
 const PKEY_OID_BASE: i64 = 1_000_000_000;
 const INDEX_OID_BASE: i64 = 1_500_000_000;
+const CONSTRAINT_OID_BASE: i64 = 1_250_000_000;
 
 fn pkey_oid(table: &TableInfo) -> i32 {
     (PKEY_OID_BASE + table.id.0 as i64).min(i32::MAX as i64) as i32
+}
+
+fn pkey_constraint_oid(table: &TableInfo) -> i32 {
+    (CONSTRAINT_OID_BASE + table.id.0 as i64).min(i32::MAX as i64) as i32
 }
 
 fn index_oid(index: &IndexInfo) -> i32 {
@@ -111,6 +116,8 @@ pub fn indexdef(tables: &[TableInfo], oid: i64) -> Option<String> {
 /// OID, is primary, access method, key column numbers, definition).
 struct IndexRow {
     oid: i32,
+    /// The primary key constraint's OID (primary key indexes only).
+    constraint_oid: i32,
     name: String,
     table: String,
     table_oid: i32,
@@ -128,6 +135,7 @@ fn index_rows(view: &CatalogView) -> Vec<IndexRow> {
         };
         out.push(IndexRow {
             oid: pkey_oid(table),
+            constraint_oid: pkey_constraint_oid(table),
             name: format!("{}_pkey", table.name),
             table: table.name.clone(),
             table_oid,
@@ -139,6 +147,7 @@ fn index_rows(view: &CatalogView) -> Vec<IndexRow> {
         for index in &table.indexes {
             out.push(IndexRow {
                 oid: index_oid(index),
+                constraint_oid: 0,
                 name: index.def.name.clone(),
                 table: table.name.clone(),
                 table_oid,
@@ -163,6 +172,7 @@ pub enum Extension {
     PgIndex,
     PgAm,
     PgExtension,
+    PgConstraint,
     /// `pg_indexes`, a view in PostgreSQL, built whole here.
     PgIndexes,
 }
@@ -174,6 +184,7 @@ impl Extension {
             "pg_index" => Extension::PgIndex,
             "pg_am" => Extension::PgAm,
             "pg_extension" => Extension::PgExtension,
+            "pg_constraint" => Extension::PgConstraint,
             "pg_indexes" => Extension::PgIndexes,
             _ => return None,
         })
@@ -207,6 +218,7 @@ impl Extension {
                         .map(|c| c.to_string())
                         .collect::<Vec<_>>()
                         .join(" ");
+                    let zeros = vec!["0"; i.columns.len()].join(" ");
                     vec![
                         ("indexrelid", int(i.oid)),
                         ("indrelid", int(i.table_oid)),
@@ -222,6 +234,11 @@ impl Extension {
                         ("indislive", boolean(true)),
                         ("indimmediate", boolean(true)),
                         ("indkey", text(keys)),
+                        // int2vector/oidvector as PostgreSQL prints them: no
+                        // operator class, collation or sort option of note.
+                        ("indclass", text(zeros.clone())),
+                        ("indcollation", text(zeros.clone())),
+                        ("indoption", text(zeros)),
                     ]
                 })
                 .collect(),
@@ -238,6 +255,31 @@ impl Extension {
                 ("extrelocatable", boolean(true)),
                 ("extversion", text(VECTOR_EXTENSION_VERSION)),
             ]],
+            Extension::PgConstraint => index_rows(view)
+                .into_iter()
+                .filter(|i| i.primary)
+                .map(|i| {
+                    let keys: Vec<String> = i.columns.iter().map(|c| c.to_string()).collect();
+                    vec![
+                        ("oid", int(i.constraint_oid)),
+                        ("conname", text(i.name)),
+                        ("connamespace", int(view.public)),
+                        ("contype", text("p")),
+                        ("condeferrable", boolean(false)),
+                        ("condeferred", boolean(false)),
+                        ("convalidated", boolean(true)),
+                        ("conrelid", int(i.table_oid)),
+                        ("contypid", int(0)),
+                        ("conindid", int(i.oid)),
+                        ("conparentid", int(0)),
+                        ("confrelid", int(0)),
+                        ("conislocal", boolean(true)),
+                        ("coninhcount", ScalarValue::Int16(Some(0))),
+                        ("connoinherit", boolean(true)),
+                        ("conkey", text(format!("{{{}}}", keys.join(",")))),
+                    ]
+                })
+                .collect(),
             Extension::PgIndexes => index_rows(view)
                 .into_iter()
                 .map(|i| {

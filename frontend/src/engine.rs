@@ -222,6 +222,9 @@ impl Engine {
             ctx.register_udf(udf);
         }
         ctx.register_udaf(subqueries::SubqueryValue::udaf());
+        ctx.register_udf(quiver_planner::like::like_escape_udf());
+        ctx.register_udf(crate::settings::unrecognized_setting_udf());
+        ctx.register_udf(quiver_planner::int_vectors::int_vector_udf());
         ctx.register_udf(quiver_planner::catalog_functions::to_regtype_udf());
         ctx.register_udf(quiver_planner::catalog_functions::version_udf());
         // avg/sum also accept vectors (element-wise), as in pgvector.
@@ -317,6 +320,8 @@ impl Engine {
         }
         for s in &mut statements {
             rewrite_vector_casts(s);
+            quiver_planner::like::rewrite_like_escapes(s);
+            quiver_planner::int_vectors::rewrite_int_vector_expansions(s);
             if !subqueries_done {
                 rewrite_array_subqueries(s);
                 subqueries::rewrite_scalar_subqueries(s);

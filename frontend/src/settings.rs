@@ -98,6 +98,7 @@ pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError>
         "datestyle" => "ISO, MDY".to_string(),
         "search_path" => "\"$user\", public".to_string(),
         "transaction_isolation" | "transaction.isolation.level" => "read committed".to_string(),
+        "default_table_access_method" => "heap".to_string(),
         other => session.settings.lock().get(other).cloned().ok_or_else(|| {
             SqlError::new(
                 sqlstate::UNDEFINED_OBJECT,
@@ -144,6 +145,13 @@ pub(crate) fn bind_current_setting(
                 _ => None,
             };
             let missing_ok = matches!(arg(1), Some(Value::Boolean(true)));
+            if !matches!(arg(0), Some(Value::SingleQuotedString(_)))
+                && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(name))) = list.args.first()
+            {
+                // A name known only at run time (a bound parameter).
+                *e = settings_lookup(session, name.clone(), missing_ok);
+                return std::ops::ControlFlow::Continue(());
+            }
             if let Some(Value::SingleQuotedString(name)) = arg(0) {
                 let value = match setting(session, &name.to_ascii_lowercase()) {
                     Ok(v) => Value::SingleQuotedString(v),
@@ -159,6 +167,82 @@ pub(crate) fn bind_current_setting(
         std::ops::ControlFlow::Continue(())
     });
     failure.map_or(Ok(()), Err)
+}
+
+/// Parameters `current_setting` knows besides the session's own `SET`s.
+const BUILT_IN_SETTINGS: [&str; 13] = [
+    "quiver.consistency",
+    LAST_WRITE_TS,
+    "server_version",
+    "server_version_num",
+    "server_encoding",
+    "client_encoding",
+    "standard_conforming_strings",
+    "timezone",
+    "datestyle",
+    "search_path",
+    "transaction_isolation",
+    "transaction.isolation.level",
+    "default_table_access_method",
+];
+
+/// `current_setting(<expr>)` as a CASE over the session's settings, with
+/// `quiver_unrecognized_setting(<expr>)` (an error) for other names.
+fn settings_lookup(session: &Session, name: Expr, missing_ok: bool) -> Expr {
+    use sqlparser::ast::helpers::attached_token::AttachedToken;
+    use sqlparser::ast::{BinaryOperator, CaseWhen};
+    let mut names: Vec<String> = BUILT_IN_SETTINGS.iter().map(|n| n.to_string()).collect();
+    names.extend(session.settings.lock().keys().cloned());
+    let lowered = quiver_planner::rewrite::call("lower", vec![name.clone()]);
+    let conditions = names
+        .iter()
+        .filter_map(|n| Some((n, setting(session, n).ok()?)))
+        .map(|(n, value)| CaseWhen {
+            condition: Expr::BinaryOp {
+                left: Box::new(lowered.clone()),
+                op: BinaryOperator::Eq,
+                right: Box::new(Expr::value(Value::SingleQuotedString(n.clone()))),
+            },
+            result: Expr::value(Value::SingleQuotedString(value)),
+        })
+        .collect();
+    let otherwise = if missing_ok {
+        Expr::value(Value::Null)
+    } else {
+        quiver_planner::rewrite::call(UNRECOGNIZED_SETTING, vec![name])
+    };
+    Expr::Case {
+        case_token: AttachedToken::empty(),
+        end_token: AttachedToken::empty(),
+        operand: None,
+        conditions,
+        else_result: Some(Box::new(otherwise)),
+    }
+}
+
+const UNRECOGNIZED_SETTING: &str = "quiver_unrecognized_setting";
+
+/// `quiver_unrecognized_setting(name)`: PostgreSQL's error for an unknown
+/// parameter (volatile, so that it is never folded at plan time).
+pub(crate) fn unrecognized_setting_udf() -> datafusion::logical_expr::ScalarUDF {
+    use arrow::array::AsArray;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        UNRECOGNIZED_SETTING,
+        vec![arrow::datatypes::DataType::Utf8],
+        arrow::datatypes::DataType::Utf8,
+        Volatility::Volatile,
+        std::sync::Arc::new(|args: &[ColumnarValue]| {
+            let names = ColumnarValue::values_to_arrays(args)?;
+            let names = names[0].as_string::<i32>();
+            let name = names.iter().flatten().next().unwrap_or_default();
+            Err(SqlError::new(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("unrecognized configuration parameter \"{name}\""),
+            )
+            .into_datafusion())
+        }),
+    )
 }
 
 /// Settings that size graph searches: Quiver's own and pgvector's, which

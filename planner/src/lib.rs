@@ -10,6 +10,8 @@
 
 pub mod catalog_functions;
 pub mod coerce;
+pub mod int_vectors;
+pub mod like;
 pub mod rewrite;
 pub mod subqueries;
 pub mod vector;
@@ -84,5 +86,7 @@ pub mod sqlstate {
     pub const IN_FAILED_TRANSACTION: &str = "25P02";
     /// A statement that cannot run inside a transaction block (VACUUM).
     pub const CARDINALITY_VIOLATION: &str = "21000";
+    pub const INVALID_ESCAPE_CHARACTER: &str = "22019";
+    pub const INVALID_ESCAPE_SEQUENCE: &str = "22025";
     pub const ACTIVE_TRANSACTION: &str = "25001";
 }

@@ -133,7 +133,8 @@ pub fn vector_type_dim(data_type: &SqlDataType) -> Option<Option<u32>> {
     Some(args.first().and_then(|a| a.parse::<u32>().ok()))
 }
 
-pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
+/// `name(args...)` as an AST call.
+pub fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(Function {
         name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
         uses_odbc_syntax: false,

@@ -1,14 +1,15 @@
 """Scalar subqueries with PostgreSQL's semantics over the wire: correlated
 ones yield the matching row's value (NULL without one, error 21000 with more
 than one), also inside CASE and behind outer-only guards; and SQLAlchemy's
-column reflection, which is built from exactly such subqueries."""
+table reflection, which is built from exactly such subqueries plus
+int2vector expansions and LIKE ... ESCAPE '/'."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import MetaData, Table, create_engine, inspect
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,61 @@ def test_sqlalchemy_reflects_columns(server):
     assert isinstance(columns["embedding"]["type"], Vector)
     assert columns["embedding"]["type"].dim == 3
     assert columns["embedding"]["nullable"]
+
+
+def test_sqlalchemy_reflects_keys_indexes_and_whole_tables(server):
+    with server.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS sq_docs")
+        conn.execute(
+            "CREATE TABLE sq_docs (tenant int, id bigint, body text, embedding vector(4),"
+            " PRIMARY KEY (tenant, id))"
+        )
+        conn.execute(
+            "CREATE INDEX sq_docs_embedding ON sq_docs USING diskann (embedding vector_cosine_ops)"
+        )
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres")
+    try:
+        inspector = inspect(engine)
+        pk = inspector.get_pk_constraint("sq_docs")
+        assert pk["name"] == "sq_docs_pkey"
+        assert pk["constrained_columns"] == ["tenant", "id"]
+        indexes = inspector.get_indexes("sq_docs")
+        assert [(i["name"], i["column_names"], i["unique"]) for i in indexes] == [
+            ("sq_docs_embedding", ["embedding"], False)
+        ]
+        assert indexes[0]["dialect_options"]["postgresql_using"] == "diskann"
+        assert inspector.get_unique_constraints("sq_docs") == []
+        assert inspector.get_foreign_keys("sq_docs") == []
+        assert "public" in inspector.get_schema_names()
+        table = Table("sq_docs", MetaData(), autoload_with=engine)
+        assert [c.name for c in table.primary_key.columns] == ["tenant", "id"]
+        assert isinstance(table.c.embedding.type, Vector)
+        assert [i.name for i in table.indexes] == ["sq_docs_embedding"]
+    finally:
+        engine.dispose()
+
+
+def test_like_with_another_escape_character(server):
+    assert rows(server, "SELECT 'a_c' LIKE 'a/_c' ESCAPE '/', 'abc' LIKE 'a/_c' ESCAPE '/'") == [
+        (True, False)
+    ]
+    assert rows(server, "SELECT 'a%' NOT LIKE 'a!%' ESCAPE '!', 'a\\b' LIKE 'a\\b' ESCAPE ''") == [
+        (False, True)
+    ]
+    with server.connect() as conn:
+        with pytest.raises(psycopg.errors.InvalidEscapeSequence):
+            conn.execute("SELECT 'a' LIKE 'a!' ESCAPE '!'").fetchall()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_current_setting_of_a_bound_parameter(server):
+    with server.connect() as conn:
+        conn.execute("SET hnsw.ef_search = 33")
+        got = conn.execute(
+            "SELECT current_setting(%s::varchar), current_setting(%s, true), current_setting(%s)",
+            ["default_table_access_method", "no.such_setting", "hnsw.ef_search"],
+        ).fetchone()
+        assert got == ("heap", None, "33")
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            conn.execute("SELECT current_setting(%s)", ["no.such_setting"]).fetchone()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
