@@ -25,6 +25,7 @@ pub mod knn_fast_path;
 pub mod literal_values;
 pub mod pg_catalog;
 pub mod prepared;
+mod ready_status;
 pub mod roles;
 pub mod server;
 pub mod session;

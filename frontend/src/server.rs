@@ -20,7 +20,7 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::extendedquery::Sync as PgSync;
-use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::ReadyForQuery;
 use pgwire::messages::simplequery::Query;
 use pgwire::types::format::FormatOptions;
 use quiver_planner::SqlError;
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::engine::{Engine, Output};
 use crate::error::{to_error_info, to_pgwire};
+use crate::ready_status::SessionStatus;
 use crate::session::Session;
 
 /// A parsed statement as kept between Parse and Execute.
@@ -212,18 +213,6 @@ impl QueryParser for QuiverParser {
     }
 }
 
-/// pgwire derives the status byte of ReadyForQuery from the status before
-/// a query plus what the query returned; the session's transaction block
-/// is the truth. Before a simple query the status starts from the block
-/// (a failed block counts as open: an error keeps it failed, ROLLBACK TO
-/// SAVEPOINT revives it, COMMIT/ROLLBACK end it).
-fn status_before_query(session: &Session) -> TransactionStatus {
-    match session.transaction_status() {
-        TransactionStatus::Error => TransactionStatus::Transaction,
-        status => status,
-    }
-}
-
 #[async_trait]
 impl SimpleQueryHandler for Handlers {
     async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
@@ -234,8 +223,8 @@ impl SimpleQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = session_of(&self.engine, client);
-        client.set_transaction_status(status_before_query(&session));
-        self._on_query(client, query).await
+        self._on_query(&mut SessionStatus::new(client, session), query)
+            .await
     }
 
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>

@@ -459,14 +459,10 @@ impl crate::engine::Engine {
                 match txn.commit(self.backends.streaming.clone()).await {
                     Ok(Some(ts)) => session.record_write(ts),
                     Ok(None) => {}
-                    Err(e) => {
-                        // Nothing was written. The block stays failed until
-                        // the client's ROLLBACK (PostgreSQL itself would be
-                        // idle here; pgwire reports an error inside a block
-                        // as a failed block).
-                        session.set_transaction(TransactionState::Failed(Box::default()));
-                        return Err(e);
-                    }
+                    // Nothing was written and the block is over, as in
+                    // PostgreSQL: the session is idle (ReadyForQuery says
+                    // so, see `ready_status`).
+                    Err(e) => return Err(e),
                 }
                 Ok(Output::TransactionEnd(Tag::new("COMMIT")))
             }

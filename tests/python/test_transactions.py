@@ -163,12 +163,22 @@ def test_conflicting_commit_fails_whole(server):
         b.execute("INSERT INTO tx_c VALUES (2, 20)")
         with pytest.raises(errors.UniqueViolation):
             a.commit()
-        # Unlike PostgreSQL (idle after a failed COMMIT), the block stays
-        # failed until ROLLBACK; every driver and pool issues one.
-        assert a.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-        a.rollback()
+        # As in PostgreSQL, a failed COMMIT ends the block: the connection
+        # is idle and goes on without a ROLLBACK.
         assert a.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert b.execute("SELECT id, n FROM tx_c ORDER BY id").fetchall() == [(2, 20)]
+        a.execute("INSERT INTO tx_c VALUES (3, 3)")
+        a.commit()
+        assert b.execute("SELECT id FROM tx_c ORDER BY id").fetchall() == [(2,), (3,)]
+        # The same through a simple-query COMMIT statement, and a ROLLBACK
+        # afterwards only warns (there is no transaction in progress).
+        a.execute("INSERT INTO tx_c VALUES (4, 4), (5, 5)")
+        b.execute("INSERT INTO tx_c VALUES (5, 50)")
+        with pytest.raises(errors.UniqueViolation):
+            a.execute("COMMIT")
+        assert a.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        a.rollback()
+        assert b.execute("SELECT id, n FROM tx_c WHERE id >= 4 ORDER BY id").fetchall() == [(5, 50)]
     finally:
         a.close()
         b.close()
