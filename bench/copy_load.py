@@ -7,11 +7,18 @@ pgvector's binary layout, then reports rows/s, MB/s of COPY data, the
 server's peak RSS (VmHWM) and that the row count is exact. Every COPY is
 acknowledged only after its WAL append is fsync'd (durable).
 
+With --pg it loads the same COPY data into PostgreSQL + pgvector (pgserver's
+bundled build, as bench/vector_search.py runs it) in the same session, so
+the two rates are compared on one machine state.
+
 Usage: QUIVER_BIN=target/release/quiver .venv/bin/python bench/copy_load.py
-       [--rows 400000] [--dim 384] [--chunk 10000]
+       [--rows 400000] [--dim 384] [--chunk 10000] [--pg [--pg-bin-dir DIR]]
 It is a benchmark, not a test: it prints figures and never fails on them.
 """
 import argparse
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import psycopg
@@ -32,6 +39,8 @@ def main():
     ap.add_argument("--rows", type=int, default=400_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--chunk", type=int, default=10_000)
+    ap.add_argument("--pg", action="store_true", help="also load PostgreSQL + pgvector")
+    ap.add_argument("--pg-bin-dir", default=None)
     args = ap.parse_args()
     rng = np.random.default_rng(11)
     data = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
@@ -54,6 +63,32 @@ def main():
                   f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB")
         finally:
             stop_server(server, data_dir)
+        if args.pg:
+            pg_load(args, payloads, mb, conns)
+
+
+def pg_load(args, payloads, mb, conns):
+    """The same COPYs into a fresh PostgreSQL + pgvector (fsync on, as
+    Quiver's acknowledged COPYs are durable)."""
+    from vector_search import PgServer, pg_bin_dir
+
+    root = tempfile.mkdtemp(prefix="pg-copy-")
+    os.chmod(root, 0o755)
+    pg = PgServer(pg_bin_dir(args), os.path.join(root, "pg"))
+    os.makedirs(pg.root)
+    try:
+        pg.start({"shared_buffers": "'2GB'", "max_wal_size": "'8GB'", "max_connections": "50",
+                  "jit": "off"})
+        with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres",
+                             autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            version = c.execute("SHOW server_version").fetchone()[0]
+        secs = copy_load(pg.port, "bulk", payloads, args.dim, conns)
+        print(f"  PostgreSQL {version} + pgvector, binary COPY over {conns} conn: {secs:.2f}s = "
+              f"{args.rows / secs:,.0f} rows/s, {mb / secs:.1f} MB/s")
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

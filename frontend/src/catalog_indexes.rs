@@ -44,6 +44,8 @@ fn index_oid(index: &IndexInfo) -> i32 {
 /// the catalog OID of each Quiver table.
 pub struct CatalogView {
     pub public: i32,
+    /// Namespaces on the search path: `public` and `pg_catalog`.
+    pub search_path: Vec<i32>,
     /// Table name → `pg_class` OID (assigned by the emulation).
     pub table_oids: HashMap<String, i32>,
     pub tables: Vec<TableInfo>,

@@ -273,10 +273,15 @@ impl Engine {
                 backends.clone(),
                 table_oids.clone(),
             ));
+            let hidden_relations = crate::pg_catalog::HiddenRelations::default();
+            ctx.register_udf(crate::pg_catalog::table_is_visible_udf(
+                hidden_relations.clone(),
+            ));
             let pg_catalog = Arc::new(crate::pg_catalog::PgCatalog {
                 inner,
                 backends: backends.clone(),
                 table_oids,
+                hidden_relations,
             });
             let _ = public.pg_catalog.set(pg_catalog.clone());
             catalog

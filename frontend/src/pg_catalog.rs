@@ -14,6 +14,10 @@
 //! - `pg_attrdef`: one row per column DEFAULT (the crate has none), so
 //!   psql's `\d` and ORM reflection show them.
 //! - `format_type(oid, typmod)` knows `vector(n)`.
+//! - `pg_table_is_visible(oid)` is false for relations outside the search
+//!   path (Quiver's `quiver.segments` views), so clients that list "the
+//!   tables of the default schema" by visibility (SQLAlchemy) do not list
+//!   them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,10 +48,15 @@ pub struct PgCatalog {
     /// Table OIDs the emulation assigned, as last seen by a `pg_attribute`
     /// scan (for `quiver_column_default`).
     pub table_oids: TableOids,
+    pub hidden_relations: HiddenRelations,
 }
 
 /// `pg_class` OID → table name of Quiver's tables.
 pub type TableOids = Arc<parking_lot::RwLock<HashMap<i32, String>>>;
+
+/// OIDs of the relations outside the search path, as last seen by a
+/// `pg_class` scan (for `pg_table_is_visible`).
+pub type HiddenRelations = Arc<parking_lot::RwLock<std::collections::HashSet<i32>>>;
 
 #[async_trait]
 impl SchemaProvider for PgCatalog {
@@ -77,6 +86,7 @@ impl SchemaProvider for PgCatalog {
             catalog: self.inner.clone(),
             backends: self.backends.clone(),
             table_oids: self.table_oids.clone(),
+            hidden_relations: self.hidden_relations.clone(),
         })))
     }
 
@@ -92,13 +102,17 @@ async fn scan_all(table: &Arc<dyn TableProvider>, state: &dyn Session) -> Result
 
 /// The OID the crate assigned to the `public` namespace.
 fn public_oid(namespaces: &[RecordBatch]) -> Option<i32> {
+    namespace_oid(namespaces, "public")
+}
+
+fn namespace_oid(namespaces: &[RecordBatch], name: &str) -> Option<i32> {
     for batch in namespaces {
         let names = batch.column_by_name("nspname")?.as_string_opt::<i32>()?;
         let oids = batch
             .column_by_name("oid")?
             .as_primitive_opt::<Int32Type>()?;
         for i in 0..batch.num_rows() {
-            if names.is_valid(i) && names.value(i) == "public" {
+            if names.is_valid(i) && names.value(i) == name {
                 return Some(oids.value(i));
             }
         }
@@ -337,6 +351,7 @@ struct Corrected {
     catalog: Arc<dyn SchemaProvider>,
     backends: Arc<Backends>,
     table_oids: TableOids,
+    hidden_relations: HiddenRelations,
 }
 
 fn reloptions_type() -> arrow::datatypes::DataType {
@@ -382,9 +397,14 @@ async fn catalog_view(
     let Some(public) = public_oid(&namespaces) else {
         return Ok(None);
     };
+    let search_path = [Some(public), namespace_oid(&namespaces, "pg_catalog")]
+        .into_iter()
+        .flatten()
+        .collect();
     if !with_tables {
         return Ok(Some(CatalogView {
             public,
+            search_path,
             table_oids: HashMap::new(),
             tables: Vec::new(),
         }));
@@ -396,6 +416,7 @@ async fn catalog_view(
         .collect();
     Ok(Some(CatalogView {
         public,
+        search_path,
         table_oids,
         tables: backends.coordinator.tables(),
     }))
@@ -523,6 +544,7 @@ impl TableProvider for Corrected {
                 Correction::Defaults => vec![rows_batch(&schema, &default_rows(&view))?],
                 Correction::Rows(extension) => {
                     if extension == Extension::PgClass {
+                        *self.hidden_relations.write() = relations_outside(&batches, &view);
                         batches = batches
                             .iter()
                             .map(|b| with_indexes_flagged(b, &view))
@@ -539,6 +561,55 @@ impl TableProvider for Corrected {
             projection.cloned(),
         )?)
     }
+}
+
+/// The `pg_class` OIDs whose namespace is not on the search path.
+fn relations_outside(
+    classes: &[RecordBatch],
+    view: &CatalogView,
+) -> std::collections::HashSet<i32> {
+    let mut out = std::collections::HashSet::new();
+    for batch in classes {
+        let (Some(oids), Some(namespaces)) = (
+            batch
+                .column_by_name("oid")
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+            batch
+                .column_by_name("relnamespace")
+                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
+        ) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            if !view.search_path.contains(&namespaces.value(i)) {
+                out.insert(oids.value(i));
+            }
+        }
+    }
+    out
+}
+
+/// `pg_table_is_visible(oid)`: false for relations outside the search
+/// path, as the last `pg_class` scan saw them (true for OIDs it did not
+/// see). Volatile, so it is evaluated after the scans of its statement.
+pub fn table_is_visible_udf(hidden: HiddenRelations) -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    create_udf(
+        "pg_table_is_visible",
+        vec![arrow::datatypes::DataType::Int64],
+        arrow::datatypes::DataType::Boolean,
+        Volatility::Volatile,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let oids = ColumnarValue::values_to_arrays(args)?;
+            let oids = oids[0].as_primitive::<arrow::datatypes::Int64Type>();
+            let hidden = hidden.read();
+            let out: BooleanArray = oids
+                .iter()
+                .map(|oid| oid.map(|o| !hidden.contains(&(o as i32))))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
 }
 
 /// A `pg_class` batch of the emulation with the NULL `reloptions` column.

@@ -140,6 +140,9 @@ def test_sqlalchemy_reflects_keys_indexes_and_whole_tables(server):
         assert inspector.get_unique_constraints("sq_docs") == []
         assert inspector.get_foreign_keys("sq_docs") == []
         assert "public" in inspector.get_schema_names()
+        # Quiver's system views live in schema `quiver`, off the search path.
+        assert inspector.get_view_names() == []
+        assert sorted(inspector.get_view_names(schema="quiver")) == ["index_builds", "segments"]
         table = Table("sq_docs", MetaData(), autoload_with=engine)
         assert [c.name for c in table.primary_key.columns] == ["tenant", "id"]
         assert isinstance(table.c.embedding.type, Vector)
