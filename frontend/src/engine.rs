@@ -222,6 +222,7 @@ impl Engine {
             ctx.register_udf(udf);
         }
         ctx.register_udaf(subqueries::SubqueryValue::udaf());
+        ctx.register_udf(subqueries::subquery_result_udf());
         ctx.register_udf(quiver_planner::like::like_escape_udf());
         ctx.register_udf(crate::settings::unrecognized_setting_udf());
         ctx.register_udf(quiver_planner::int_vectors::int_vector_udf());
@@ -312,6 +313,7 @@ impl Engine {
     /// `to_vector()` calls.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>, SqlError> {
         let text = quiver_planner::rewrite::psql_column_defaults(&normalize_operators(sql));
+        let is_aggregate = |name: &str| self.is_aggregate(name);
         let mut statements = self
             .sql_parser
             .parse(&text)
@@ -329,7 +331,7 @@ impl Engine {
             quiver_planner::int_vectors::rewrite_int_vector_expansions(s);
             if !subqueries_done {
                 rewrite_array_subqueries(s);
-                subqueries::rewrite_scalar_subqueries(s);
+                subqueries::rewrite_scalar_subqueries(s, &is_aggregate);
             }
         }
         Ok(statements)
@@ -346,6 +348,7 @@ impl Engine {
         text: &str,
         compat: &[Statement],
     ) -> Option<Vec<Statement>> {
+        let is_aggregate = |name: &str| self.is_aggregate(name);
         let plain =
             sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, text)
                 .ok()?;
@@ -359,11 +362,15 @@ impl Engine {
                 .into_iter()
                 .map(|mut s| {
                     rewrite_array_subqueries(&mut s);
-                    subqueries::rewrite_scalar_subqueries(&mut s);
+                    subqueries::rewrite_scalar_subqueries(&mut s, &is_aggregate);
                     self.sql_parser.rewrite(s)
                 })
                 .collect()
         })
+    }
+
+    fn is_aggregate(&self, name: &str) -> bool {
+        self.base_state.aggregate_functions().contains_key(name)
     }
 
     /// Parses SQL that must hold exactly one statement.

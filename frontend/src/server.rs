@@ -173,7 +173,13 @@ impl QueryParser for QuiverParser {
                 result: None,
             }));
         }
-        let mut statements = self.engine.parse(sql).map_err(to_pgwire)?;
+        let mut statements = match self.engine.parse(sql) {
+            Ok(statements) => statements,
+            Err(e) => {
+                fail_open_block(&session_of(&self.engine, client));
+                return Err(to_pgwire(e));
+            }
+        };
         if statements.len() > 1 {
             return Err(to_pgwire(SqlError::new(
                 "42601",
@@ -223,8 +229,15 @@ impl SimpleQueryHandler for Handlers {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let session = session_of(&self.engine, client);
-        self._on_query(&mut SessionStatus::new(client, session), query)
-            .await
+        let result = self
+            ._on_query(&mut SessionStatus::new(client, session.clone()), query)
+            .await;
+        if result.is_err() {
+            // pgwire answers an error (a cancelled statement) with a
+            // ReadyForQuery of the connection's own status, past the wrapper.
+            client.set_transaction_status(session.transaction_status());
+        }
+        result
     }
 
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -245,7 +258,11 @@ impl SimpleQueryHandler for Handlers {
         }
         let statements = match self.engine.parse(query) {
             Ok(s) => s,
-            Err(e) => return Ok(vec![Response::Error(Box::new(to_error_info(e)))]),
+            Err(e) => {
+                // As any failing statement: a syntax error fails an open block.
+                fail_open_block(&session);
+                return Ok(vec![Response::Error(Box::new(to_error_info(e)))]);
+            }
         };
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
@@ -376,7 +393,13 @@ impl CopyHandler for Handlers {
                 "COPY data received without a COPY in progress",
             ))
         })?;
-        match crate::copy_in::finish(&self.engine, &session, copy).await {
+        let result = crate::copy_in::finish(&self.engine, &session, copy).await;
+        if result.is_err() {
+            fail_open_block(&session);
+        }
+        // pgwire's ReadyForQuery after COPY carries the connection's status.
+        client.set_transaction_status(session.transaction_status());
+        match result {
             Ok(Output::Command(tag)) => {
                 client
                     .send(PgWireBackendMessage::CommandComplete(tag.into()))
@@ -384,12 +407,7 @@ impl CopyHandler for Handlers {
                 Ok(())
             }
             Ok(_) => Err(to_pgwire(SqlError::new("XX000", "COPY produced rows"))),
-            Err(e) => {
-                if session.in_transaction_block() {
-                    session.fail_transaction();
-                }
-                Err(to_pgwire(e))
-            }
+            Err(e) => Err(to_pgwire(e)),
         }
     }
 
@@ -404,6 +422,14 @@ impl CopyHandler for Handlers {
             "57014",
             format!("COPY from stdin failed: {}", fail.message),
         ))
+    }
+}
+
+/// An error fails the session's open transaction block (PostgreSQL's
+/// "current transaction is aborted" until ROLLBACK).
+fn fail_open_block(session: &Session) {
+    if session.in_transaction_block() {
+        session.fail_transaction();
     }
 }
 

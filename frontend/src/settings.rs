@@ -235,12 +235,18 @@ pub(crate) fn unrecognized_setting_udf() -> datafusion::logical_expr::ScalarUDF 
         std::sync::Arc::new(|args: &[ColumnarValue]| {
             let names = ColumnarValue::values_to_arrays(args)?;
             let names = names[0].as_string::<i32>();
-            let name = names.iter().flatten().next().unwrap_or_default();
-            Err(SqlError::new(
-                sqlstate::UNDEFINED_OBJECT,
-                format!("unrecognized configuration parameter \"{name}\""),
-            )
-            .into_datafusion())
+            // current_setting is strict: a NULL name is a NULL setting.
+            match names.iter().flatten().next() {
+                None => Ok(ColumnarValue::Array(arrow::array::new_null_array(
+                    &arrow::datatypes::DataType::Utf8,
+                    arrow::array::Array::len(names),
+                ))),
+                Some(name) => Err(SqlError::new(
+                    sqlstate::UNDEFINED_OBJECT,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )
+                .into_datafusion()),
+            }
         }),
     )
 }

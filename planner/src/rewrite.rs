@@ -257,36 +257,6 @@ pub(crate) fn is_catalog_table(relation: &sqlparser::ast::TableFactor) -> bool {
     }
 }
 
-/// Whether `expr` is, or holds, a call of an aggregate function.
-pub(crate) fn holds_aggregate_call(expr: &Expr) -> bool {
-    const AGGREGATES: [&str; 11] = [
-        "count",
-        "max",
-        "min",
-        "sum",
-        "avg",
-        "array_agg",
-        "string_agg",
-        "first_value",
-        "bool_and",
-        "bool_or",
-        crate::subqueries::SUBQUERY_VALUE,
-    ];
-    sqlparser::ast::visit_expressions(expr, |e| {
-        let aggregate = matches!(e, Expr::Function(f)
-        if f.over.is_none()
-            && f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
-                AGGREGATES.iter().any(|a| i.value.eq_ignore_ascii_case(a))
-            }));
-        if aggregate {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    })
-    .is_break()
-}
-
 /// Whether a SELECT reads `FROM [pg_catalog.]unnest(<x>.reloptions)`.
 fn unnests_reloptions(select: &sqlparser::ast::Select) -> bool {
     let [from] = select.from.as_slice() else {

@@ -31,25 +31,31 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use arrow::array::{ArrayRef, AsArray};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StructArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, FieldRef, UInt64Type};
 use datafusion::common::ScalarValue;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
     BinaryOperator, CaseWhen, Expr, GroupByExpr, Query, Select, SelectItem, SetExpr, Statement,
-    TableFactor, Value, visit_expressions_mut,
+    TableFactor, Value, VisitMut, VisitorMut,
 };
 
-use crate::rewrite::{call, holds_aggregate_call, is_catalog_table};
+use crate::rewrite::{call, is_catalog_table};
 use crate::{SqlError, sqlstate};
 
 /// Name of the [`SubqueryValue`] aggregate.
 pub const SUBQUERY_VALUE: &str = "quiver_subquery_value";
+/// Name of the scalar function that turns its (value, rows) into the value
+/// or error 21000.
+pub const SUBQUERY_RESULT: &str = "quiver_subquery_result";
 
 /// Aggregates that yield NULL over no rows, so that an outer-only guard can
 /// move in front of the subquery (`count` yields 0 and cannot).
@@ -67,14 +73,41 @@ const NULL_ON_EMPTY: [&str; 10] = [
 ];
 
 /// Rewrites every scalar subquery of `statement` into the form DataFusion
-/// plans (see the module documentation).
-pub fn rewrite_scalar_subqueries(statement: &mut Statement) {
-    let _ = visit_expressions_mut(statement, |expr| {
-        if let Expr::Subquery(query) = expr {
-            *expr = rewrite_one(query);
-        }
-        ControlFlow::<()>::Continue(())
+/// plans (see the module documentation). `is_aggregate` names the
+/// aggregate functions the session knows.
+pub fn rewrite_scalar_subqueries(statement: &mut Statement, is_aggregate: &dyn Fn(&str) -> bool) {
+    let _ = statement.visit(&mut ScalarSubqueries {
+        is_aggregate,
+        set_operands: HashSet::new(),
     });
+}
+
+struct ScalarSubqueries<'a> {
+    is_aggregate: &'a dyn Fn(&str) -> bool,
+    /// The subqueries of `x op ANY (SELECT ...)` / `ALL`: sets, not scalars.
+    set_operands: HashSet<*const Query>,
+}
+
+impl VisitorMut for ScalarSubqueries<'_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::AnyOp { right, .. } | Expr::AllOp { right, .. } = expr
+            && let Expr::Subquery(query) = right.as_ref()
+        {
+            self.set_operands.insert(&**query as *const Query);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Subquery(query) = expr
+            && !self.set_operands.contains(&(&**query as *const Query))
+        {
+            *expr = rewrite_one(query, self.is_aggregate);
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Whether `sql` may hold a scalar subquery (a parenthesised SELECT), as a
@@ -90,13 +123,21 @@ pub fn may_hold_subquery(sql: &str) -> bool {
     })
 }
 
-fn rewrite_one(original: &Query) -> Expr {
+fn rewrite_one(original: &Query, is_aggregate: &dyn Fn(&str) -> bool) -> Expr {
     let over_catalog = reads_only_catalog(original);
     let mut query = Box::new(original.clone());
     let Some(select) = plain_select(&mut query) else {
-        return Expr::Nested(Box::new(Expr::Subquery(query)));
+        // Grouped, ordered, limited...: left to DataFusion, except a
+        // correlated one over the catalog (which it cannot plan).
+        return if over_catalog && is_correlated(original) {
+            Expr::value(Value::Null)
+        } else {
+            Expr::Nested(Box::new(Expr::Subquery(query)))
+        };
     };
-    let inner = inner_names(select);
+    let Some(inner) = inner_names(select) else {
+        return unplannable(original, over_catalog);
+    };
     let Some(Correlation { outer_only, keep }) = split_where(select.selection.clone(), &inner)
     else {
         return unplannable(original, over_catalog);
@@ -105,22 +146,28 @@ fn rewrite_one(original: &Query) -> Expr {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
         _ => return unplannable(original, over_catalog),
     };
-    if references(output, &inner).outer {
+    let output_refs = references(output, &inner);
+    if output_refs.outer || output_refs.subquery {
         return unplannable(original, over_catalog);
     }
-    if !holds_aggregate_call(output) {
-        let wrapper = if over_catalog {
-            "first_value"
-        } else {
-            SUBQUERY_VALUE
-        };
-        *output = call(wrapper, vec![output.clone()]);
+    let strict = !over_catalog && !holds_aggregate_or_window(output, is_aggregate);
+    if strict {
+        *output = call(SUBQUERY_VALUE, vec![output.clone()]);
+    } else if over_catalog && !holds_aggregate_or_window(output, is_aggregate) {
+        *output = call("first_value", vec![output.clone()]);
     } else if !outer_only.is_empty() && !is_call_to(output, &NULL_ON_EMPTY) {
         // `count(*)` over no rows is 0, so its guard cannot move out.
         return unplannable(original, over_catalog);
     }
     select.selection = join_conjuncts(keep);
-    let subquery = Expr::Nested(Box::new(Expr::Subquery(query)));
+    let subquery = if strict {
+        // The aggregate yields (value, rows) per correlation key; whether
+        // more than one row is an error is decided per outer row, by the
+        // rows that read it (PostgreSQL fails only for those).
+        call(SUBQUERY_RESULT, vec![Expr::Subquery(query)])
+    } else {
+        Expr::Nested(Box::new(Expr::Subquery(query)))
+    };
     match join_conjuncts(outer_only) {
         None => subquery,
         Some(guard) => Expr::Nested(Box::new(Expr::Case {
@@ -183,16 +230,16 @@ fn reads_only_catalog(query: &Query) -> bool {
 
 /// The names a column of the subquery's own relations is qualified with:
 /// each relation's alias, else its (unqualified) table name.
-fn inner_names(select: &Select) -> HashSet<String> {
+/// `None` when the FROM clause holds a relation of another kind (nested
+/// joins, UNNEST, ...), whose names are not worked out here.
+fn inner_names(select: &Select) -> Option<HashSet<String>> {
     let mut names = HashSet::new();
+    let mut known = true;
     let mut add = |factor: &TableFactor| match factor {
         TableFactor::Table {
             alias: Some(alias), ..
         }
         | TableFactor::Derived {
-            alias: Some(alias), ..
-        }
-        | TableFactor::Function {
             alias: Some(alias), ..
         } => {
             names.insert(alias.name.value.to_ascii_lowercase());
@@ -202,7 +249,7 @@ fn inner_names(select: &Select) -> HashSet<String> {
                 names.insert(last.value.to_ascii_lowercase());
             }
         }
-        _ => {}
+        _ => known = false,
     };
     for table in &select.from {
         add(&table.relation);
@@ -210,7 +257,29 @@ fn inner_names(select: &Select) -> HashSet<String> {
             add(&join.relation);
         }
     }
-    names
+    known.then_some(names)
+}
+
+/// Whether a (non-plain) subquery reads a column of an enclosing query:
+/// any qualifier that names none of its own relations.
+fn is_correlated(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return true;
+    };
+    let Some(inner) = inner_names(select) else {
+        return true;
+    };
+    let mut outer = false;
+    let _ = sqlparser::ast::visit_expressions(query, |e| {
+        if let Expr::CompoundIdentifier(parts) = e
+            && parts.len() >= 2
+            && !inner.contains(&parts[parts.len() - 2].value.to_ascii_lowercase())
+        {
+            outer = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    outer
 }
 
 /// What the columns an expression reads belong to.
@@ -225,27 +294,54 @@ struct References {
     subquery: bool,
 }
 
+/// The columns `expr` reads itself; those of a subquery inside it are
+/// that subquery's business (it only sets `subquery`).
 fn references(expr: &Expr, inner: &HashSet<String>) -> References {
-    let mut refs = References::default();
-    let _ = sqlparser::ast::visit_expressions(expr, |e| {
-        match e {
-            Expr::Identifier(_) => refs.inner = true,
-            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
-                let qualifier = parts[parts.len() - 2].value.to_ascii_lowercase();
-                if inner.contains(&qualifier) {
-                    refs.inner = true;
-                } else {
-                    refs.outer = true;
-                }
-            }
-            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
-                refs.subquery = true
-            }
-            _ => {}
+    struct Classify<'a> {
+        inner: &'a HashSet<String>,
+        refs: References,
+        depth: usize,
+    }
+    impl sqlparser::ast::Visitor for Classify<'_> {
+        type Break = ();
+
+        fn pre_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+            self.refs.subquery = true;
+            self.depth += 1;
+            ControlFlow::Continue(())
         }
-        ControlFlow::<()>::Continue(())
-    });
-    refs
+
+        fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+            self.depth -= 1;
+            ControlFlow::Continue(())
+        }
+
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if self.depth > 0 {
+                return ControlFlow::Continue(());
+            }
+            match expr {
+                Expr::Identifier(_) => self.refs.inner = true,
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let qualifier = parts[parts.len() - 2].value.to_ascii_lowercase();
+                    if self.inner.contains(&qualifier) {
+                        self.refs.inner = true;
+                    } else {
+                        self.refs.outer = true;
+                    }
+                }
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut classify = Classify {
+        inner,
+        refs: References::default(),
+        depth: 0,
+    };
+    let _ = sqlparser::ast::Visit::visit(expr, &mut classify);
+    classify.refs
 }
 
 /// A subquery's WHERE, split by what each conjunct reads.
@@ -337,6 +433,24 @@ fn strip_nesting(mut expr: &Expr) -> &Expr {
     expr
 }
 
+/// Whether `expr` calls an aggregate (as the session names them) or a
+/// window function: then it is left as written.
+fn holds_aggregate_or_window(expr: &Expr, is_aggregate: &dyn Fn(&str) -> bool) -> bool {
+    sqlparser::ast::visit_expressions(expr, |e| {
+        let found = matches!(e, Expr::Function(f)
+        if f.over.is_some()
+            || f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
+                is_aggregate(&i.value.to_ascii_lowercase())
+            }));
+        if found {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
 fn is_call_to(expr: &Expr, names: &[&str]) -> bool {
     matches!(expr, Expr::Function(f)
     if f.name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| {
@@ -344,8 +458,11 @@ fn is_call_to(expr: &Expr, names: &[&str]) -> bool {
     }))
 }
 
-/// `quiver_subquery_value(x)`: the value of a scalar subquery's one row,
-/// NULL without rows, error 21000 with more (PostgreSQL's rule).
+/// `quiver_subquery_value(x)`: a scalar subquery's rows per correlation
+/// key, as `{value, rows}`: the value of its (first) row and how many rows
+/// there were. `quiver_subquery_result` turns that into the value (NULL
+/// without rows) or PostgreSQL's error 21000, for the outer rows that read
+/// it only.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct SubqueryValue {
     signature: Signature,
@@ -359,6 +476,16 @@ impl SubqueryValue {
     }
 }
 
+fn value_and_rows(value: &DataType) -> DataType {
+    DataType::Struct(
+        vec![
+            Field::new("value", value.clone(), true),
+            Field::new("rows", DataType::UInt64, false),
+        ]
+        .into(),
+    )
+}
+
 impl AggregateUDFImpl for SubqueryValue {
     fn name(&self) -> &str {
         SUBQUERY_VALUE
@@ -369,19 +496,20 @@ impl AggregateUDFImpl for SubqueryValue {
     }
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        Ok(args[0].clone())
+        Ok(value_and_rows(&args[0]))
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let value_type = args.exprs[0].data_type(args.schema)?;
         Ok(Box::new(SubqueryValueAccumulator {
-            value: ScalarValue::try_from(args.return_field.data_type())?,
+            value: ScalarValue::try_from(&value_type)?,
             rows: 0,
         }))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![
-            Field::new("value", args.return_field.data_type().clone(), true).into(),
+            Field::new("value", args.input_fields[0].data_type().clone(), true).into(),
             Field::new("rows", DataType::UInt64, false).into(),
         ])
     }
@@ -395,18 +523,10 @@ struct SubqueryValueAccumulator {
 
 impl SubqueryValueAccumulator {
     fn add(&mut self, rows: u64, value: impl FnOnce() -> Result<ScalarValue>) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
+        if rows > 0 && self.rows == 0 {
+            self.value = value()?;
         }
-        self.rows += rows;
-        if self.rows > 1 {
-            return Err(SqlError::new(
-                sqlstate::CARDINALITY_VIOLATION,
-                "more than one row returned by a subquery used as an expression",
-            )
-            .into_datafusion());
-        }
-        self.value = value()?;
+        self.rows = self.rows.saturating_add(rows);
         Ok(())
     }
 }
@@ -436,11 +556,77 @@ impl Accumulator for SubqueryValueAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(self.value.clone())
+        let fields = match value_and_rows(&self.value.data_type()) {
+            DataType::Struct(fields) => fields,
+            _ => unreachable!("value_and_rows is a struct"),
+        };
+        let value = self.value.to_array_of_size(1)?;
+        let rows = Arc::new(UInt64Array::from(vec![self.rows])) as ArrayRef;
+        Ok(ScalarValue::Struct(Arc::new(StructArray::new(
+            fields,
+            vec![value, rows],
+            None,
+        ))))
     }
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self) + self.value.size() - std::mem::size_of_val(&self.value)
+    }
+}
+
+/// `quiver_subquery_result({value, rows})`: the value, NULL for no row (or
+/// no struct: an outer row no key matched), error 21000 for more rows.
+pub fn subquery_result_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(SubqueryResult {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SubqueryResult {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SubqueryResult {
+    fn name(&self) -> &str {
+        SUBQUERY_RESULT
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match &args[0] {
+            DataType::Struct(fields) if fields.len() == 2 => Ok(fields[0].data_type().clone()),
+            other => Err(DataFusionError::Plan(format!(
+                "{SUBQUERY_RESULT} expects {{value, rows}}, got {other}"
+            ))),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let input = args.args[0].to_array(args.number_rows)?;
+        let input = input.as_struct();
+        let rows = input.column(1).as_primitive::<UInt64Type>();
+        let many =
+            (0..input.len()).any(|i| input.is_valid(i) && rows.is_valid(i) && rows.value(i) > 1);
+        if many {
+            return Err(SqlError::new(
+                sqlstate::CARDINALITY_VIOLATION,
+                "more than one row returned by a subquery used as an expression",
+            )
+            .into_datafusion());
+        }
+        // Without a struct (no matching key) the value is NULL already.
+        let values = input.column(0).clone();
+        Ok(ColumnarValue::Array(match input.nulls() {
+            Some(nulls) if nulls.null_count() > 0 => {
+                let keep = arrow::array::BooleanArray::new(nulls.inner().clone(), None);
+                arrow::compute::nullif(&values, &arrow::compute::not(&keep)?)?
+            }
+            _ => values,
+        }))
     }
 }
 
@@ -454,7 +640,8 @@ mod tests {
         let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
             .unwrap()
             .remove(0);
-        rewrite_scalar_subqueries(&mut statement);
+        let aggregates = ["count", "max", "min", "sum", "array_agg", "first_value"];
+        rewrite_scalar_subqueries(&mut statement, &|name| aggregates.contains(&name));
         statement.to_string()
     }
 
@@ -462,7 +649,7 @@ mod tests {
     fn a_plain_correlated_subquery_yields_its_one_value() {
         assert_eq!(
             rewritten("SELECT a, (SELECT c FROM t2 WHERE t2.b = t1.a) FROM t1"),
-            "SELECT a, ((SELECT quiver_subquery_value(c) FROM t2 WHERE t2.b = t1.a)) FROM t1"
+            "SELECT a, quiver_subquery_result((SELECT quiver_subquery_value(c) FROM t2 WHERE t2.b = t1.a)) FROM t1"
         );
     }
 
@@ -472,7 +659,7 @@ mod tests {
             rewritten(
                 "SELECT (SELECT x.c FROM t2 AS x WHERE t1.f AND x.b = t1.a AND x.c <> 'z') FROM t1"
             ),
-            "SELECT (CASE WHEN t1.f THEN ((SELECT quiver_subquery_value(x.c) FROM t2 AS x WHERE x.b = t1.a AND x.c <> 'z')) END) FROM t1"
+            "SELECT (CASE WHEN t1.f THEN quiver_subquery_result((SELECT quiver_subquery_value(x.c) FROM t2 AS x WHERE x.b = t1.a AND x.c <> 'z')) END) FROM t1"
         );
     }
 
@@ -512,6 +699,43 @@ mod tests {
         assert_eq!(
             rewritten("SELECT (SELECT c FROM t2 WHERE t2.b < t1.a) FROM t1"),
             "SELECT ((SELECT c FROM t2 WHERE t2.b < t1.a)) FROM t1"
+        );
+    }
+
+    #[test]
+    fn set_operands_and_unknown_shapes_are_left_alone() {
+        assert_eq!(
+            rewritten("SELECT a FROM t1 WHERE a > ANY(SELECT b FROM t2)"),
+            "SELECT a FROM t1 WHERE a > ANY(SELECT b FROM t2)"
+        );
+        assert_eq!(
+            rewritten("SELECT (SELECT stddev(c) FROM t2 WHERE t2.b = t1.a) FROM t1"),
+            "SELECT quiver_subquery_result((SELECT quiver_subquery_value(stddev(c)) FROM t2 WHERE t2.b = t1.a)) FROM t1",
+            "stddev is no aggregate for this predicate, so it is wrapped"
+        );
+        assert_eq!(
+            rewritten("SELECT (SELECT max(c) OVER () FROM t2 WHERE t2.b = t1.a) FROM t1"),
+            "SELECT ((SELECT max(c) OVER () FROM t2 WHERE t2.b = t1.a)) FROM t1"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT (SELECT x.c FROM (t2 AS x JOIN t3 AS y ON x.b = y.b) WHERE y.c = 1) FROM t1"
+            ),
+            "SELECT ((SELECT x.c FROM (t2 AS x JOIN t3 AS y ON x.b = y.b) WHERE y.c = 1)) FROM t1"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT (SELECT c FROM t2 WHERE t2.b = t1.a AND EXISTS (SELECT 1 FROM t3 WHERE t3.k = t2.b)) FROM t1"
+            ),
+            "SELECT quiver_subquery_result((SELECT quiver_subquery_value(c) FROM t2 WHERE t2.b = t1.a AND EXISTS (SELECT 1 FROM t3 WHERE t3.k = t2.b))) FROM t1",
+            "a nested subquery's own columns are not the outer query's"
+        );
+        assert_eq!(
+            rewritten(
+                "SELECT (SELECT c.relname FROM pg_class c WHERE c.oid = a.attrelid ORDER BY 1 LIMIT 1), \
+                 (SELECT n.oid FROM pg_namespace n ORDER BY 1 LIMIT 1) FROM pg_attribute a"
+            ),
+            "SELECT NULL, ((SELECT n.oid FROM pg_namespace n ORDER BY 1 LIMIT 1)) FROM pg_attribute a"
         );
     }
 

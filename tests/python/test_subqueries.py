@@ -83,6 +83,25 @@ def test_more_than_one_row_is_an_error_and_the_session_goes_on(server):
         assert conn.execute("SELECT count(*) FROM sq_outer").fetchone() == (4,)
 
 
+def test_only_outer_rows_that_meet_several_rows_fail(server):
+    # sq_inner holds two rows with g = 7, one with g = 8: outer rows that
+    # never look up 7 are fine, as in PostgreSQL.
+    assert rows(
+        server,
+        "SELECT v.x, (SELECT c FROM sq_inner WHERE sq_inner.g = v.x) FROM (VALUES (8), (9)) AS v(x) ORDER BY 1",
+    ) == [(8, "four"), (9, None)]
+    assert rows(
+        server,
+        "SELECT v.x, CASE WHEN v.x <> 7 THEN (SELECT c FROM sq_inner WHERE sq_inner.g = v.x) END"
+        " FROM (VALUES (7), (8)) AS v(x) ORDER BY 1",
+    ) == [(7, None), (8, "four")]
+    with server.connect() as conn:
+        with pytest.raises(psycopg.errors.CardinalityViolation):
+            conn.execute(
+                "SELECT v.x, (SELECT c FROM sq_inner WHERE sq_inner.g = v.x) FROM (VALUES (7), (8)) AS v(x)"
+            ).fetchall()
+
+
 def test_an_unsupported_correlation_fails_instead_of_returning_nulls(server):
     with server.connect() as conn:
         with pytest.raises(psycopg.errors.FeatureNotSupported):

@@ -319,3 +319,24 @@ def test_a_commit_is_visible_to_every_other_session_at_once(server):
             ).fetchone() == (i,), f"row {i} missing right after its commit"
         writer.execute("DELETE FROM tx_seen WHERE id = 7")
         assert reader.execute("SELECT count(*) FROM tx_seen").fetchone() == (199,)
+
+
+def test_a_syntax_error_fails_the_open_block(server):
+    """As in PostgreSQL: a statement that does not even parse aborts the
+    block (25P02 until ROLLBACK), over the simple and the extended protocol."""
+    with server.connect() as admin:
+        reset(admin, "tx_syntax")
+        admin.execute("CREATE TABLE tx_syntax (id int PRIMARY KEY)")
+    for prepare in (False, True):
+        conn = server.connect(autocommit=False)
+        try:
+            conn.execute("INSERT INTO tx_syntax VALUES (1)")
+            with pytest.raises(errors.SyntaxError):
+                conn.execute("SELEC 1", prepare=prepare)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            with pytest.raises(errors.InFailedSqlTransaction):
+                conn.execute("SELECT 1")
+            conn.rollback()
+            assert conn.execute("SELECT count(*) FROM tx_syntax").fetchone() == (0,)
+        finally:
+            conn.close()

@@ -10,7 +10,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use quiver_types::{SegmentId, ShardId, TableId, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -105,10 +106,26 @@ pub fn delete_log_path(table: TableId, segment: SegmentId, flush_ts: Timestamp) 
     )
 }
 
-fn writer_props() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build()
+/// Snappy and dictionaries for scalar columns. Vector columns (lists of
+/// floats) are written plain: embedding floats neither compress nor repeat,
+/// so compressing them, building a dictionary of them and keeping per-page
+/// min/max of them cost a sealing segment CPU for nothing.
+fn writer_props(schema: &Schema) -> WriterProperties {
+    let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for field in schema.fields() {
+        if let DataType::FixedSizeList(item, _) | DataType::List(item) = field.data_type() {
+            let leaf = ColumnPath::new(vec![
+                field.name().clone(),
+                "list".to_string(),
+                item.name().clone(),
+            ]);
+            builder = builder
+                .set_column_compression(leaf.clone(), Compression::UNCOMPRESSED)
+                .set_column_dictionary_enabled(leaf.clone(), false)
+                .set_column_statistics_enabled(leaf, EnabledStatistics::None);
+        }
+    }
+    builder.build()
 }
 
 /// Writes `batch` as one Parquet object; returns its size in bytes.
@@ -117,12 +134,32 @@ pub async fn write_parquet(
     path: &str,
     batch: &RecordBatch,
 ) -> Result<u64, SegmentError> {
-    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
-    {
-        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(writer_props()))?;
-        writer.write(batch)?;
+    write_parquet_batches(store, path, batch.schema(), vec![batch.clone()]).await
+}
+
+/// Writes `batches` (one schema) as one Parquet object, in order, without
+/// concatenating them first; returns its size in bytes. Encoding is CPU
+/// work of tens of milliseconds per segment, so it runs on a blocking
+/// thread, off the threads serving connections.
+pub async fn write_parquet_batches(
+    store: &dyn ObjectStore,
+    path: &str,
+    schema: Arc<Schema>,
+    batches: Vec<RecordBatch>,
+) -> Result<u64, SegmentError> {
+    let buf = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SegmentError> {
+        let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let mut buf = Vec::with_capacity(size / 2 + 1024);
+        let props = writer_props(&schema);
+        let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
+        for batch in &batches {
+            writer.write(batch)?;
+        }
         writer.close()?;
-    }
+        Ok(buf)
+    })
+    .await
+    .map_err(|e| SegmentError::Config(format!("Parquet encoding task failed: {e}")))??;
     let len = buf.len() as u64;
     store
         .put(&Path::from(path), PutPayload::from(Bytes::from(buf)))
@@ -382,5 +419,45 @@ mod tests {
             read_delete_log(store.as_ref(), &dpath).await.unwrap(),
             entries
         );
+    }
+
+    #[tokio::test]
+    async fn vector_columns_are_written_plain_and_scalars_compressed() {
+        use arrow::array::{FixedSizeListArray, Float32Array, StringArray};
+        use parquet::basic::Encoding;
+        use parquet::file::reader::FileReader;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_object_store(&ObjectStoreConfig::Local {
+            root: dir.path().to_path_buf(),
+        })
+        .unwrap();
+        let item = Arc::new(Field::new_list_field(DataType::Float32, false));
+        let values = Float32Array::from((0..300).map(|i| i as f32 * 0.5).collect::<Vec<_>>());
+        let vectors = FixedSizeListArray::new(item, 3, Arc::new(values), None);
+        let names = StringArray::from((0..100).map(|i| ["a", "b"][i % 2]).collect::<Vec<_>>());
+        let batch = RecordBatch::try_from_iter([
+            ("name", Arc::new(names) as ArrayRef),
+            ("embedding", Arc::new(vectors) as ArrayRef),
+        ])
+        .unwrap();
+        let path = segment_path(TableId(1), SegmentId(3));
+        write_parquet(store.as_ref(), &path, &batch).await.unwrap();
+        let bytes = store
+            .get(&Path::from(path.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
+        let group = reader.metadata().row_group(0);
+        let (name, embedding) = (group.column(0), group.column(1));
+        assert_eq!(embedding.column_path().string(), "embedding.list.item");
+        assert_eq!(embedding.compression(), Compression::UNCOMPRESSED);
+        assert!(!embedding.encodings().any(|e| e == Encoding::RLE_DICTIONARY));
+        assert!(embedding.statistics().is_none());
+        assert_eq!(name.compression(), Compression::SNAPPY);
+        assert!(name.encodings().any(|e| e == Encoding::RLE_DICTIONARY));
+        assert_eq!(read_parquet(store.as_ref(), &path).await.unwrap()[0], batch);
     }
 }

@@ -25,7 +25,7 @@ pub use codec::{decode_batch, encode_batch};
 pub use files::{
     DeleteLogEntry, ObjectStoreConfig, ParquetObject, S3Config, SegmentMeta, delete_log_path,
     open_object_store, read_delete_log, read_parquet, read_parquet_columns, segment_path,
-    write_delete_log, write_parquet,
+    write_delete_log, write_parquet, write_parquet_batches,
 };
 pub use index_manifest::{IndexFile, ROW_MAP_FILE, SegmentIndexMeta, segment_index_prefix};
 pub use wal_record::{WalRecord, WalRecordKind};

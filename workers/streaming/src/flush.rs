@@ -11,7 +11,8 @@
 
 use quiver_meta::{MetaOp, keys, put_json_op};
 use quiver_segment::{
-    DeleteLogEntry, SegmentMeta, delete_log_path, segment_path, write_delete_log, write_parquet,
+    DeleteLogEntry, SegmentMeta, delete_log_path, segment_path, write_delete_log,
+    write_parquet_batches,
 };
 use quiver_types::{ShardId, TableId, Timestamp};
 use quiver_wal::Lsn;
@@ -112,34 +113,32 @@ impl Channel {
             deleted,
         } in growing
         {
-            // Concatenated here, outside the data lock: writers keep going.
-            let batch = arrow::compute::concat_batches(&schema, &batches)?;
+            // Encoded here, outside the data lock: writers keep going.
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            let mut max_ts = Timestamp(0);
+            for batch in &batches {
+                let inserted = batch
+                    .column(batch.num_columns() - 1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::UInt64Array>()
+                    .ok_or_else(|| {
+                        arrow::error::ArrowError::SchemaError("missing insert timestamps".into())
+                    })?;
+                max_ts = max_ts.max(Timestamp(arrow::compute::max(inserted).unwrap_or(0)));
+            }
             let id = ctx
                 .coordinator
                 .allocate_segment_ids(1)
                 .await
                 .map_err(StreamingError::Coordinator)?;
             let path = segment_path(table, id);
-            let bytes = write_parquet(ctx.store.as_ref(), &path, &batch).await?;
-            let max_ts = Timestamp(
-                arrow::compute::max(
-                    batch
-                        .column(batch.num_columns() - 1)
-                        .as_any()
-                        .downcast_ref::<arrow::array::UInt64Array>()
-                        .ok_or_else(|| {
-                            arrow::error::ArrowError::SchemaError(
-                                "missing insert timestamps".into(),
-                            )
-                        })?,
-                )
-                .unwrap_or(0),
-            );
+            let bytes =
+                write_parquet_batches(ctx.store.as_ref(), &path, schema.clone(), batches).await?;
             let mut meta = SegmentMeta {
                 id,
                 table,
                 shard: ShardId(self.id),
-                rows: batch.num_rows() as u64,
+                rows: rows as u64,
                 bytes,
                 path,
                 max_ts,
