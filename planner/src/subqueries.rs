@@ -111,15 +111,22 @@ impl VisitorMut for ScalarSubqueries<'_> {
 }
 
 /// Whether `sql` may hold a scalar subquery (a parenthesised SELECT), as a
-/// cheap test before parsing it a second time.
+/// cheap test before parsing it a second time. Whitespace, further
+/// parentheses and comments may stand between the two.
 pub fn may_hold_subquery(sql: &str) -> bool {
-    let bytes = sql.as_bytes();
-    bytes.iter().enumerate().any(|(i, b)| {
-        *b == b'('
-            && sql[i + 1..]
-                .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
-                .get(..6)
-                .is_some_and(|w| w.eq_ignore_ascii_case("select"))
+    sql.match_indices('(').any(|(i, _)| {
+        let mut rest = &sql[i + 1..];
+        loop {
+            rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+            if let Some(comment) = rest.strip_prefix("/*") {
+                rest = comment.split_once("*/").map_or("", |(_, after)| after);
+            } else if let Some(comment) = rest.strip_prefix("--") {
+                rest = comment.split_once('\n').map_or("", |(_, after)| after);
+            } else {
+                break;
+            }
+        }
+        rest.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select"))
     })
 }
 
@@ -744,6 +751,9 @@ mod tests {
         assert!(may_hold_subquery("select (select 1)"));
         assert!(may_hold_subquery("select ( \n SELECT 1)"));
         assert!(may_hold_subquery("select * from t where a in ((select 1))"));
+        assert!(may_hold_subquery("select (/* why */ select 1)"));
+        assert!(may_hold_subquery("select ( -- why\n select 1)"));
         assert!(!may_hold_subquery("select count(*) from t"));
+        assert!(!may_hold_subquery("select (/* unterminated"));
     }
 }
