@@ -12,12 +12,13 @@ bundled build, as bench/vector_search.py runs it) in the same session, so
 the two rates are compared on one machine state.
 
 Usage: QUIVER_BIN=target/release/quiver .venv/bin/python bench/copy_load.py
-       [--rows 400000] [--dim 384] [--chunk 10000] [--pg [--pg-bin-dir DIR]]
+       [--rows 400000] [--dim 384] [--chunk 10000] [--repeat 3] [--pg [--pg-bin-dir DIR]]
 It is a benchmark, not a test: it prints figures and never fails on them.
 """
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 
 import numpy as np
@@ -41,6 +42,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=10_000)
     ap.add_argument("--pg", action="store_true", help="also load PostgreSQL + pgvector")
     ap.add_argument("--pg-bin-dir", default=None)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per system and connection count (alternating); the median is reported")
     args = ap.parse_args()
     rng = np.random.default_rng(11)
     data = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
@@ -51,20 +54,35 @@ def main():
     print(f"{args.rows} x {args.dim} float32 = {raw_mib:.0f} MiB of vectors, {mb:.0f} MB of COPY data, "
           f"{len(payloads)} COPYs of {args.chunk} rows")
     for conns in (1, 8):
-        # A fresh server per run, so one run's flushes do not slow the next.
-        server, port, data_dir = start_server("quiver-copy-")
-        try:
-            secs = copy_load(port, "bulk", payloads, args.dim, conns)
-            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                                 autocommit=True) as c:
-                count = c.execute("SELECT count(*) FROM bulk").fetchone()[0]
-            print(f"binary COPY over {conns} conn: {secs:.2f}s = {args.rows / secs:,.0f} rows/s, "
-                  f"{mb / secs:.1f} MB/s; rows {count} ({'exact' if count == args.rows else 'WRONG'}); "
-                  f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB")
-        finally:
-            stop_server(server, data_dir)
-        if args.pg:
-            pg_load(args, payloads, mb, conns)
+        quiver, pg = [], []
+        for _ in range(args.repeat):
+            quiver.append(quiver_load(args, payloads, mb, conns))
+            if args.pg:
+                pg.append(pg_load(args, payloads, mb, conns))
+        summary = f"{conns} conn: Quiver median {statistics.median(quiver):,.0f} rows/s " \
+                  f"(runs {', '.join(f'{r:,.0f}' for r in quiver)})"
+        if pg:
+            summary += f"; PostgreSQL median {statistics.median(pg):,.0f} rows/s " \
+                       f"(runs {', '.join(f'{r:,.0f}' for r in pg)}); " \
+                       f"ratio {statistics.median(quiver) / statistics.median(pg):.2f}x"
+        print(summary)
+
+
+def quiver_load(args, payloads, mb, conns):
+    """One load into a fresh server (so one run's flushes do not slow the
+    next); returns rows/s."""
+    server, port, data_dir = start_server("quiver-copy-")
+    try:
+        secs = copy_load(port, "bulk", payloads, args.dim, conns)
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                             autocommit=True) as c:
+            count = c.execute("SELECT count(*) FROM bulk").fetchone()[0]
+        print(f"  Quiver binary COPY over {conns} conn: {secs:.2f}s = {args.rows / secs:,.0f} rows/s, "
+              f"{mb / secs:.1f} MB/s; rows {count} ({'exact' if count == args.rows else 'WRONG'}); "
+              f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB")
+        return args.rows / secs
+    finally:
+        stop_server(server, data_dir)
 
 
 def pg_load(args, payloads, mb, conns):
@@ -86,6 +104,7 @@ def pg_load(args, payloads, mb, conns):
         secs = copy_load(pg.port, "bulk", payloads, args.dim, conns)
         print(f"  PostgreSQL {version} + pgvector, binary COPY over {conns} conn: {secs:.2f}s = "
               f"{args.rows / secs:,.0f} rows/s, {mb / secs:.1f} MB/s")
+        return args.rows / secs
     finally:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
