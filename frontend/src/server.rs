@@ -344,9 +344,11 @@ impl ExtendedQueryHandler for Handlers {
                     &server_types,
                 )?;
                 let values = match params {
-                    ParamValues::List(list) => {
-                        list.into_iter().map(|v| v.value).collect::<Vec<_>>()
-                    }
+                    ParamValues::List(list) => with_untyped_nulls(
+                        portal,
+                        &server_types,
+                        list.into_iter().map(|v| v.value).collect(),
+                    ),
                     ParamValues::Map(_) => vec![],
                 };
                 let mut statement = (**statement).clone();
@@ -423,6 +425,40 @@ impl CopyHandler for Handlers {
             format!("COPY from stdin failed: {}", fail.message),
         ))
     }
+}
+
+/// arrow-pg leaves out a NULL parameter of no known type (psycopg sends
+/// `None` untyped, and `SELECT %s` gives the server no type either), which
+/// shifts every later parameter; put those NULLs back in their places.
+fn with_untyped_nulls(
+    portal: &Portal<Prepared>,
+    server_types: &[Option<&Type>],
+    values: Vec<datafusion::scalar::ScalarValue>,
+) -> Vec<datafusion::scalar::ScalarValue> {
+    let expected = portal.parameter_len();
+    if values.len() >= expected {
+        return values;
+    }
+    let untyped = |ty: Option<&Type>| ty.is_none_or(|t| *t == Type::UNKNOWN);
+    let mut decoded = values.into_iter();
+    (0..expected)
+        .filter_map(|i| {
+            let untyped_null = portal.parameters.get(i).is_some_and(|v| v.is_none())
+                && untyped(
+                    portal
+                        .statement
+                        .parameter_types
+                        .get(i)
+                        .and_then(|t| t.as_ref()),
+                )
+                && untyped(server_types.get(i).copied().flatten());
+            if untyped_null {
+                Some(datafusion::scalar::ScalarValue::Null)
+            } else {
+                decoded.next()
+            }
+        })
+        .collect()
 }
 
 /// An error fails the session's open transaction block (PostgreSQL's

@@ -126,7 +126,8 @@ pub fn may_hold_subquery(sql: &str) -> bool {
                 break;
             }
         }
-        rest.get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select"))
+        rest.get(..6)
+            .is_some_and(|w| w.eq_ignore_ascii_case("select"))
     })
 }
 

@@ -73,3 +73,22 @@ def test_current_setting_reads_the_session(server):
         with pytest.raises(psycopg.errors.UndefinedObject):
             conn.execute("SELECT current_setting('no.such')")
         assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_untyped_null_parameters_keep_their_places(server):
+    """psycopg sends None untyped; a NULL of no known type must still be
+    parameter $n (it used to be dropped, shifting the later ones)."""
+    with server.connect() as conn:
+        assert conn.execute("SELECT %s::text, coalesce(%s, 'x'), %s::text", [None, None, "z"]).fetchone() == (
+            None,
+            "x",
+            "z",
+        )
+        conn.execute("DROP TABLE IF EXISTS nulls_t")
+        conn.execute("CREATE TABLE nulls_t (id int PRIMARY KEY, s text, v vector(2))")
+        conn.execute("INSERT INTO nulls_t VALUES (%s, %s, %s)", [1, None, None])
+        got = conn.execute(
+            "SELECT id, s IS NULL, v IS NULL FROM nulls_t WHERE id = %s OR s = %s", [1, None]
+        ).fetchall()
+        assert got == [(1, True, True)]
+        assert conn.execute("SELECT current_setting(%s)", [None]).fetchone() == (None,)
