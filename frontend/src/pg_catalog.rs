@@ -179,6 +179,16 @@ fn with_vector_row_fixed(batch: &RecordBatch, namespace: i32) -> Result<RecordBa
 /// `pg_class` OID → name of the relations in `public`.
 fn public_relations(classes: &[RecordBatch], public: i32) -> HashMap<i32, String> {
     let mut out = HashMap::new();
+    for_each_relation(classes, |oid, name, namespace| {
+        if namespace == public {
+            out.insert(oid, name.to_string());
+        }
+    });
+    out
+}
+
+/// Calls `f(oid, relname, relnamespace)` for every `pg_class` row.
+fn for_each_relation(classes: &[RecordBatch], mut f: impl FnMut(i32, &str, i32)) {
     for batch in classes {
         let (Some(oids), Some(names), Some(namespaces)) = (
             batch
@@ -194,12 +204,9 @@ fn public_relations(classes: &[RecordBatch], public: i32) -> HashMap<i32, String
             continue;
         };
         for i in 0..batch.num_rows() {
-            if namespaces.value(i) == public {
-                out.insert(oids.value(i), names.value(i).to_string());
-            }
+            f(oids.value(i), names.value(i), namespaces.value(i));
         }
     }
-    out
 }
 
 /// Rewrites one Int32 column row by row.
@@ -569,23 +576,11 @@ fn relations_outside(
     view: &CatalogView,
 ) -> std::collections::HashSet<i32> {
     let mut out = std::collections::HashSet::new();
-    for batch in classes {
-        let (Some(oids), Some(namespaces)) = (
-            batch
-                .column_by_name("oid")
-                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
-            batch
-                .column_by_name("relnamespace")
-                .and_then(|c| c.as_primitive_opt::<Int32Type>()),
-        ) else {
-            continue;
-        };
-        for i in 0..batch.num_rows() {
-            if !view.search_path.contains(&namespaces.value(i)) {
-                out.insert(oids.value(i));
-            }
+    for_each_relation(classes, |oid, _, namespace| {
+        if !view.search_path.contains(&namespace) {
+            out.insert(oid);
         }
-    }
+    });
     out
 }
 
