@@ -27,9 +27,9 @@ use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
 use sqlparser::ast::{
-    BinaryOperator, Expr, ExprWithAlias as SqlExprWithAlias, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderByKind, Query, SelectItem,
-    SetExpr, Statement, TableFactor, Value, visit_expressions_mut,
+    BinaryOperator, Expr, ExprWithAlias as SqlExprWithAlias, GroupByExpr, Ident, LimitClause,
+    ObjectName, OrderByKind, Query, SelectItem, SetExpr, Statement, TableFactor, Value,
+    visit_expressions_mut,
 };
 use std::ops::ControlFlow;
 
@@ -85,17 +85,7 @@ fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
         Expr::Nested(inner) => vector_constant(inner),
         // `'[..]'::vector(n)` as the parser rewrites it: `to_vector('[..]', n)`.
         Expr::Function(call) if call.name.to_string().eq_ignore_ascii_case("to_vector") => {
-            let FunctionArguments::List(list) = &call.args else {
-                return None;
-            };
-            let args: Vec<&Expr> = list
-                .args
-                .iter()
-                .map(|a| match a {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-                    _ => None,
-                })
-                .collect::<Option<_>>()?;
+            let args = quiver_planner::rewrite::unnamed_args(call)?;
             let (text, dim) = match args.as_slice() {
                 [text] => (*text, None),
                 [text, dim] => (*text, Some(positive_integer(dim)?)),

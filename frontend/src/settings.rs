@@ -85,26 +85,41 @@ impl Engine {
 /// to make the session's reads wait for a write made elsewhere.
 const LAST_WRITE_TS: &str = "quiver.last_write_ts";
 
+/// The parameters every session has (besides its own `SET`s), with their
+/// values; `SHOW`, `current_setting('x')` and `current_setting($1)` all
+/// read this one table.
+const BUILT_IN_SETTINGS: [(&str, fn(&Session) -> String); 13] = [
+    ("quiver.consistency", |s| {
+        s.consistency.lock().name().to_string()
+    }),
+    (LAST_WRITE_TS, |s| s.last_write().0.to_string()),
+    ("server_version", |_| {
+        quiver_planner::catalog_functions::POSTGRES_VERSION.to_string()
+    }),
+    ("server_version_num", |_| "160006".to_string()),
+    ("server_encoding", |_| "UTF8".to_string()),
+    ("client_encoding", |_| "UTF8".to_string()),
+    ("standard_conforming_strings", |_| "on".to_string()),
+    ("timezone", |_| "UTC".to_string()),
+    ("datestyle", |_| "ISO, MDY".to_string()),
+    ("search_path", |_| "\"$user\", public".to_string()),
+    ("transaction_isolation", |_| "read committed".to_string()),
+    ("transaction.isolation.level", |_| {
+        "read committed".to_string()
+    }),
+    ("default_table_access_method", |_| "heap".to_string()),
+];
+
 /// A configuration parameter's value for `SHOW` and `current_setting`.
 pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
-    Ok(match name {
-        "quiver.consistency" => session.consistency.lock().name().to_string(),
-        LAST_WRITE_TS => session.last_write().0.to_string(),
-        "server_version" => quiver_planner::catalog_functions::POSTGRES_VERSION.to_string(),
-        "server_version_num" => "160006".to_string(),
-        "server_encoding" | "client_encoding" => "UTF8".to_string(),
-        "standard_conforming_strings" => "on".to_string(),
-        "timezone" => "UTC".to_string(),
-        "datestyle" => "ISO, MDY".to_string(),
-        "search_path" => "\"$user\", public".to_string(),
-        "transaction_isolation" | "transaction.isolation.level" => "read committed".to_string(),
-        "default_table_access_method" => "heap".to_string(),
-        other => session.settings.lock().get(other).cloned().ok_or_else(|| {
-            SqlError::new(
-                sqlstate::UNDEFINED_OBJECT,
-                format!("unrecognized configuration parameter \"{other}\""),
-            )
-        })?,
+    if let Some((_, value)) = BUILT_IN_SETTINGS.iter().find(|(n, _)| *n == name) {
+        return Ok(value(session));
+    }
+    session.settings.lock().get(name).cloned().ok_or_else(|| {
+        SqlError::new(
+            sqlstate::UNDEFINED_OBJECT,
+            format!("unrecognized configuration parameter \"{name}\""),
+        )
     })
 }
 
@@ -169,55 +184,34 @@ pub(crate) fn bind_current_setting(
     failure.map_or(Ok(()), Err)
 }
 
-/// Parameters `current_setting` knows besides the session's own `SET`s.
-const BUILT_IN_SETTINGS: [&str; 13] = [
-    "quiver.consistency",
-    LAST_WRITE_TS,
-    "server_version",
-    "server_version_num",
-    "server_encoding",
-    "client_encoding",
-    "standard_conforming_strings",
-    "timezone",
-    "datestyle",
-    "search_path",
-    "transaction_isolation",
-    "transaction.isolation.level",
-    "default_table_access_method",
-];
-
 /// `current_setting(<expr>)` as a CASE over the session's settings, with
 /// `quiver_unrecognized_setting(<expr>)` (an error) for other names.
 fn settings_lookup(session: &Session, name: Expr, missing_ok: bool) -> Expr {
-    use sqlparser::ast::helpers::attached_token::AttachedToken;
-    use sqlparser::ast::{BinaryOperator, CaseWhen};
-    let mut names: Vec<String> = BUILT_IN_SETTINGS.iter().map(|n| n.to_string()).collect();
-    names.extend(session.settings.lock().keys().cloned());
-    let lowered = quiver_planner::rewrite::call("lower", vec![name.clone()]);
-    let conditions = names
+    use quiver_planner::rewrite::{call, case_when};
+    let mut names: Vec<String> = BUILT_IN_SETTINGS
         .iter()
-        .filter_map(|n| Some((n, setting(session, n).ok()?)))
-        .map(|(n, value)| CaseWhen {
-            condition: Expr::BinaryOp {
+        .map(|(n, _)| n.to_string())
+        .collect();
+    names.extend(session.settings.lock().keys().cloned());
+    let lowered = call("lower", vec![name.clone()]);
+    let conditions = names
+        .into_iter()
+        .filter_map(|n| {
+            let value = setting(session, &n).ok()?;
+            let is_named = Expr::BinaryOp {
                 left: Box::new(lowered.clone()),
-                op: BinaryOperator::Eq,
-                right: Box::new(Expr::value(Value::SingleQuotedString(n.clone()))),
-            },
-            result: Expr::value(Value::SingleQuotedString(value)),
+                op: sqlparser::ast::BinaryOperator::Eq,
+                right: Box::new(Expr::value(Value::SingleQuotedString(n))),
+            };
+            Some((is_named, Expr::value(Value::SingleQuotedString(value))))
         })
         .collect();
     let otherwise = if missing_ok {
         Expr::value(Value::Null)
     } else {
-        quiver_planner::rewrite::call(UNRECOGNIZED_SETTING, vec![name])
+        call(UNRECOGNIZED_SETTING, vec![name])
     };
-    Expr::Case {
-        case_token: AttachedToken::empty(),
-        end_token: AttachedToken::empty(),
-        operand: None,
-        conditions,
-        else_result: Some(Box::new(otherwise)),
-    }
+    case_when(conditions, Some(otherwise))
 }
 
 const UNRECOGNIZED_SETTING: &str = "quiver_unrecognized_setting";

@@ -13,13 +13,11 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, Int64Builder, ListBuilder};
 use arrow::datatypes::{DataType, Field};
 use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
-use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
-    BinaryOperator, CaseWhen, CastKind, DataType as SqlDataType, Expr, FunctionArg,
-    FunctionArgExpr, FunctionArguments, Statement, Value, visit_expressions_mut,
+    BinaryOperator, CastKind, DataType as SqlDataType, Expr, Statement, visit_expressions_mut,
 };
 
-use crate::rewrite::call;
+use crate::rewrite::{call, case_when, number, unnamed_args};
 use crate::{SqlError, sqlstate};
 
 const INT_VECTOR: &str = "quiver_int_vector";
@@ -44,17 +42,9 @@ pub fn rewrite_int_vector_expansions(statement: &mut Statement) {
         else {
             return ControlFlow::Continue(());
         };
-        let FunctionArguments::List(list) = &f.args else {
+        let Some(args) = unnamed_args(f) else {
             return ControlFlow::Continue(());
         };
-        let args: Vec<&Expr> = list
-            .args
-            .iter()
-            .filter_map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
-                _ => None,
-            })
-            .collect();
         match (name.as_str(), args.as_slice()) {
             ("unnest", [column]) if is_vector_column(column) => {
                 *expr = call("unnest", vec![call(INT_VECTOR, vec![(*column).clone()])]);
@@ -74,24 +64,17 @@ pub fn rewrite_int_vector_expansions(statement: &mut Statement) {
                     array: false,
                     format: None,
                 };
-                let last = Expr::Case {
-                    case_token: AttachedToken::empty(),
-                    end_token: AttachedToken::empty(),
-                    operand: None,
-                    conditions: vec![CaseWhen {
-                        condition: Expr::BinaryOp {
-                            left: Box::new((*dim).clone()),
-                            op: BinaryOperator::Eq,
-                            right: Box::new(number("1")),
-                        },
-                        result: Expr::BinaryOp {
-                            left: Box::new(length),
-                            op: BinaryOperator::Minus,
-                            right: Box::new(number("1")),
-                        },
-                    }],
-                    else_result: Some(Box::new(number("-1"))),
+                let first_dimension = Expr::BinaryOp {
+                    left: Box::new((*dim).clone()),
+                    op: BinaryOperator::Eq,
+                    right: Box::new(number("1")),
                 };
+                let last_subscript = Expr::BinaryOp {
+                    left: Box::new(length),
+                    op: BinaryOperator::Minus,
+                    right: Box::new(number("1")),
+                };
+                let last = case_when(vec![(first_dimension, last_subscript)], Some(number("-1")));
                 *expr = call(
                     "unnest",
                     vec![call("generate_series", vec![number("0"), last])],
@@ -115,10 +98,6 @@ fn is_vector_column(expr: &Expr) -> bool {
     VECTOR_COLUMNS
         .iter()
         .any(|c| column.value.eq_ignore_ascii_case(c))
-}
-
-fn number(n: &str) -> Expr {
-    Expr::value(Value::Number(n.into(), false))
 }
 
 /// `quiver_int_vector(text)`: `'1 3'` as the list `[1, 3]`.

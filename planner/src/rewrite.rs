@@ -397,8 +397,37 @@ pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
     })
 }
 
-fn number(text: String) -> Expr {
-    Expr::value(Value::Number(text, false))
+/// A number literal as an AST expression.
+pub fn number(text: impl Into<String>) -> Expr {
+    Expr::value(Value::Number(text.into(), false))
+}
+
+/// `CASE WHEN c1 THEN r1 ... [ELSE e] END` as an AST expression.
+pub fn case_when(conditions: Vec<(Expr, Expr)>, else_result: Option<Expr>) -> Expr {
+    Expr::Case {
+        case_token: sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+        end_token: sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+        operand: None,
+        conditions: conditions
+            .into_iter()
+            .map(|(condition, result)| sqlparser::ast::CaseWhen { condition, result })
+            .collect(),
+        else_result: else_result.map(Box::new),
+    }
+}
+
+/// The arguments of a call when they are all plain positional expressions.
+pub fn unnamed_args(function: &Function) -> Option<Vec<&Expr>> {
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    list.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Replaces `$n` placeholders by the bound values (extended protocol).

@@ -42,13 +42,12 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
 };
-use sqlparser::ast::helpers::attached_token::AttachedToken;
 use sqlparser::ast::{
-    BinaryOperator, CaseWhen, Expr, GroupByExpr, Query, Select, SelectItem, SetExpr, Statement,
-    TableFactor, Value, VisitMut, VisitorMut,
+    BinaryOperator, Expr, GroupByExpr, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
+    Value, VisitMut, VisitorMut,
 };
 
-use crate::rewrite::{call, is_catalog_table};
+use crate::rewrite::{call, case_when, is_catalog_table};
 use crate::{SqlError, sqlstate};
 
 /// Name of the [`SubqueryValue`] aggregate.
@@ -178,16 +177,7 @@ fn rewrite_one(original: &Query, is_aggregate: &dyn Fn(&str) -> bool) -> Expr {
     };
     match join_conjuncts(outer_only) {
         None => subquery,
-        Some(guard) => Expr::Nested(Box::new(Expr::Case {
-            case_token: AttachedToken::empty(),
-            end_token: AttachedToken::empty(),
-            operand: None,
-            conditions: vec![CaseWhen {
-                condition: guard,
-                result: subquery,
-            }],
-            else_result: None,
-        })),
+        Some(guard) => Expr::Nested(Box::new(case_when(vec![(guard, subquery)], None))),
     }
 }
 
