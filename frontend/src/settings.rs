@@ -85,10 +85,13 @@ impl Engine {
 /// to make the session's reads wait for a write made elsewhere.
 const LAST_WRITE_TS: &str = "quiver.last_write_ts";
 
+/// How a built-in parameter's value is read from the session.
+type SettingValue = fn(&Session) -> String;
+
 /// The parameters every session has (besides its own `SET`s), with their
 /// values; `SHOW`, `current_setting('x')` and `current_setting($1)` all
 /// read this one table.
-const BUILT_IN_SETTINGS: [(&str, fn(&Session) -> String); 13] = [
+const BUILT_IN_SETTINGS: [(&str, SettingValue); 13] = [
     ("quiver.consistency", |s| {
         s.consistency.lock().name().to_string()
     }),
