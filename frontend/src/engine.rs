@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::LogicalPlan;
@@ -560,6 +561,48 @@ impl Engine {
             statement,
             Statement::Commit { .. } | Statement::Rollback { .. }
         );
+        self.guarded(
+            session,
+            ends_block,
+            self.execute_statement(session, statement),
+        )
+        .await
+    }
+
+    /// Executes a statement whose `$n` placeholders take `params` (the
+    /// extended protocol's Bind). A k-NN statement is served with the values
+    /// as they are; anything else has them bound into its syntax tree.
+    pub async fn execute_with_parameters(
+        &self,
+        session: &Session,
+        statement: &Statement,
+        params: &[ScalarValue],
+    ) -> Result<Output, SqlError> {
+        if let Some(knn) =
+            crate::knn_fast_path::recognize_with_parameters(self, session, statement, params)
+        {
+            return self
+                .guarded(
+                    session,
+                    false,
+                    crate::knn_fast_path::run(self, session, knn),
+                )
+                .await;
+        }
+        let mut statement = statement.clone();
+        quiver_planner::rewrite::bind_parameters(&mut statement, params)?;
+        self.execute(session, statement).await
+    }
+
+    /// Runs one statement's work under PostgreSQL's transaction-block rules:
+    /// refused in a failed block (unless it ends the block), and any error
+    /// or cancellation fails the block.
+    async fn guarded(
+        &self,
+        session: &Session,
+        ends_block: bool,
+        work: impl std::future::Future<Output = Result<Output, SqlError>>,
+    ) -> Result<Output, SqlError> {
         if session.transaction_failed() && !ends_block {
             return Err(SqlError::new(
                 sqlstate::IN_FAILED_TRANSACTION,
@@ -572,7 +615,7 @@ impl Engine {
             session,
             armed: true,
         };
-        let result = self.execute_statement(session, statement).await;
+        let result = work.await;
         abort_on_drop.armed = result.is_err();
         if let Err(e) = &result
             && e.sqlstate == sqlstate::UNDEFINED_TABLE

@@ -15,12 +15,17 @@
 //! the exact SQL distance. Anything else, and every statement inside a
 //! transaction block, takes the general path, so results never depend on
 //! which path ran.
+//!
+//! A prepared statement (`ORDER BY embedding <-> $1 LIMIT $2`) is recognised
+//! with its bound parameter values as they are, so the query vector never
+//! makes the round trip through SQL text that binding into the syntax tree
+//! would cost (384 floats formatted and parsed again per execution).
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::common::DFSchema;
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::ExprSchemable;
 use quiver_api::{SearchFilter, TableInfo, VectorSearchRequest};
 use quiver_planner::SqlError;
@@ -74,24 +79,53 @@ fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
     }
 }
 
+/// The bound value of a `$n` placeholder.
+fn parameter<'a>(expr: &Expr, params: &'a [ScalarValue]) -> Option<&'a ScalarValue> {
+    let Expr::Value(v) = expr else {
+        return None;
+    };
+    let Value::Placeholder(name) = &v.value else {
+        return None;
+    };
+    let n = name.strip_prefix('$')?.parse::<usize>().ok()?;
+    params.get(n.checked_sub(1)?)
+}
+
+/// A bound parameter as a vector: a decoded `vector` value, or text in
+/// pgvector's input form. NULL and anything else go to the general path.
+fn vector_parameter(value: &ScalarValue) -> Option<Vec<f32>> {
+    match value {
+        ScalarValue::Utf8(Some(text))
+        | ScalarValue::LargeUtf8(Some(text))
+        | ScalarValue::Utf8View(Some(text)) => parse_vector_text(text).ok(),
+        ScalarValue::FixedSizeList(_) | ScalarValue::List(_) | ScalarValue::LargeList(_) => {
+            let array = value.to_array().ok()?;
+            let vectors = to_vectors(&array).ok()?;
+            vectors.row(0).map(|v| v.to_vec())
+        }
+        _ => None,
+    }
+}
+
 /// `'[..]'`, or `'[..]'::vector[(n)]` / `CAST(.. AS vector)`, which the
-/// parser has rewritten into `to_vector('[..]'[, n])`.
-fn vector_constant(expr: &Expr) -> Option<Vec<f32>> {
+/// parser has rewritten into `to_vector('[..]'[, n])`, or a bound `$n`.
+fn vector_constant(expr: &Expr, params: &[ScalarValue]) -> Option<Vec<f32>> {
     match expr {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(text) => parse_vector_text(text).ok(),
+            Value::Placeholder(_) => vector_parameter(parameter(expr, params)?),
             _ => None,
         },
-        Expr::Nested(inner) => vector_constant(inner),
+        Expr::Nested(inner) => vector_constant(inner, params),
         // `'[..]'::vector(n)` as the parser rewrites it: `to_vector('[..]', n)`.
         Expr::Function(call) if call.name.to_string().eq_ignore_ascii_case("to_vector") => {
             let args = quiver_planner::rewrite::unnamed_args(call)?;
             let (text, dim) = match args.as_slice() {
                 [text] => (*text, None),
-                [text, dim] => (*text, Some(positive_integer(dim)?)),
+                [text, dim] => (*text, Some(positive_integer(dim, &[])?)),
                 _ => return None,
             };
-            let vector = vector_constant(text)?;
+            let vector = vector_constant(text, params)?;
             // A wrong dimension is the general path's error to report.
             dim.is_none_or(|d| d == vector.len()).then_some(vector)
         }
@@ -124,15 +158,22 @@ fn table_name(name: &ObjectName) -> Option<String> {
     }
 }
 
-fn positive_integer(expr: &Expr) -> Option<usize> {
-    match expr {
+fn positive_integer(expr: &Expr, params: &[ScalarValue]) -> Option<usize> {
+    let k = match expr {
         Expr::Value(v) => match &v.value {
             // Beyond i64 PostgreSQL refuses the LIMIT: the general path reports it.
-            Value::Number(n, _) => n.parse::<i64>().ok().filter(|k| *k > 0).map(|k| k as usize),
-            _ => None,
+            Value::Number(n, _) => n.parse::<i64>().ok()?,
+            Value::Placeholder(_) => match parameter(expr, params)? {
+                ScalarValue::Int16(Some(k)) => i64::from(*k),
+                ScalarValue::Int32(Some(k)) => i64::from(*k),
+                ScalarValue::Int64(Some(k)) => *k,
+                _ => return None,
+            },
+            _ => return None,
         },
-        _ => None,
-    }
+        _ => return None,
+    };
+    (k > 0).then_some(k as usize)
 }
 
 /// Recognises the statement shape the direct path serves; `None` sends the
@@ -141,6 +182,17 @@ pub fn recognize(
     engine: &Engine,
     session: &Session,
     statement: &Statement,
+) -> Option<KnnStatement> {
+    recognize_with_parameters(engine, session, statement, &[])
+}
+
+/// [`recognize`] for a statement whose `$n` placeholders are bound to
+/// `params` (in order) rather than substituted into the syntax tree.
+pub fn recognize_with_parameters(
+    engine: &Engine,
+    session: &Session,
+    statement: &Statement,
+    params: &[ScalarValue],
 ) -> Option<KnnStatement> {
     if session.in_transaction_block() {
         return None;
@@ -171,7 +223,7 @@ pub fn recognize(
     if !limit_by.is_empty() || !locks.is_empty() || !pipe_operators.is_empty() {
         return None;
     }
-    let k = positive_integer(limit)?;
+    let k = positive_integer(limit, params)?;
     let SetExpr::Select(select) = body.as_ref() else {
         return None;
     };
@@ -258,7 +310,7 @@ pub fn recognize(
     };
     let metric = metric_of(op)?;
     let ordered_column = column_name(left, &qualifiers)?;
-    let query_vector = vector_constant(right)?;
+    let query_vector = vector_constant(right, params)?;
     let columns = &table.schema.columns;
     let column = columns.iter().position(|c| c.name == ordered_column)?;
     let schema = table.schema.arrow_schema();
@@ -304,7 +356,13 @@ pub fn recognize(
     }
     let filter = match &select.selection {
         None => None,
-        Some(selection) => Some(bind_filter(session, &table, selection, &qualifiers)?),
+        Some(selection) => Some(bind_filter(
+            session,
+            &table,
+            selection,
+            &qualifiers,
+            params,
+        )?),
     };
     tracing::debug!(table = %table.name, k, filtered = filter.is_some(), "direct k-NN path");
     Some(KnnStatement {
@@ -327,8 +385,12 @@ fn bind_filter(
     table: &TableInfo,
     selection: &Expr,
     qualifiers: &[String],
+    params: &[ScalarValue],
 ) -> Option<SearchFilter> {
     let mut expr = selection.clone();
+    if !params.is_empty() {
+        quiver_planner::rewrite::bind_parameters(&mut expr, params).ok()?;
+    }
     let mut needs_general_path = false;
     let _ = visit_expressions_mut(&mut expr, |e: &mut Expr| {
         match e {
@@ -394,6 +456,27 @@ pub async fn run(
         .table
         .index_for(&knn.table.schema.columns[knn.column].name, knn.metric)
         .map(|i| i.id);
+    // Unless the statement shows the distance (computed exactly from the
+    // vectors, as the general path does), candidates come with the search's
+    // own distances and without their vectors, which are then neither read
+    // from disk nor sent from a query node.
+    let shows_distance = knn
+        .outputs
+        .iter()
+        .any(|o| matches!(o.source, Source::Distance));
+    let projection = (!shows_distance).then(|| {
+        let mut columns: Vec<usize> = knn
+            .outputs
+            .iter()
+            .filter_map(|o| match o.source {
+                Source::Column(i) => Some(i),
+                Source::Distance => None,
+            })
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        columns
+    });
     let request = VectorSearchRequest {
         column: knn.column,
         metric: knn.metric,
@@ -402,24 +485,52 @@ pub async fn run(
         search_list: search_list(session),
         index,
         filter: knn.filter.clone(),
+        projection_with_distance: projection.clone(),
     };
     let table_schema = knn.table.schema.arrow_schema();
     let parts = search_candidates(engine.backends.clone(), knn.table.clone(), ts, request)
         .await
         .map_err(from_datafusion)?;
-    let candidates = arrow::compute::concat_batches(&table_schema, &parts)
-        .map_err(|e| from_datafusion(e.into()))?;
+    let arrow_err = |e: arrow::error::ArrowError| from_datafusion(e.into());
+    let candidates = match (&projection, parts.first()) {
+        (Some(_), None) => None,
+        (Some(_), Some(first)) => {
+            Some(arrow::compute::concat_batches(&first.schema(), &parts).map_err(arrow_err)?)
+        }
+        (None, _) => {
+            Some(arrow::compute::concat_batches(&table_schema, &parts).map_err(arrow_err)?)
+        }
+    };
+    let Some(candidates) = candidates else {
+        return Ok(Output::Rows(output_schema(&knn, &table_schema), Vec::new()));
+    };
 
-    // Rank by the exact SQL distance: NULL vectors last, NaN after numbers
-    // (PostgreSQL's float order), ties in candidate order.
-    let vectors = to_vectors(candidates.column(knn.column)).map_err(from_datafusion)?;
-    let distances: Vec<Option<f64>> = (0..candidates.num_rows())
-        .map(|row| {
-            vectors
-                .row(row)
-                .map(|v| operator_distance(knn.metric, v, &knn.query))
-        })
-        .collect();
+    // Rank by distance: NULL vectors last, NaN after numbers (PostgreSQL's
+    // float order), ties in candidate order.
+    let distances: Vec<Option<f64>> = match &projection {
+        Some(_) => {
+            let column = candidates.column(candidates.num_columns() - 1);
+            let column = column
+                .as_any()
+                .downcast_ref::<arrow::array::Float32Array>()
+                .ok_or_else(|| SqlError::new("XX000", "search distances are not float4"))?;
+            column
+                .values()
+                .iter()
+                .map(|d| Some(f64::from(*d)))
+                .collect()
+        }
+        None => {
+            let vectors = to_vectors(candidates.column(knn.column)).map_err(from_datafusion)?;
+            (0..candidates.num_rows())
+                .map(|row| {
+                    vectors
+                        .row(row)
+                        .map(|v| operator_distance(knn.metric, v, &knn.query))
+                })
+                .collect()
+        }
+    };
     let mut order: Vec<u32> = (0..candidates.num_rows() as u32).collect();
     order.sort_by(
         |&a, &b| match (distances[a as usize], distances[b as usize]) {
@@ -431,40 +542,52 @@ pub async fn run(
     );
     order.truncate(knn.k);
     let take = UInt32Array::from(order);
-    let distance_column: ArrayRef = Arc::new(Float64Array::from(
-        take.values()
-            .iter()
-            .map(|&i| distances[i as usize])
-            .collect::<Vec<_>>(),
-    ));
-    let mut fields = Vec::with_capacity(knn.outputs.len());
-    let mut arrays = Vec::with_capacity(knn.outputs.len());
+    let position = |column: usize| match &projection {
+        Some(columns) => columns.binary_search(&column).unwrap_or(0),
+        None => column,
+    };
+    let fields = output_fields(&knn, &table_schema);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(knn.outputs.len());
     for output in &knn.outputs {
-        match output.source {
+        arrays.push(match output.source {
             Source::Column(i) => {
-                let field = table_schema.field(i);
-                fields.push(
-                    Field::new(&output.name, field.data_type().clone(), true)
-                        .with_metadata(field.metadata().clone()),
-                );
-                arrays.push(
-                    arrow::compute::take(candidates.column(i).as_ref(), &take, None)
-                        .map_err(|e| from_datafusion(e.into()))?,
-                );
+                arrow::compute::take(candidates.column(position(i)).as_ref(), &take, None)
+                    .map_err(arrow_err)?
             }
-            Source::Distance => {
-                fields.push(Field::new(&output.name, DataType::Float64, true));
-                arrays.push(distance_column.clone());
-            }
-        }
+            Source::Distance => Arc::new(Float64Array::from(
+                take.values()
+                    .iter()
+                    .map(|&i| distances[i as usize])
+                    .collect::<Vec<_>>(),
+            )),
+        });
     }
     let schema = Arc::new(Schema::new(fields));
-    let batch =
-        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| from_datafusion(e.into()))?;
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(arrow_err)?;
     let batches = if batch.num_rows() == 0 {
         Vec::new()
     } else {
         vec![batch]
     };
     Ok(Output::Rows(schema, batches))
+}
+
+/// The result's columns: each output named as PostgreSQL names it, typed as
+/// the table column it shows (or `float8` for the distance).
+fn output_fields(knn: &KnnStatement, table_schema: &Schema) -> Vec<Field> {
+    knn.outputs
+        .iter()
+        .map(|output| match output.source {
+            Source::Column(i) => {
+                let field = table_schema.field(i);
+                Field::new(&output.name, field.data_type().clone(), true)
+                    .with_metadata(field.metadata().clone())
+            }
+            Source::Distance => Field::new(&output.name, DataType::Float64, true),
+        })
+        .collect()
+}
+
+fn output_schema(knn: &KnnStatement, table_schema: &Schema) -> Arc<Schema> {
+    Arc::new(Schema::new(output_fields(knn, table_schema)))
 }

@@ -24,7 +24,6 @@ use pgwire::messages::response::ReadyForQuery;
 use pgwire::messages::simplequery::Query;
 use pgwire::types::format::FormatOptions;
 use quiver_planner::SqlError;
-use quiver_planner::rewrite::bind_parameters;
 use sqlparser::ast::Statement;
 use tokio::net::TcpListener;
 
@@ -351,11 +350,9 @@ impl ExtendedQueryHandler for Handlers {
                     ),
                     ParamValues::Map(_) => vec![],
                 };
-                let mut statement = (**statement).clone();
-                match bind_parameters(&mut statement, &values) {
-                    Ok(()) => self.engine.execute(&session, statement).await,
-                    Err(e) => Err(e),
-                }
+                self.engine
+                    .execute_with_parameters(&session, statement, &values)
+                    .await
             }
         };
         send_notices(client, &session).await?;

@@ -26,6 +26,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use quiver_api::with_distance_column;
 use quiver_api::{
     QueryApi, SealedSegmentRef, SearchFilter, SearchStrategy, TableInfo, VectorSearchRequest,
 };
@@ -141,6 +142,7 @@ impl ExtensionPlanner for VectorSearchPlanner {
             search_list,
             index,
             filter,
+            projection_with_distance: None,
         };
         let explain = config.get_extension::<ExplainSearch>().is_some_and(|e| e.0);
         let segment_report = if explain {
@@ -272,8 +274,15 @@ fn search_growing(batch: &RecordBatch, request: &VectorSearchRequest) -> Result<
         allowed.as_ref().is_none_or(|a| a.is_valid(r) && a.value(r))
     })
     .map_err(|e| DataFusionError::External(Box::new(e)))?;
-    let rows = UInt32Array::from(hits.into_iter().map(|(r, _)| r).collect::<Vec<_>>());
-    Ok(arrow::compute::take_record_batch(batch, &rows)?)
+    let (rows, distances): (Vec<u32>, Vec<f32>) = hits.into_iter().unzip();
+    let rows = UInt32Array::from(rows);
+    Ok(match &request.projection_with_distance {
+        None => arrow::compute::take_record_batch(batch, &rows)?,
+        Some(columns) => with_distance_column(
+            arrow::compute::take_record_batch(&batch.project(columns)?, &rows)?,
+            distances,
+        )?,
+    })
 }
 
 /// One partition, emitted at the end, bounded.
@@ -344,6 +353,11 @@ impl VectorSearchExec {
         // candidates), and its own rows are searched like growing ones.
         let mut sealed_request = self.request.clone();
         if let Some(overlay) = &self.overlay {
+            if self.request.projection_with_distance.is_some() {
+                return Err(DataFusionError::Internal(
+                    "a transaction's search must return whole rows".into(),
+                ));
+            }
             sealed_request.k = sealed_request.k.saturating_add(overlay.hidden_count());
             for batch in &mut growing {
                 *batch = overlay.without_hidden(batch)?;

@@ -7,7 +7,7 @@ use datafusion::common::ScalarValue;
 use sqlparser::ast::{
     CastKind, DataType as SqlDataType, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Statement, Value,
-    visit_expressions_mut,
+    VisitMut, visit_expressions_mut,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -431,7 +431,10 @@ pub fn unnamed_args(function: &Function) -> Option<Vec<&Expr>> {
 }
 
 /// Replaces `$n` placeholders by the bound values (extended protocol).
-pub fn bind_parameters(statement: &mut Statement, params: &[ScalarValue]) -> Result<(), SqlError> {
+pub fn bind_parameters<T: VisitMut>(
+    statement: &mut T,
+    params: &[ScalarValue],
+) -> Result<(), SqlError> {
     let mut failure = None;
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Value(v) = expr

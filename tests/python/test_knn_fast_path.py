@@ -113,6 +113,35 @@ def test_bound_parameters_take_the_direct_path_with_equal_results(server):
             assert sorted(got) == sorted(want)
 
 
+PARAMETERIZED = [
+    ('SELECT id, tag FROM "Items" ORDER BY embedding <-> %s LIMIT %s', lambda q: (q, 10)),
+    ('SELECT id FROM "Items" WHERE tag = %s ORDER BY embedding <-> %s LIMIT 10', lambda q: ("t2", q)),
+    ('SELECT * FROM "Items" WHERE id > %s ORDER BY embedding <=> %s LIMIT %s', lambda q: (2000, q, 8)),
+]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+@pytest.mark.parametrize("sql,args", PARAMETERIZED)
+def test_parameters_are_used_as_bound(server, sql, args, binary):
+    """The vector, the LIMIT and WHERE values as bound parameters (text, or
+    pgvector's binary format through register_vector): served directly,
+    from the values as they are, with the planned path's answer."""
+    from pgvector.psycopg import register_vector
+
+    rng = np.random.default_rng(7)
+    with server.connect() as conn:
+        register_vector(conn)
+        for _ in range(7):  # psycopg prepares the statement after 5 runs
+            v = rng.standard_normal(8).astype(np.float32)
+            q = v if binary else lit(v)
+            before = direct_runs(server)
+            got = conn.execute(sql, args(q), binary=binary).fetchall()
+            assert direct_runs(server) == before + 1, sql
+            want = conn.execute(planned(sql), args(q), binary=binary).fetchall()
+            assert len(got) == len(want) > 0
+            assert sorted(map(repr, got)) == sorted(map(repr, want)), sql
+
+
 def test_a_transaction_sees_its_own_writes(server):
     with server.connect(autocommit=False) as conn:
         conn.execute("""INSERT INTO "Items" VALUES (9000, 'mine', '[9,9,9,9,9,9,9,9]')""")

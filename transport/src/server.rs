@@ -116,6 +116,7 @@ impl NodeService {
             search_list: wire.search_list,
             index: wire.index,
             filter,
+            projection_with_distance: wire.projection_with_distance,
         })
     }
 

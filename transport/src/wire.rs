@@ -87,6 +87,8 @@ pub struct WireSearchRequest {
     pub search_list: usize,
     pub index: Option<IndexId>,
     pub filter: Option<WireFilter>,
+    #[serde(default)]
+    pub projection_with_distance: Option<Vec<usize>>,
 }
 
 impl WireSearchRequest {
@@ -103,6 +105,7 @@ impl WireSearchRequest {
                 .as_ref()
                 .map(WireFilter::encode)
                 .transpose()?,
+            projection_with_distance: request.projection_with_distance.clone(),
         })
     }
 }

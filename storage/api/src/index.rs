@@ -144,6 +144,35 @@ pub struct VectorSearchRequest {
     pub index: Option<IndexId>,
     /// Only rows for which this predicate is true.
     pub filter: Option<SearchFilter>,
+    /// `None`: results carry every user column, and the caller ranks them
+    /// by computing distances itself (the planned operator). `Some(columns)`:
+    /// results carry just these user columns, then [`DISTANCE_COLUMN`], so a
+    /// caller that needs no vectors back (the direct k-NN path) neither has
+    /// them read from disk nor sent over the network.
+    pub projection_with_distance: Option<Vec<usize>>,
+}
+
+/// The last column of a search result under
+/// [`VectorSearchRequest::projection_with_distance`]: each row's distance to
+/// the query as `quiver_index::exact::ordering_distance` defines it (squared
+/// for `<->`), computed from the full vectors, so results of graph and exact
+/// searches rank together.
+pub const DISTANCE_COLUMN: &str = "quiver_ordering_distance";
+
+/// `batch` with a [`DISTANCE_COLUMN`] of `distances` appended.
+pub fn with_distance_column(
+    batch: RecordBatch,
+    distances: Vec<f32>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        DISTANCE_COLUMN,
+        arrow::datatypes::DataType::Float32,
+        false,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(arrow::array::Float32Array::from(distances)));
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
 }
 
 /// A search's WHERE clause, bound to just the user columns it reads (so

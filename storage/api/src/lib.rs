@@ -17,9 +17,9 @@ use quiver_segment::{DeleteLogEntry, SegmentIndexMeta, SegmentMeta};
 use quiver_types::{IndexId, SegmentId, ShardId, TableId, TableSchema, Timestamp};
 
 pub use index::{
-    BuildState, CompactionOutput, CompactionTask, DataApi, IndexBuildStatus, IndexBuildTask,
-    IndexDef, IndexInfo, IndexParams, SearchFilter, SearchStrategy, SegmentSearchPlan,
-    SegmentSearchResult, VectorSearchRequest,
+    BuildState, CompactionOutput, CompactionTask, DISTANCE_COLUMN, DataApi, IndexBuildStatus,
+    IndexBuildTask, IndexDef, IndexInfo, IndexParams, SearchFilter, SearchStrategy,
+    SegmentSearchPlan, SegmentSearchResult, VectorSearchRequest, with_distance_column,
 };
 use serde::{Deserialize, Serialize};
 

@@ -240,8 +240,9 @@ impl DiskAnnSearcher {
     /// The `k` nearest row ids to `query` (nearest first), exploring a
     /// candidate list of `search_list` (raised to k). With `allowed`, only
     /// rows it accepts are returned, filtered during graph traversal (so the
-    /// list fills with matching rows). Distances are DiskANN's (squared L2 for
-    /// L2 and cosine); callers rank by exact distances. Blocking.
+    /// list fills with matching rows). Each hit carries its full-precision
+    /// distance as [`crate::exact::ordering_distance`] defines it, so hits
+    /// rank alike with exact search results. Blocking.
     pub fn search(
         &self,
         query: &[f32],
@@ -267,11 +268,19 @@ impl DiskAnnSearcher {
             .ok_or_else(|| IndexError::Invalid("searcher already closed".into()))?;
         let result = searcher.search(query, k as u32, search_list.max(k) as u32, Some(4), mode)?;
         let valid = result.stats.result_count as usize;
+        // DiskANN reranks its hits with the full vectors from the index
+        // file. A cosine index holds unit vectors and searches them by
+        // squared L2, which is 2 · (1 − cos); inner product comes negated,
+        // as pgvector's `<#>` is.
+        let to_ordering = match self.metric {
+            IndexMetric::Cosine => |d: f32| d / 2.0,
+            IndexMetric::L2 | IndexMetric::InnerProduct => |d: f32| d,
+        };
         Ok(result
             .results
             .into_iter()
             .take(valid)
-            .map(|r| (r.vertex_id, r.distance))
+            .map(|r| (r.vertex_id, to_ordering(r.distance)))
             .collect())
     }
 }
@@ -417,6 +426,36 @@ mod tests {
             let r = recall(&searcher, &data, &queries, dim, metric, 100, None);
             eprintln!("{metric:?} recall@10 at L=100: {r:.3}");
             assert!(r >= 0.9, "{metric:?} recall {r}");
+        }
+    }
+
+    /// Hits carry the same distances exact search computes, for every
+    /// metric, so the two kinds of result can be merged by distance.
+    #[test]
+    fn hit_distances_are_ordering_distances() {
+        let (n, dim) = (2_000, 16);
+        let data = clustered(n, dim, 21);
+        let queries = clustered(20, dim, 22);
+        for metric in [
+            IndexMetric::L2,
+            IndexMetric::Cosine,
+            IndexMetric::InnerProduct,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            build_disk_index(&data, dim, &DiskAnnParams::new(metric, dim), dir.path()).unwrap();
+            let searcher = DiskAnnSearcher::open(dir.path(), metric, 1).unwrap();
+            for q in queries.chunks(dim) {
+                let hits = searcher.search(q, 10, 40, None).unwrap();
+                assert_eq!(hits.len(), 10);
+                for (id, got) in hits {
+                    let row = &data[id as usize * dim..(id as usize + 1) * dim];
+                    let want = crate::exact::ordering_distance(metric, q, row);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{metric:?}: row {id} distance {got}, exact {want}"
+                    );
+                }
+            }
         }
     }
 }

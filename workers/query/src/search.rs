@@ -122,15 +122,14 @@ pub(crate) async fn search_segment(
         graph,
         ..
     } = decide(node, seg, index.is_some(), ts, deletes, request).await?;
-    let all_columns = data.all_columns();
     if k == 0 {
         return Ok(SegmentSearchResult {
-            rows: data.project(&all_columns, Some(&[]))?,
+            rows: result_rows(&data, request, Vec::new())?,
             strategy: SearchStrategy::Exact,
             matching: 0,
         });
     }
-    let mut found: Option<Vec<u32>> = None;
+    let mut found: Option<Vec<(u32, f32)>> = None;
     let mut strategy = SearchStrategy::Exact;
     if let (Some(widened), Some(manifest)) = (graph, &index) {
         let open = node
@@ -141,7 +140,7 @@ pub(crate) async fn search_segment(
         let query = request.query.clone();
         let filtered = allowed.is_some();
         let allowed = allowed.clone();
-        let ids = tokio::task::spawn_blocking(move || {
+        let graph_search = move || {
             let to_row = |id: u32| -> u32 {
                 match &open.row_map {
                     Some(map) => map.get(id as usize).copied().unwrap_or(u32::MAX),
@@ -159,12 +158,15 @@ pub(crate) async fn search_segment(
             let hits = open.searcher.search(&query, k, widened, filter)?;
             Ok::<_, QueryNodeError>(
                 hits.into_iter()
-                    .map(|(id, _)| to_row(id))
-                    .collect::<Vec<u32>>(),
+                    .map(|(id, distance)| (to_row(id), distance))
+                    .collect::<Vec<_>>(),
             )
-        })
-        .await
-        .map_err(QueryNodeError::from)??;
+        };
+        // Never on a runtime thread: the searcher blocks on a runtime of
+        // its own.
+        let ids = tokio::task::spawn_blocking(graph_search)
+            .await
+            .map_err(QueryNodeError::from)??;
         if ids.len() >= k {
             strategy = SearchStrategy::Index {
                 search_list: widened,
@@ -175,8 +177,8 @@ pub(crate) async fn search_segment(
             strategy = SearchStrategy::IndexThenExact;
         }
     }
-    let ids = match found {
-        Some(ids) => ids,
+    let hits = match found {
+        Some(hits) => hits,
         None => {
             let data = data.clone();
             let column = request.column;
@@ -197,10 +199,25 @@ pub(crate) async fn search_segment(
             .map_err(QueryNodeError::from)??
         }
     };
-    let rows = data.project(&all_columns, Some(&ids))?;
     Ok(SegmentSearchResult {
-        rows,
+        rows: result_rows(&data, request, hits)?,
         strategy,
         matching: matching as u64,
+    })
+}
+
+/// The rows of `hits`, shaped as the request asks: every user column, or
+/// its projection followed by the hits' distances.
+fn result_rows(
+    data: &SegmentData,
+    request: &VectorSearchRequest,
+    hits: Vec<(u32, f32)>,
+) -> Result<arrow::record_batch::RecordBatch, QueryNodeError> {
+    let (rows, distances): (Vec<u32>, Vec<f32>) = hits.into_iter().unzip();
+    Ok(match &request.projection_with_distance {
+        None => data.project(&data.all_columns(), Some(&rows))?,
+        Some(columns) => {
+            quiver_api::with_distance_column(data.project(columns, Some(&rows))?, distances)?
+        }
     })
 }

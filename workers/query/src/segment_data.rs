@@ -290,7 +290,7 @@ impl SegmentData {
 
     /// The `k` rows nearest to `query` in vector column `column`, among
     /// `candidates` (ascending row numbers; all rows when `None`), nearest
-    /// first. Vectors are read from the column's file a piece at a time, so
+    /// first, with their ordering distances. Vectors are read from the column's file a piece at a time, so
     /// an exact search holds one piece, not the segment's vectors.
     pub fn exact_top_k(
         &self,
@@ -299,7 +299,7 @@ impl SegmentData {
         metric: quiver_types::VectorMetric,
         query: &[f32],
         k: usize,
-    ) -> Result<Vec<u32>, QueryNodeError> {
+    ) -> Result<Vec<(u32, f32)>, QueryNodeError> {
         const PIECE_ROWS: usize = 4096;
         let file = match &self.columns[column] {
             ColumnData::Vectors(f) => f,
@@ -334,7 +334,7 @@ impl SegmentData {
                 }
             }
         }
-        Ok(best.into_iter().map(|(r, _)| r).collect())
+        Ok(best)
     }
 
     pub fn all_columns(&self) -> Vec<usize> {
@@ -426,7 +426,12 @@ mod tests {
                         .into_iter()
                         .map(|(r, _)| r)
                         .collect();
-                assert_eq!(data.exact_top_k(1, None, metric, &query, k).unwrap(), whole);
+                let rows_of =
+                    |hits: Vec<(u32, f32)>| hits.into_iter().map(|(r, _)| r).collect::<Vec<_>>();
+                assert_eq!(
+                    rows_of(data.exact_top_k(1, None, metric, &query, k).unwrap()),
+                    whole
+                );
                 // Candidates: every third row, dense enough for span reads,
                 // and a sparse set read row by row.
                 for step in [3u32, 97] {
@@ -440,7 +445,7 @@ mod tests {
                         .map(|(r, _)| r)
                         .collect();
                     assert_eq!(
-                        data.exact_top_k(1, Some(&rows), metric, &query, k).unwrap(),
+                        rows_of(data.exact_top_k(1, Some(&rows), metric, &query, k).unwrap()),
                         expected,
                         "{metric:?} k={k} step={step}"
                     );
