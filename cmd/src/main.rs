@@ -105,8 +105,21 @@ impl NodeArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Stack of each runtime thread. Planning and executing a statement
+/// recurses over its syntax tree and plan, and a statement's future is
+/// large (tens of KiB unoptimised); tokio's 2 MiB default leaves little room
+/// for deeply nested SQL, and a stack overflow aborts the whole server.
+const RUNTIME_THREAD_STACK: usize = 8 * 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(RUNTIME_THREAD_STACK)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
             EnvFilter::new(

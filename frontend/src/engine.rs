@@ -561,10 +561,12 @@ impl Engine {
             statement,
             Statement::Commit { .. } | Statement::Rollback { .. }
         );
+        // Boxed: a statement's future is large (tens of KiB in debug builds),
+        // and moving it by value into `guarded` overflowed the stack.
         self.guarded(
             session,
             ends_block,
-            self.execute_statement(session, statement),
+            Box::pin(self.execute_statement(session, statement)),
         )
         .await
     }
@@ -585,7 +587,7 @@ impl Engine {
                 .guarded(
                     session,
                     false,
-                    crate::knn_fast_path::run(self, session, knn),
+                    Box::pin(crate::knn_fast_path::run(self, session, knn)),
                 )
                 .await;
         }

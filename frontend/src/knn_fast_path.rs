@@ -27,7 +27,7 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::ExprSchemable;
-use quiver_api::{SearchFilter, TableInfo, VectorSearchRequest};
+use quiver_api::{SearchFilter, TableInfo, VectorSearchRequest, with_distance_column};
 use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
@@ -492,18 +492,19 @@ pub async fn run(
         .await
         .map_err(from_datafusion)?;
     let arrow_err = |e: arrow::error::ArrowError| from_datafusion(e.into());
-    let candidates = match (&projection, parts.first()) {
-        (Some(_), None) => None,
-        (Some(_), Some(first)) => {
-            Some(arrow::compute::concat_batches(&first.schema(), &parts).map_err(arrow_err)?)
-        }
-        (None, _) => {
-            Some(arrow::compute::concat_batches(&table_schema, &parts).map_err(arrow_err)?)
-        }
+    // Candidates are shaped like the table (or its projection plus the
+    // distance), whichever part they come from.
+    let candidate_schema = match &projection {
+        Some(columns) => with_distance_column(
+            RecordBatch::new_empty(Arc::new(table_schema.project(columns).map_err(arrow_err)?)),
+            Vec::new(),
+        )
+        .map_err(arrow_err)?
+        .schema(),
+        None => table_schema.clone(),
     };
-    let Some(candidates) = candidates else {
-        return Ok(Output::Rows(output_schema(&knn, &table_schema), Vec::new()));
-    };
+    let candidates =
+        arrow::compute::concat_batches(&candidate_schema, &parts).map_err(arrow_err)?;
 
     // Rank by distance: NULL vectors last, NaN after numbers (PostgreSQL's
     // float order), ties in candidate order.
@@ -586,8 +587,4 @@ fn output_fields(knn: &KnnStatement, table_schema: &Schema) -> Vec<Field> {
             Source::Distance => Field::new(&output.name, DataType::Float64, true),
         })
         .collect()
-}
-
-fn output_schema(knn: &KnnStatement, table_schema: &Schema) -> Arc<Schema> {
-    Arc::new(Schema::new(output_fields(knn, table_schema)))
 }
