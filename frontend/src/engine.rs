@@ -682,6 +682,7 @@ impl Engine {
             Statement::Update(update) => crate::dml::update(self, session, update).await,
             Statement::Delete(delete) => crate::dml::delete(self, session, delete).await,
             Statement::Set(set) => self.set(session, set),
+            Statement::Reset(reset) => Ok(self.reset(session, &reset.reset)),
             Statement::Copy {
                 source,
                 to,

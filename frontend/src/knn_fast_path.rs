@@ -27,7 +27,9 @@ use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::logical_expr::ExprSchemable;
-use quiver_api::{SearchFilter, TableInfo, VectorSearchRequest, with_distance_column};
+use quiver_api::{
+    DISTANCE_COLUMN, SearchFilter, TableInfo, VectorSearchRequest, with_distance_column,
+};
 use quiver_planner::SqlError;
 use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
 use quiver_types::VectorMetric;
@@ -364,6 +366,10 @@ pub fn recognize_with_parameters(
             params,
         )?),
     };
+    // `SELECT FROM t ...` (no columns) is the general path's.
+    if outputs.is_empty() {
+        return None;
+    }
     tracing::debug!(table = %table.name, k, filtered = filter.is_some(), "direct k-NN path");
     Some(KnnStatement {
         table,
@@ -464,7 +470,12 @@ pub async fn run(
         .outputs
         .iter()
         .any(|o| matches!(o.source, Source::Distance));
-    let projection = (!shows_distance).then(|| {
+    // Cosine keeps whole rows: a zero vector, whose cosine distance is NaN
+    // (ranked last), sits in a cosine index as a zero vector at squared
+    // distance 1 from any unit query, which would rank it at 0.5; and f32
+    // cosine loses the float8 ranking's precision for near-duplicates.
+    let use_search_distances = !shows_distance && knn.metric != VectorMetric::Cosine;
+    let projection = use_search_distances.then(|| {
         let mut columns: Vec<usize> = knn
             .outputs
             .iter()
@@ -503,6 +514,24 @@ pub async fn run(
         .schema(),
         None => table_schema.clone(),
     };
+    // A query node of an older version ignores the projection and returns
+    // whole rows: refuse them rather than rank by the wrong column.
+    if projection.is_some()
+        && let Some(part) = parts.iter().find(|p| {
+            p.num_columns() != candidate_schema.fields().len()
+                || p.schema().field(p.num_columns() - 1).name() != DISTANCE_COLUMN
+        })
+    {
+        return Err(SqlError::new(
+            "XX000",
+            format!(
+                "a search returned {} columns without distances where {} were expected; \
+                 are all query nodes running the same Quiver version?",
+                part.num_columns(),
+                candidate_schema.fields().len()
+            ),
+        ));
+    }
     let candidates =
         arrow::compute::concat_batches(&candidate_schema, &parts).map_err(arrow_err)?;
 

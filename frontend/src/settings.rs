@@ -7,7 +7,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use pgwire::api::results::Tag;
 use quiver_planner::{SqlError, sqlstate};
-use sqlparser::ast::{Expr, ObjectName, Set, Statement, Value};
+use sqlparser::ast::{Expr, ObjectName, Reset, Set, Statement, Value};
 
 use crate::engine::{Engine, Output};
 use crate::session::{Consistency, Session};
@@ -19,6 +19,13 @@ impl Engine {
                 variable, values, ..
             } => {
                 let name = variable_name(&variable);
+                if let [Expr::Identifier(word)] = values.as_slice()
+                    && word.quote_style.is_none()
+                    && word.value.eq_ignore_ascii_case("default")
+                {
+                    reset_setting(session, &name);
+                    return Ok(Output::Command(Tag::new("SET")));
+                }
                 let value = values.first().map(setting_value).unwrap_or_default();
                 if name == "quiver.consistency" {
                     *session.consistency.lock() = Consistency::parse(&value)?;
@@ -60,6 +67,18 @@ impl Engine {
         }
     }
 
+    /// `RESET name` / `RESET ALL`: back to the session's defaults.
+    pub(crate) fn reset(&self, session: &Session, reset: &Reset) -> Output {
+        match reset {
+            Reset::ALL => {
+                session.settings.lock().clear();
+                *session.consistency.lock() = Consistency::Session;
+            }
+            Reset::ConfigurationParameter(name) => reset_setting(session, &variable_name(name)),
+        }
+        Output::Command(Tag::new("RESET"))
+    }
+
     pub(crate) fn show(
         &self,
         session: &Session,
@@ -78,6 +97,16 @@ impl Engine {
         )
         .map_err(|e| SqlError::new("XX000", e.to_string()))?;
         Ok(Output::Rows(schema, vec![batch]))
+    }
+}
+
+/// Forgets a session's own value of `name`. The last write's timestamp is
+/// a fact about the session, not a preference: it stays.
+fn reset_setting(session: &Session, name: &str) {
+    if name == "quiver.consistency" {
+        *session.consistency.lock() = Consistency::Session;
+    } else if name != LAST_WRITE_TS {
+        session.settings.lock().remove(name);
     }
 }
 
@@ -117,6 +146,10 @@ const BUILT_IN_SETTINGS: [(&str, SettingValue); 13] = [
 pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError> {
     if let Some((_, value)) = BUILT_IN_SETTINGS.iter().find(|(n, _)| *n == name) {
         return Ok(value(session));
+    }
+    // The candidate list every search uses, unless the session set it.
+    if name == "diskann.search_list" {
+        return Ok(search_list(session).to_string());
     }
     session.settings.lock().get(name).cloned().ok_or_else(|| {
         SqlError::new(

@@ -166,3 +166,33 @@ def test_errors_match_the_planned_path(server):
             with pytest.raises(psycopg.Error) as general:
                 conn.execute(planned(sql))
             assert direct.value.sqlstate == general.value.sqlstate
+
+
+def test_zero_vector_ranks_last_in_a_cosine_index(server):
+    """A zero vector's cosine distance is NaN, which sorts last, also when
+    its segment is searched by a cosine index (which holds it as a zero
+    vector at squared distance 1 from a unit query, i.e. "0.5")."""
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE cos_zero (id bigint PRIMARY KEY, v vector(3))")
+        # Every other row is over 60 degrees from the query (distance > 0.5).
+        rows = ", ".join(f"({i}, '[1,{2 + i % 5},{3 + i % 7}]')" for i in range(1, 3000))
+        conn.execute(f"INSERT INTO cos_zero VALUES (0, '[0,0,0]'), {rows}")
+        conn.execute("CHECKPOINT")
+        conn.execute("CREATE INDEX ON cos_zero USING diskann (v vector_cosine_ops)")
+        wait_for_index_builds(conn)
+        conn.execute("SET diskann.search_list = 20")
+        sql = "SELECT id FROM cos_zero ORDER BY v <=> '[1,0,0]' LIMIT 5"
+        plan = "\n".join(" ".join(map(str, r)) for r in conn.execute("EXPLAIN " + sql))
+        assert "graph search" in plan, plan
+        direct = [r[0] for r in conn.execute(sql)]
+        general = [r[0] for r in conn.execute(planned(sql))]
+        assert 0 not in direct and 0 not in general
+        assert len(direct) == 5 and sorted(direct) == sorted(general)
+        conn.execute("RESET diskann.search_list")
+        conn.execute("DROP TABLE cos_zero")
+
+
+def test_empty_select_list(server):
+    with server.connect() as conn:
+        rows = conn.execute('SELECT FROM "Items" ORDER BY embedding <-> \'[1,1,1,1,1,1,1,1]\' LIMIT 3').fetchall()
+        assert rows == [(), (), ()]

@@ -75,6 +75,25 @@ def test_current_setting_reads_the_session(server):
         assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_reset_and_set_to_default(server):
+    with server.connect() as conn:
+        fresh = conn.execute("SHOW diskann.search_list").fetchone()[0]
+        conn.execute("SET diskann.search_list = 77")
+        conn.execute("RESET diskann.search_list")
+        assert conn.execute("SHOW diskann.search_list").fetchone()[0] == fresh
+        conn.execute("SET hnsw.ef_search = 55")
+        assert conn.execute("SHOW diskann.search_list").fetchone()[0] == "55"
+        conn.execute("SET hnsw.ef_search TO DEFAULT")
+        assert conn.execute("SELECT current_setting('hnsw.ef_search', true)").fetchone()[0] is None
+        assert conn.execute("SHOW diskann.search_list").fetchone()[0] == fresh == "100"
+        conn.execute("SET diskann.search_list = 33")
+        conn.execute("SET quiver.consistency = 'strong'")
+        cur = conn.execute("RESET ALL", prepare=True)
+        assert cur.statusmessage == "RESET"
+        assert conn.execute("SHOW diskann.search_list").fetchone()[0] == fresh
+        assert conn.execute("SHOW quiver.consistency").fetchone()[0] == "session"
+
+
 def test_untyped_null_parameters_keep_their_places(server):
     """psycopg sends None untyped; a NULL of no known type must still be
     parameter $n (it used to be dropped, shifting the later ones)."""
