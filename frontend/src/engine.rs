@@ -571,7 +571,7 @@ impl Engine {
         .await
     }
 
-    /// Executes a statement whose `$n` placeholders take `params` (the
+    /// Executes a statement whose `$n` parameter markers take `params` (the
     /// extended protocol's Bind). A k-NN statement is served with the values
     /// as they are; anything else has them bound into its syntax tree.
     pub async fn execute_with_parameters(

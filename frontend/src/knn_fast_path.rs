@@ -31,7 +31,9 @@ use quiver_api::{
     DISTANCE_COLUMN, SearchFilter, TableInfo, VectorSearchRequest, with_distance_column,
 };
 use quiver_planner::SqlError;
-use quiver_planner::vector::{operator_distance, parse_vector_text, to_vectors};
+use quiver_planner::vector::{
+    list_scalar_vector, operator_distance, parse_vector_text, to_vectors,
+};
 use quiver_types::VectorMetric;
 use sqlparser::ast::{
     BinaryOperator, Expr, ExprWithAlias as SqlExprWithAlias, GroupByExpr, Ident, LimitClause,
@@ -81,7 +83,7 @@ fn metric_of(op: &BinaryOperator) -> Option<VectorMetric> {
     }
 }
 
-/// The bound value of a `$n` placeholder.
+/// The bound value of parameter marker `$n`.
 fn parameter<'a>(expr: &Expr, params: &'a [ScalarValue]) -> Option<&'a ScalarValue> {
     let Expr::Value(v) = expr else {
         return None;
@@ -89,8 +91,7 @@ fn parameter<'a>(expr: &Expr, params: &'a [ScalarValue]) -> Option<&'a ScalarVal
     let Value::Placeholder(name) = &v.value else {
         return None;
     };
-    let n = name.strip_prefix('$')?.parse::<usize>().ok()?;
-    params.get(n.checked_sub(1)?)
+    params.get(quiver_planner::rewrite::parameter_position(name)?)
 }
 
 /// A bound parameter as a vector: a decoded `vector` value, or text in
@@ -101,9 +102,7 @@ fn vector_parameter(value: &ScalarValue) -> Option<Vec<f32>> {
         | ScalarValue::LargeUtf8(Some(text))
         | ScalarValue::Utf8View(Some(text)) => parse_vector_text(text).ok(),
         ScalarValue::FixedSizeList(_) | ScalarValue::List(_) | ScalarValue::LargeList(_) => {
-            let array = value.to_array().ok()?;
-            let vectors = to_vectors(&array).ok()?;
-            vectors.row(0).map(|v| v.to_vec())
+            list_scalar_vector(value).ok()?
         }
         _ => None,
     }
@@ -188,8 +187,9 @@ pub fn recognize(
     recognize_with_parameters(engine, session, statement, &[])
 }
 
-/// [`recognize`] for a statement whose `$n` placeholders are bound to
-/// `params` (in order) rather than substituted into the syntax tree.
+/// [`recognize`] for a statement whose `$n` parameter markers take
+/// `params` (in order) as they are, rather than substituted into the
+/// syntax tree.
 pub fn recognize_with_parameters(
     engine: &Engine,
     session: &Session,

@@ -380,13 +380,10 @@ pub fn scalar_to_sql(value: &ScalarValue) -> Result<Expr, SqlError> {
         | ScalarValue::LargeUtf8(Some(s))
         | ScalarValue::Utf8View(Some(s)) => Expr::value(Value::SingleQuotedString(s.clone())),
         ScalarValue::FixedSizeList(_) | ScalarValue::List(_) | ScalarValue::LargeList(_) => {
-            let array = value
-                .to_array()
-                .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
-            let vectors = crate::vector::to_vectors(&array)
-                .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
-            match vectors.row(0) {
-                Some(row) => Expr::value(Value::SingleQuotedString(format_vector_literal(row))),
+            match crate::vector::list_scalar_vector(value)
+                .map_err(|e| SqlError::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?
+            {
+                Some(row) => Expr::value(Value::SingleQuotedString(format_vector_literal(&row))),
                 None => Expr::value(Value::Null),
             }
         }
@@ -430,7 +427,16 @@ pub fn unnamed_args(function: &Function) -> Option<Vec<&Expr>> {
         .collect()
 }
 
-/// Replaces `$n` placeholders by the bound values (extended protocol).
+/// The 0-based position of parameter marker `$n`, `None` for a malformed
+/// name or `$0`.
+pub fn parameter_position(name: &str) -> Option<usize> {
+    name.strip_prefix('$')?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
+}
+
+/// Replaces `$n` parameter markers by the bound values (extended protocol).
 pub fn bind_parameters<T: VisitMut>(
     statement: &mut T,
     params: &[ScalarValue],
@@ -440,12 +446,7 @@ pub fn bind_parameters<T: VisitMut>(
         if let Expr::Value(v) = expr
             && let Value::Placeholder(name) = &v.value
         {
-            let idx = name
-                .trim_start_matches('$')
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| n.checked_sub(1));
-            match idx.and_then(|i| params.get(i)) {
+            match parameter_position(name).and_then(|i| params.get(i)) {
                 Some(value) => match scalar_to_sql(value) {
                     Ok(lit) => *expr = lit,
                     Err(e) => {

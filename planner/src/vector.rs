@@ -227,6 +227,13 @@ fn float_values(values: &ArrayRef) -> Result<Vec<f32>> {
     Ok(v)
 }
 
+/// The vector a list-typed scalar (a decoded `vector` parameter) holds;
+/// `None` for NULL.
+pub fn list_scalar_vector(value: &ScalarValue) -> Result<Option<Vec<f32>>> {
+    let array = value.to_array()?;
+    Ok(to_vectors(&array)?.row(0).map(|v| v.to_vec()))
+}
+
 /// Converts any array pgvector would accept as a vector into [`Vectors`].
 pub fn to_vectors(array: &ArrayRef) -> Result<Vectors> {
     match array.data_type() {
