@@ -123,6 +123,7 @@ pub async fn start_streaming(
             tick_interval: Duration::from_millis(sc.tick_interval_ms.max(1)),
             compaction_interval: Duration::from_millis(sc.compaction_interval_ms),
             compaction_deleted_ratio: sc.compaction_deleted_ratio,
+            direct_seal_rows: sc.direct_seal_rows,
         },
     )
     .await?;

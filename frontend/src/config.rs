@@ -198,6 +198,10 @@ pub struct StreamingConfig {
     pub compaction_interval_ms: u64,
     /// Fraction of deleted rows at which a sealed segment is rewritten.
     pub compaction_deleted_ratio: f64,
+    /// Insert-only statements (bulk `COPY`, large `INSERT ... SELECT`) of
+    /// at least this many rows are written straight to sealed segments,
+    /// committed in the meta store, instead of through the WAL (0: never).
+    pub direct_seal_rows: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -303,6 +307,7 @@ impl Default for StreamingConfig {
             tick_interval_ms: 50,
             compaction_interval_ms: 10_000,
             compaction_deleted_ratio: 0.2,
+            direct_seal_rows: 10_000,
         }
     }
 }

@@ -112,6 +112,51 @@ def test_copy_survives_a_crash(quiver_factory):
         assert conn.execute(f"SELECT count(*), sum(id) FROM {TABLE}").fetchone() == (2000, sum(range(2000)))
 
 
+def test_a_bulk_copy_is_written_as_sealed_segments(quiver_factory):
+    """A COPY of at least `direct_seal_rows` (10,000 by default) rows skips
+    the WAL: each shard's part becomes a sealed segment when the COPY
+    commits, and it survives kill -9 like any acknowledged write."""
+    server = quiver_factory()
+    n = 12_000
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((n, 3)).astype(np.float32)
+    segments = (
+        "SELECT state = 'growing', sum(rows) FROM quiver.segments "
+        f"WHERE table_name = '{TABLE}' GROUP BY 1 ORDER BY 1"
+    )
+    with server.connect() as conn:
+        conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, name text, v vector(3))")
+        # A small write goes through the WAL and stays growing...
+        conn.execute(f"INSERT INTO {TABLE} VALUES (-1, 'small', '[0,0,0]')")
+        assert conn.execute(segments).fetchall() == [(True, 1)]
+        with conn.cursor().copy(f"COPY {TABLE} (id, name, v) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(binary_copy([(i, f"n{i}", data[i].tolist()) for i in range(n)]))
+        # ...until a bulk COPY seals its shards: the COPY's rows and the
+        # older growing ones are all in sealed segments, without CHECKPOINT.
+        assert conn.execute(segments).fetchall() == [(False, n + 1)]
+        # A bulk COPY repeating one key fails whole and leaves nothing.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
+                copy.write("".join(f"{i}\t[1,1,1]\n" for i in range(n, 2 * n)) + "7\t[1,1,1]\n")
+        assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == n + 1
+    server.crash_restart()
+    with server.connect() as conn:
+        assert conn.execute(f"SELECT count(*), sum(id) FROM {TABLE}").fetchone() == (n + 1, sum(range(n)) - 1)
+        assert conn.execute(segments).fetchall() == [(False, n + 1)]
+        got = conn.execute(f"SELECT name, v::text FROM {TABLE} WHERE id = 4242").fetchone()
+        assert got[0] == "n4242"
+        assert np.array_equal(np.array(eval(got[1]), dtype=np.float32), data[4242])
+        q = data[10] + 0.01
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM {TABLE} WHERE id >= 0 ORDER BY v <-> %s::vector LIMIT 5",
+            ("[" + ",".join(str(float(x)) for x in q) + "]",),
+        )]
+        assert ids == np.argsort(((data - q) ** 2).sum(axis=1))[:5].tolist()
+        # The recovered key index still refuses the bulk-loaded keys.
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"INSERT INTO {TABLE} (id) VALUES (11999)")
+
+
 def test_psql_backslash_copy(server, tmp_path):
     src = tmp_path / "items.csv"
     src.write_text('id,name,score,v\n10,ten,0.5,"[1,0,0]"\n11,eleven,,"[0,1,0]"\n')

@@ -30,6 +30,11 @@ def services(tmp_path):
 [coordinator]
 shards = {SHARDS}
 
+[streaming]
+# The 10 MB COPY below must go through the WAL (chunked envelopes), not
+# straight to sealed segments.
+direct_seal_rows = 0
+
 [storage.wal]
 kind = "kafka"
 brokers = "{broker.bootstrap}"

@@ -15,6 +15,7 @@
 
 mod channel;
 mod compaction;
+mod direct_seal;
 mod flush;
 mod recovery;
 mod table_shard;
@@ -74,6 +75,9 @@ pub struct StreamingOptions {
     pub compaction_interval: Duration,
     /// Fraction of deleted rows at which a segment is rewritten.
     pub compaction_deleted_ratio: f64,
+    /// Insert-only statements of at least this many rows are written
+    /// straight to sealed segments instead of the WAL (zero: never).
+    pub direct_seal_rows: usize,
 }
 
 pub struct StreamingNode {
@@ -504,6 +508,9 @@ impl StreamingNode {
 #[async_trait]
 impl StreamingApi for StreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
+        if self.wants_direct_seal(&request) {
+            return self.write_direct(&request).await;
+        }
         let mut results = self
             .write_atomically(std::slice::from_ref(&request))
             .await?;

@@ -30,6 +30,14 @@ async fn open(dir: &std::path::Path) -> Node {
 }
 
 async fn open_ticking(dir: &std::path::Path, tick_interval: Duration) -> Node {
+    open_with(dir, tick_interval, 0).await
+}
+
+async fn open_with(
+    dir: &std::path::Path,
+    tick_interval: Duration,
+    direct_seal_rows: usize,
+) -> Node {
     let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedMeta::open(dir.join("meta")).unwrap());
     let store = open_object_store(&ObjectStoreConfig::Local {
         root: dir.join("objects"),
@@ -73,6 +81,7 @@ async fn open_ticking(dir: &std::path::Path, tick_interval: Duration) -> Node {
             tick_interval,
             compaction_interval: Duration::ZERO,
             compaction_deleted_ratio: 0.2,
+            direct_seal_rows,
         },
     )
     .await
@@ -320,4 +329,78 @@ async fn a_write_is_visible_at_the_acknowledged_snapshot_while_other_shards_lag(
     );
     // The lagging shard caught up: the snapshot needs no more waiting.
     assert_eq!(node.streaming.applied_ts().await.unwrap(), acknowledged);
+}
+
+fn insert(info: &quiver_api::TableInfo, ids: &[i64]) -> WriteRequest {
+    WriteRequest {
+        table: info.clone(),
+        delete_keys: None,
+        insert: Some(rows(ids)),
+        on_conflict: ConflictPolicy::Error,
+    }
+}
+
+async fn segment_count(node: &Node) -> usize {
+    node.meta.scan_prefix(keys::SEGMENTS).await.unwrap().len()
+}
+
+/// A bulk insert becomes sealed segments at once, visible only from its
+/// timestamp on, and survives a restart even when the WAL held an older
+/// insert and delete of one of its keys (recovery loads sealed segments
+/// before replaying the WAL, so those must not be left behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_insert_is_sealed_directly_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shard0, shard1) = ids_by_shard();
+    let bulk: Vec<i64> = shard0[..6].iter().chain(&shard1[..6]).copied().collect();
+    let mut expected = bulk.clone();
+    expected.push(shard1[10]);
+    expected.sort_unstable();
+    {
+        let node = open_with(dir.path(), Duration::from_millis(10), 10).await;
+        let info = create(&node, "t").await;
+        // Small writes go through the WAL: an insert and a delete of a key
+        // the bulk insert then brings back, and a row that stays.
+        node.streaming
+            .write(insert(&info, &[shard0[0], shard1[10]]))
+            .await
+            .unwrap();
+        node.streaming
+            .write(WriteRequest {
+                table: info.clone(),
+                delete_keys: Some(rows(&[shard0[0]])),
+                insert: None,
+                on_conflict: ConflictPolicy::Error,
+            })
+            .await
+            .unwrap();
+        let before = node.streaming.acknowledged_ts().await.unwrap();
+        let segments_before = segment_count(&node).await;
+        let written = node.streaming.write(insert(&info, &bulk)).await.unwrap();
+        assert_eq!(written.inserted_rows, (0..12).collect::<Vec<u32>>());
+        // Two segments of the bulk rows, plus the two shards' flushed WAL rows.
+        assert_eq!(segment_count(&node).await, segments_before + 4);
+        node.streaming.wait_applied(written.ts).await.unwrap();
+        assert_eq!(visible_ids_at(&node, "t", written.ts).await, expected);
+        assert_eq!(visible_ids_at(&node, "t", before).await, vec![shard1[10]]);
+        // The keys are indexed: a second bulk insert of one of them fails
+        // whole, and writes nothing.
+        let mut again: Vec<i64> = shard0[20..].to_vec();
+        again.push(bulk[3]);
+        let err = node.streaming.write(insert(&info, &again)).await.unwrap_err();
+        assert_eq!(err.code, StatusCode::UniqueViolation, "{}", err.message);
+        assert_eq!(segment_count(&node).await, segments_before + 4);
+        assert_eq!(visible_ids(&node, "t").await, expected);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let node = open_with(dir.path(), Duration::from_millis(10), 10).await;
+    assert_eq!(visible_ids(&node, "t").await, expected);
+    // And the recovered key index still refuses duplicates.
+    let info = node.coordinator.table("t").unwrap();
+    let err = node
+        .streaming
+        .write(insert(&info, &[shard0[0]]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, StatusCode::UniqueViolation, "{}", err.message);
 }
