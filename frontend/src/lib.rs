@@ -16,6 +16,7 @@ pub mod config;
 pub mod copy_in;
 pub mod copy_out;
 pub mod ddl;
+pub mod declared_types;
 pub mod defaults;
 pub mod dml;
 pub mod engine;

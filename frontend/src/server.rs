@@ -159,7 +159,7 @@ impl QueryParser for QuiverParser {
         &self,
         client: &C,
         sql: &str,
-        _types: &[Option<Type>],
+        types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
@@ -189,9 +189,13 @@ impl QueryParser for QuiverParser {
             return Ok(None);
         };
         let session = session_of(&self.engine, client);
-        let (param_types, result) = self
-            .engine
-            .describe(&session, &statement)
+        let (statement, param_types, result) =
+            crate::declared_types::describe_with_declared_types(
+                &self.engine,
+                &session,
+                statement,
+                types,
+            )
             .await
             .map_err(to_pgwire)?;
         Ok(Some(Prepared {
@@ -341,7 +345,8 @@ impl ExtendedQueryHandler for Handlers {
                     portal,
                     &[],
                     &server_types,
-                )?;
+                )
+                .inspect_err(|_| fail_open_block(&session))?;
                 let values = match params {
                     ParamValues::List(list) => with_untyped_nulls(
                         portal,

@@ -151,7 +151,15 @@ pub(crate) fn setting(session: &Session, name: &str) -> Result<String, SqlError>
     if name == "diskann.search_list" {
         return Ok(search_list(session).to_string());
     }
-    session.settings.lock().get(name).cloned().ok_or_else(|| {
+    // pgvector's knobs read as pgvector's defaults until set; only a value
+    // that was set maps onto the candidate list (see `search_list`).
+    let pgvector_default = match name {
+        "hnsw.ef_search" => Some("40"),
+        "ivfflat.probes" => Some("1"),
+        _ => None,
+    };
+    let set = session.settings.lock().get(name).cloned();
+    set.or(pgvector_default.map(str::to_string)).ok_or_else(|| {
         SqlError::new(
             sqlstate::UNDEFINED_OBJECT,
             format!("unrecognized configuration parameter \"{name}\""),

@@ -436,6 +436,60 @@ pub fn parameter_position(name: &str) -> Option<usize> {
         .checked_sub(1)
 }
 
+/// Positions (0-based) of the parameter markers that are a `LIMIT` or
+/// `OFFSET` of some query of the statement.
+pub fn limit_parameter_positions(statement: &Statement) -> std::collections::BTreeSet<usize> {
+    use sqlparser::ast::{LimitClause, Query, Visit, Visitor};
+    struct Limits(std::collections::BTreeSet<usize>);
+    impl Visitor for Limits {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            let exprs: Vec<&Expr> = match &query.limit_clause {
+                Some(LimitClause::LimitOffset { limit, offset, .. }) => limit
+                    .iter()
+                    .chain(offset.as_ref().map(|o| &o.value))
+                    .collect(),
+                Some(LimitClause::OffsetCommaLimit { offset, limit }) => vec![offset, limit],
+                None => Vec::new(),
+            };
+            for e in exprs {
+                if let Expr::Value(v) = e
+                    && let Value::Placeholder(name) = &v.value
+                    && let Some(i) = parameter_position(name)
+                {
+                    self.0.insert(i);
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut limits = Limits(Default::default());
+    let _ = statement.visit(&mut limits);
+    limits.0
+}
+
+/// Wraps the parameter markers at the given positions (0-based) in
+/// `CAST($n AS type)`: the types a client declared for parameters the
+/// planner cannot type from context.
+pub fn cast_parameters<T: VisitMut>(statement: &mut T, casts: &[(usize, SqlDataType)]) {
+    let _ = visit_expressions_mut(statement, |expr| {
+        if let Expr::Value(v) = expr
+            && let Value::Placeholder(name) = &v.value
+            && let Some(i) = parameter_position(name)
+            && let Some((_, data_type)) = casts.iter().find(|(p, _)| *p == i)
+        {
+            *expr = Expr::Cast {
+                kind: CastKind::Cast,
+                expr: Box::new(expr.clone()),
+                data_type: data_type.clone(),
+                array: false,
+                format: None,
+            };
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Replaces `$n` parameter markers by the bound values (extended protocol).
 pub fn bind_parameters<T: VisitMut>(
     statement: &mut T,

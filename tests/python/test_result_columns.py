@@ -84,7 +84,10 @@ def test_reset_and_set_to_default(server):
         conn.execute("SET hnsw.ef_search = 55")
         assert conn.execute("SHOW diskann.search_list").fetchone()[0] == "55"
         conn.execute("SET hnsw.ef_search TO DEFAULT")
-        assert conn.execute("SELECT current_setting('hnsw.ef_search', true)").fetchone()[0] is None
+        # pgvector's knobs read as pgvector's defaults, as with pgvector.
+        assert conn.execute("SELECT current_setting('hnsw.ef_search', true)").fetchone()[0] == "40"
+        assert conn.execute("SHOW hnsw.ef_search").fetchone()[0] == "40"
+        assert conn.execute("SHOW ivfflat.probes").fetchone()[0] == "1"
         assert conn.execute("SHOW diskann.search_list").fetchone()[0] == fresh == "100"
         conn.execute("SET diskann.search_list = 33")
         conn.execute("SET quiver.consistency = 'strong'")
@@ -111,3 +114,30 @@ def test_untyped_null_parameters_keep_their_places(server):
         ).fetchall()
         assert got == [(1, True, True)]
         assert conn.execute("SELECT current_setting(%s)", [None]).fetchone() == (None,)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_declared_parameter_types_type_the_result(server, binary):
+    """A parameter the statement gives no type to takes the type the client
+    declared in Parse, as in PostgreSQL: `SELECT %s` with a Python int is an
+    integer column, not text."""
+    import datetime
+    import decimal
+
+    values = [5, 3_000_000_000, 2.5, True, datetime.date(2024, 1, 2), decimal.Decimal("1.25"), "x", None]
+    with server.connect() as conn:
+        cur = conn.cursor(binary=binary)
+        for prepare in (False, True):
+            row = cur.execute(
+                "SELECT " + ", ".join(["%s"] * len(values)), values, prepare=prepare
+            ).fetchone()
+            assert row == tuple(values)
+            assert [type(v) for v in row] == [type(v) for v in values]
+        # psycopg declares int2 for a small int and int8 for a large one;
+        # PostgreSQL describes the columns with those types.
+        cur.execute("SELECT %s AS small, %s AS big", [7, 3_000_000_000])
+        assert [c.type_code for c in cur.description] == [21, 20]
+        assert cur.fetchone() == (7, 3_000_000_000)
+        # Where the statement types the parameter, that type stays.
+        assert cur.execute(f"SELECT id FROM {TABLE} WHERE id = %s", [2]).fetchone() == (2,)
+        assert cur.execute("SELECT %s::text", [5]).fetchone() == ("5",)

@@ -340,3 +340,24 @@ def test_a_syntax_error_fails_the_open_block(server):
             assert conn.execute("SELECT count(*) FROM tx_syntax").fetchone() == (0,)
         finally:
             conn.close()
+
+
+def test_a_parameter_that_cannot_be_bound_fails_the_open_block(server):
+    """A Bind value that does not decode as its parameter's type is an error
+    of the statement: it aborts the open block, as in PostgreSQL."""
+    with server.connect() as admin:
+        reset(admin, "tx_bind")
+        admin.execute("CREATE TABLE tx_bind (id int PRIMARY KEY)")
+    conn = server.connect(autocommit=False)
+    try:
+        conn.execute("INSERT INTO tx_bind VALUES (1)")
+        with pytest.raises(psycopg.Error) as bad:
+            conn.execute("SELECT id FROM tx_bind WHERE id = %s", ["abc"])
+        assert bad.value.sqlstate == "22P02", bad.value
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM tx_bind").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -63,7 +63,7 @@ pub fn open_object_store(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectSto
                 SegmentError::Config(format!("cannot create {}: {e}", root.display()))
             })?;
             let fs = LocalFileSystem::new_with_prefix(root)?;
-            Ok(Arc::new(fs))
+            Ok(Arc::new(crate::DurableLocalStore::new(fs)))
         }
         ObjectStoreConfig::S3(s3) => {
             let mut builder = object_store::aws::AmazonS3Builder::new()

@@ -17,11 +17,13 @@
 //! [`open_object_store`] builds it from configuration.
 
 mod codec;
+mod durable_local;
 mod files;
 mod index_manifest;
 mod wal_record;
 
 pub use codec::{decode_batch, encode_batch};
+pub use durable_local::DurableLocalStore;
 pub use files::{
     DeleteLogEntry, ObjectStoreConfig, ParquetObject, S3Config, SegmentMeta, delete_log_path,
     open_object_store, read_delete_log, read_parquet, read_parquet_columns, segment_path,
