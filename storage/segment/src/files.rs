@@ -113,17 +113,20 @@ pub fn delete_log_path(table: TableId, segment: SegmentId, flush_ts: Timestamp) 
 fn writer_props(schema: &Schema) -> WriterProperties {
     let mut builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
     for field in schema.fields() {
-        if let DataType::FixedSizeList(item, _) | DataType::List(item) = field.data_type() {
-            let leaf = ColumnPath::new(vec![
+        let leaf = match field.data_type() {
+            DataType::FixedSizeList(item, _) | DataType::List(item) => ColumnPath::new(vec![
                 field.name().clone(),
                 "list".to_string(),
                 item.name().clone(),
-            ]);
-            builder = builder
-                .set_column_compression(leaf.clone(), Compression::UNCOMPRESSED)
-                .set_column_dictionary_enabled(leaf.clone(), false)
-                .set_column_statistics_enabled(leaf, EnabledStatistics::None);
-        }
+            ]),
+            // Vectors as stored (see `vector_column`).
+            DataType::FixedSizeBinary(_) => ColumnPath::new(vec![field.name().clone()]),
+            _ => continue,
+        };
+        builder = builder
+            .set_column_compression(leaf.clone(), Compression::UNCOMPRESSED)
+            .set_column_dictionary_enabled(leaf.clone(), false)
+            .set_column_statistics_enabled(leaf, EnabledStatistics::None);
     }
     builder.build()
 }
@@ -150,10 +153,11 @@ pub async fn write_parquet_batches(
     let buf = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, SegmentError> {
         let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
         let mut buf = Vec::with_capacity(size / 2 + 1024);
-        let props = writer_props(&schema);
-        let mut writer = ArrowWriter::try_new(&mut buf, schema, Some(props))?;
+        let (stored, flat) = crate::vector_column::storage_schema(&schema, &batches);
+        let props = writer_props(&stored);
+        let mut writer = ArrowWriter::try_new(&mut buf, stored.clone(), Some(props))?;
         for batch in &batches {
-            writer.write(batch)?;
+            writer.write(&crate::vector_column::to_storage(batch, &stored, &flat)?)?;
         }
         writer.close()?;
         Ok(buf)
@@ -177,7 +181,9 @@ pub async fn read_parquet(
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
         .with_batch_size(64 * 1024)
         .build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    reader
+        .map(|b| Ok(crate::vector_column::from_storage(b?)?))
+        .collect()
 }
 
 /// Reads only the given top-level columns (e.g. the primary key) of a
@@ -204,7 +210,11 @@ pub async fn read_parquet_columns(
         .with_projection(mask)
         .with_batch_size(64 * 1024)
         .build()?;
-    Ok(stream.try_collect().await?)
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    batches
+        .into_iter()
+        .map(|b| Ok(crate::vector_column::from_storage(b)?))
+        .collect()
 }
 
 /// Parquet's async reader over an object: footer and column chunks by range
@@ -318,12 +328,12 @@ impl ParquetObject {
             .with_projection(mask)
             .with_batch_size(batch_rows.max(1))
             .build()?;
-        Ok(reader.map(|b| b.map_err(SegmentError::from)))
+        Ok(reader.map(|b| Ok(crate::vector_column::from_storage(b?)?)))
     }
 
-    /// The Arrow schema stored in the object.
+    /// The Arrow schema of the object's rows (as read, not as stored).
     pub fn schema(&self) -> Result<arrow::datatypes::SchemaRef, SegmentError> {
-        Ok(self.metadata.schema().clone())
+        Ok(crate::vector_column::restored_schema(self.metadata.schema()))
     }
 }
 
@@ -452,12 +462,87 @@ mod tests {
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
         let group = reader.metadata().row_group(0);
         let (name, embedding) = (group.column(0), group.column(1));
-        assert_eq!(embedding.column_path().string(), "embedding.list.item");
+        // One flat fixed-length value per row (see `vector_column`).
+        assert_eq!(embedding.column_path().string(), "embedding");
+        assert_eq!(
+            embedding.column_type(),
+            parquet::basic::Type::FIXED_LEN_BYTE_ARRAY
+        );
         assert_eq!(embedding.compression(), Compression::UNCOMPRESSED);
         assert!(!embedding.encodings().any(|e| e == Encoding::RLE_DICTIONARY));
         assert!(embedding.statistics().is_none());
         assert_eq!(name.compression(), Compression::SNAPPY);
         assert!(name.encodings().any(|e| e == Encoding::RLE_DICTIONARY));
+        assert_eq!(read_parquet(store.as_ref(), &path).await.unwrap()[0], batch);
+    }
+
+    fn vectors(dim: i32, rows: &[Option<Vec<f32>>], item_nullable: bool) -> ArrayRef {
+        use arrow::array::{FixedSizeListArray, Float32Array};
+        use arrow::buffer::NullBuffer;
+        let item = Arc::new(Field::new_list_field(DataType::Float32, item_nullable));
+        let values: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.clone().unwrap_or_else(|| vec![0.0; dim as usize]))
+            .collect();
+        let nulls = NullBuffer::from(rows.iter().map(|r| r.is_some()).collect::<Vec<_>>());
+        Arc::new(FixedSizeListArray::new(
+            item,
+            dim,
+            Arc::new(Float32Array::from(values)),
+            Some(nulls),
+        ))
+    }
+
+    #[tokio::test]
+    async fn vector_columns_round_trip_with_nulls_slices_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_object_store(&ObjectStoreConfig::Local {
+            root: dir.path().to_path_buf(),
+        })
+        .unwrap();
+        let rows: Vec<Option<Vec<f32>>> = (0..50)
+            .map(|i| (i % 7 != 3).then(|| vec![i as f32, -(i as f32) * 0.25, f32::MIN_POSITIVE]))
+            .collect();
+        let field = Field::new("v", DataType::FixedSizeList(
+            Arc::new(Field::new_list_field(DataType::Float32, true)), 3), true)
+            .with_metadata(std::collections::HashMap::from([("pg".to_string(), "vector".to_string())]));
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::UInt64, false), field]));
+        let ids: ArrayRef = Arc::new(UInt64Array::from_iter_values(0..50));
+        let batch = RecordBatch::try_new(schema.clone(), vec![ids, vectors(3, &rows, true)]).unwrap();
+        // Two batches, the second a slice: offsets must not leak into the file.
+        let parts = vec![batch.slice(0, 20), batch.slice(20, 30)];
+        let path = segment_path(TableId(1), SegmentId(4));
+        write_parquet_batches(store.as_ref(), &path, schema.clone(), parts).await.unwrap();
+        let back = read_parquet(store.as_ref(), &path).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0], batch, "same schema (metadata included) and values");
+        let only_vectors = read_parquet_columns(&store, &path, &[1]).await.unwrap();
+        assert_eq!(only_vectors[0].column(0), batch.column(1));
+        let object = ParquetObject::download(store.as_ref(), &path, &dir.path().join("local"))
+            .await
+            .unwrap();
+        assert_eq!(object.schema().unwrap(), schema);
+        let streamed: Vec<RecordBatch> = object.columns(&[0, 1], 16).unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(streamed.len(), 4);
+        assert_eq!(arrow::compute::concat_batches(&schema, &streamed).unwrap(), batch);
+    }
+
+    #[tokio::test]
+    async fn segments_written_as_plain_lists_still_read() {
+        // The layout before vectors were stored as fixed-size binary.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_object_store(&ObjectStoreConfig::Local {
+            root: dir.path().to_path_buf(),
+        })
+        .unwrap();
+        let rows: Vec<Option<Vec<f32>>> = (0..10).map(|i| Some(vec![i as f32, 1.0])).collect();
+        let batch = RecordBatch::try_from_iter([("v", vectors(2, &rows, false))]).unwrap();
+        let mut buf = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let path = segment_path(TableId(1), SegmentId(5));
+        store.put(&Path::from(path.as_str()), PutPayload::from(buf)).await.unwrap();
         assert_eq!(read_parquet(store.as_ref(), &path).await.unwrap()[0], batch);
     }
 }

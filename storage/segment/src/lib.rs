@@ -20,6 +20,7 @@ mod codec;
 mod durable_local;
 mod files;
 mod index_manifest;
+mod vector_column;
 mod wal_record;
 
 pub use codec::{decode_batch, encode_batch};
