@@ -102,6 +102,20 @@ impl Coordinator {
             self.builds.forget(|k| *k == key);
             return Ok(());
         };
+        // A compaction replaces its input segments in the meta store at
+        // once but releases them here only after a grace period (queries in
+        // flight still read them): building an index for one would be
+        // wasted work, so the manifest is checked first.
+        let manifest_key = keys::segment(task.segment.table, task.segment.id);
+        match self.meta.get(&manifest_key).await {
+            Ok(None) => {
+                tracing::debug!(segment = %key.0, "skipping the index build of a replaced segment");
+                self.builds.forget(|k| *k == key);
+                return Ok(());
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Err(ApiError::from_error(StatusCode::StorageFailure, &e)),
+        }
         let mut manifest = self.data_node()?.build_index(task).await?;
         manifest.built_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

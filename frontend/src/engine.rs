@@ -595,7 +595,9 @@ impl Engine {
         if let Err(e) = quiver_planner::rewrite::bind_parameters(&mut statement, params) {
             // A value that cannot be bound fails an open block like any
             // other error of the statement.
-            return self.guarded(session, false, Box::pin(async { Err(e) })).await;
+            return self
+                .guarded(session, false, Box::pin(async { Err(e) }))
+                .await;
         }
         self.execute(session, statement).await
     }

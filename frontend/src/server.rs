@@ -189,15 +189,14 @@ impl QueryParser for QuiverParser {
             return Ok(None);
         };
         let session = session_of(&self.engine, client);
-        let (statement, param_types, result) =
-            crate::declared_types::describe_with_declared_types(
-                &self.engine,
-                &session,
-                statement,
-                types,
-            )
-            .await
-            .map_err(to_pgwire)?;
+        let (statement, param_types, result) = crate::declared_types::describe_with_declared_types(
+            &self.engine,
+            &session,
+            statement,
+            types,
+        )
+        .await
+        .map_err(to_pgwire)?;
         Ok(Some(Prepared {
             sql: sql.to_string(),
             kind: PreparedKind::Statement(Box::new(statement)),

@@ -161,14 +161,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DurableLocalStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
         let one = Path::from("a/one");
-        store.put(&one, PutPayload::from_static(b"one")).await.unwrap();
-        let mut upload = WriteMultipart::new(store.put_multipart(&Path::from("b/two")).await.unwrap());
+        store
+            .put(&one, PutPayload::from_static(b"one"))
+            .await
+            .unwrap();
+        let mut upload =
+            WriteMultipart::new(store.put_multipart(&Path::from("b/two")).await.unwrap());
         upload.write(b"tw");
         upload.write(b"o");
         upload.finish().await.unwrap();
         store.copy(&one, &Path::from("c/three")).await.unwrap();
         for (path, want) in [("a/one", "one"), ("b/two", "two"), ("c/three", "one")] {
-            let got = store.get(&Path::from(path)).await.unwrap().bytes().await.unwrap();
+            let got = store
+                .get(&Path::from(path))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             assert_eq!(got.as_ref(), want.as_bytes(), "{path}");
             assert!(dir.path().join(path).is_file());
         }

@@ -333,7 +333,9 @@ impl ParquetObject {
 
     /// The Arrow schema of the object's rows (as read, not as stored).
     pub fn schema(&self) -> Result<arrow::datatypes::SchemaRef, SegmentError> {
-        Ok(crate::vector_column::restored_schema(self.metadata.schema()))
+        Ok(crate::vector_column::restored_schema(
+            self.metadata.schema(),
+        ))
     }
 }
 
@@ -503,16 +505,28 @@ mod tests {
         let rows: Vec<Option<Vec<f32>>> = (0..50)
             .map(|i| (i % 7 != 3).then(|| vec![i as f32, -(i as f32) * 0.25, f32::MIN_POSITIVE]))
             .collect();
-        let field = Field::new("v", DataType::FixedSizeList(
-            Arc::new(Field::new_list_field(DataType::Float32, true)), 3), true)
-            .with_metadata(std::collections::HashMap::from([("pg".to_string(), "vector".to_string())]));
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::UInt64, false), field]));
+        let field = Field::new(
+            "v",
+            DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), 3),
+            true,
+        )
+        .with_metadata(std::collections::HashMap::from([(
+            "pg".to_string(),
+            "vector".to_string(),
+        )]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            field,
+        ]));
         let ids: ArrayRef = Arc::new(UInt64Array::from_iter_values(0..50));
-        let batch = RecordBatch::try_new(schema.clone(), vec![ids, vectors(3, &rows, true)]).unwrap();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![ids, vectors(3, &rows, true)]).unwrap();
         // Two batches, the second a slice: offsets must not leak into the file.
         let parts = vec![batch.slice(0, 20), batch.slice(20, 30)];
         let path = segment_path(TableId(1), SegmentId(4));
-        write_parquet_batches(store.as_ref(), &path, schema.clone(), parts).await.unwrap();
+        write_parquet_batches(store.as_ref(), &path, schema.clone(), parts)
+            .await
+            .unwrap();
         let back = read_parquet(store.as_ref(), &path).await.unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0], batch, "same schema (metadata included) and values");
@@ -522,9 +536,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(object.schema().unwrap(), schema);
-        let streamed: Vec<RecordBatch> = object.columns(&[0, 1], 16).unwrap().map(|b| b.unwrap()).collect();
+        let streamed: Vec<RecordBatch> = object
+            .columns(&[0, 1], 16)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
         assert_eq!(streamed.len(), 4);
-        assert_eq!(arrow::compute::concat_batches(&schema, &streamed).unwrap(), batch);
+        assert_eq!(
+            arrow::compute::concat_batches(&schema, &streamed).unwrap(),
+            batch
+        );
     }
 
     #[tokio::test]
@@ -542,7 +563,10 @@ mod tests {
         writer.write(&batch).unwrap();
         writer.close().unwrap();
         let path = segment_path(TableId(1), SegmentId(5));
-        store.put(&Path::from(path.as_str()), PutPayload::from(buf)).await.unwrap();
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from(buf))
+            .await
+            .unwrap();
         assert_eq!(read_parquet(store.as_ref(), &path).await.unwrap()[0], batch);
     }
 }

@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeBinaryArray, FixedSizeListArray, RecordBatch,
+};
 use arrow::buffer::{Buffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -103,8 +105,7 @@ pub(crate) fn to_storage(
             } else {
                 Buffer::from_iter(floats.values().iter().flat_map(|v| v.to_le_bytes()))
             };
-            let binary =
-                FixedSizeBinaryArray::try_new(width, bytes, list.nulls().cloned())?;
+            let binary = FixedSizeBinaryArray::try_new(width, bytes, list.nulls().cloned())?;
             Ok(Arc::new(binary) as ArrayRef)
         })
         .collect::<Result<Vec<_>, ArrowError>>()?;

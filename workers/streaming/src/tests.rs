@@ -387,7 +387,11 @@ async fn a_bulk_insert_is_sealed_directly_and_survives_a_restart() {
         // whole, and writes nothing.
         let mut again: Vec<i64> = shard0[20..].to_vec();
         again.push(bulk[3]);
-        let err = node.streaming.write(insert(&info, &again)).await.unwrap_err();
+        let err = node
+            .streaming
+            .write(insert(&info, &again))
+            .await
+            .unwrap_err();
         assert_eq!(err.code, StatusCode::UniqueViolation, "{}", err.message);
         assert_eq!(segment_count(&node).await, segments_before + 4);
         assert_eq!(visible_ids(&node, "t").await, expected);
