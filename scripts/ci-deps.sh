@@ -25,6 +25,7 @@ APT_PACKAGES=(
     build-essential
     pkg-config
     libssl-dev
+    openssl
     cmake
     protobuf-compiler
     libprotobuf-dev

@@ -303,8 +303,9 @@ fi
 # own: etcd, two coordinators and two streaming nodes (leader + standby
 # each; the streaming nodes share one local WAL directory), two proxies
 # (connections alternate between them), two query nodes and a data node,
-# with tiny segments so that sealing, placement and index builds happen all
-# the time. Restart points SIGKILL all but etcd and the query/data nodes.
+# all on TLS with a cluster secret, with tiny segments so that sealing,
+# placement and index builds happen all the time. Restart points SIGKILL
+# all but etcd and the query/data nodes.
 run_slt_on_cluster() {
     local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer name port
     if ! command -v etcd >/dev/null; then
@@ -320,6 +321,20 @@ run_slt_on_cluster() {
     QUIVER_SLT_PORT2="$(free_port)"
     export QUIVER_SLT_COORDINATOR_PORT QUIVER_SLT_STREAMING_PORT QUIVER_SLT_PORT2 \
         QUIVER_SLT_COORDINATOR2_PORT QUIVER_SLT_STREAMING2_PORT
+    # Every link between the roles runs over TLS: a CA and one certificate
+    # for 127.0.0.1 that it signs.
+    local tls="$WORK/cluster-tls"
+    mkdir -p "$tls"
+    if ! (cd "$tls" &&
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=quiver test CA" \
+            -keyout ca.key -out ca.crt &&
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=quiver role" -keyout node.key -out node.csr &&
+        printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n' >ext.cnf &&
+        openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile ext.cnf -out node.crt) >>"$WORK/openssl.log" 2>&1; then
+        log "could not make the cluster's TLS certificates (see $WORK/openssl.log)"
+        return 1
+    fi
     cat >"$config" <<EOF
 [coordinator]
 query_nodes = ["127.0.0.1:$q1", "127.0.0.1:$q2"]
@@ -337,6 +352,11 @@ seal_rows = 3
 coordinators = ["127.0.0.1:$QUIVER_SLT_COORDINATOR_PORT", "127.0.0.1:$QUIVER_SLT_COORDINATOR2_PORT"]
 streaming_nodes = ["127.0.0.1:$QUIVER_SLT_STREAMING_PORT", "127.0.0.1:$QUIVER_SLT_STREAMING2_PORT"]
 secret = "slt-cluster-secret"
+
+[cluster.tls]
+cert = "$tls/node.crt"
+key = "$tls/node.key"
+ca = "$tls/ca.crt"
 
 [storage.meta]
 kind = "etcd"

@@ -61,6 +61,10 @@ enum Command {
     Probe {
         /// `host:port` of the node.
         address: String,
+        /// The cluster's configuration, for its TLS settings
+        /// (`[cluster.tls]`): a role on TLS answers only over TLS.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Parse a configuration file and print the effective configuration.
     CheckConfig { path: PathBuf },
@@ -100,9 +104,25 @@ impl NodeArgs {
         if let Some(l) = self.listen {
             *listen(&mut cfg) = l;
         }
-        quiver_transport::install_cluster_secret(cfg.cluster.secret.clone());
+        install_cluster_security(&cfg)?;
         Ok(cfg)
     }
+}
+
+/// The cluster secret and TLS settings every call between roles uses.
+fn install_cluster_security(cfg: &Config) -> anyhow::Result<()> {
+    quiver_transport::install_cluster_secret(cfg.cluster.secret.clone());
+    let tls = match &cfg.cluster.tls {
+        Some(t) => Some(quiver_transport::ClusterTls::load(
+            &t.cert,
+            &t.key,
+            &t.ca,
+            t.server_name.clone(),
+        )?),
+        None => None,
+    };
+    quiver_transport::install_cluster_tls(tls);
+    Ok(())
 }
 
 /// Stack of each runtime thread. Planning and executing a statement
@@ -152,8 +172,8 @@ async fn run() -> anyhow::Result<()> {
             if let Some(s) = shards {
                 cfg.coordinator.shards = s;
             }
-            // Remote query and data nodes, when configured, check it.
-            quiver_transport::install_cluster_secret(cfg.cluster.secret.clone());
+            // Remote query and data nodes, when configured, check them.
+            install_cluster_security(&cfg)?;
             let engine = standalone::start(&cfg).await.map_err(|e| {
                 tracing::error!(error = format!("{e:#}"), "startup failed");
                 e
@@ -183,7 +203,10 @@ async fn run() -> anyhow::Result<()> {
             let cfg = args.load(|c| &mut c.data.listen)?;
             nodes::run_data_node(&cfg).await
         }
-        Command::Probe { address } => {
+        Command::Probe { address, config } => {
+            if let Some(path) = config {
+                install_cluster_security(&Config::load(&path)?)?;
+            }
             match quiver_transport::check_health(&address, std::time::Duration::from_secs(3)).await
             {
                 Ok(status) => {

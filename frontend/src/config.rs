@@ -41,6 +41,28 @@ pub struct ClusterConfig {
     /// printed by `check-config`.
     #[serde(skip_serializing)]
     pub secret: Option<String>,
+    /// TLS on every gRPC/Flight link between role processes (health
+    /// included). Unset: plain text.
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// The TLS files of one role process; every process of a cluster trusts
+/// the same CA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// PEM certificate chain this process presents.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// PEM certificate of the CA that signs every role's certificate;
+    /// calls to other roles accept only certificates chaining to it.
+    pub ca: PathBuf,
+    /// Name every role's certificate must carry. Unset: the host of the
+    /// address dialed (an IP address or DNS name in the certificate's
+    /// subject alternative names).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -417,6 +439,17 @@ mod tests {
         let tls = config.frontend.tls.unwrap();
         assert!(tls.required && tls.key == Path::new("k.pem"));
         assert!(Config::from_toml("[frontend]\nauth = 'md5'\n").is_err());
+        let cluster = Config::from_toml(
+            "[cluster.tls]\ncert = 'n.crt'\nkey = 'n.key'\nca = 'ca.crt'\nserver_name = 'q.internal'\n",
+        )
+        .unwrap()
+        .cluster
+        .tls
+        .unwrap();
+        assert_eq!(cluster.ca, Path::new("ca.crt"));
+        assert_eq!(cluster.server_name.as_deref(), Some("q.internal"));
+        // A typo is an error, not a silently plain-text cluster.
+        assert!(Config::from_toml("[cluster.tls]\ncert = 'a'\nkey = 'b'\ncaa = 'c'\n").is_err());
     }
 
     #[test]

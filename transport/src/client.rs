@@ -58,16 +58,30 @@ impl NodeClient {
 
     /// [`Self::new`] with an explicit cluster secret.
     pub fn with_secret(address: &str, secret: Option<&str>) -> Result<Self, TransportError> {
+        let tls = crate::tls::cluster_tls();
         let url = if address.contains("://") {
             address.to_string()
+        } else if tls.is_some() {
+            format!("https://{address}")
         } else {
             format!("http://{address}")
         };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|source| TransportError::InvalidEndpoint {
-                address: address.to_string(),
-                source,
-            })?
+        let invalid = |source| TransportError::InvalidEndpoint {
+            address: address.to_string(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone()).map_err(invalid)?;
+        if let Some(tls) = tls {
+            let host = endpoint.uri().host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            endpoint = endpoint
+                .tls_config(tls.client_config(&host))
+                .map_err(invalid)?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

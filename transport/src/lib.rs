@@ -25,6 +25,7 @@ mod remote_streaming;
 mod role_services;
 mod server;
 mod status;
+mod tls;
 mod wire;
 
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub use failover::{FailoverClient, Retry};
 pub use remote_coordinator::RemoteCoordinator;
 pub use remote_streaming::RemoteStreamingNode;
 pub use server::{NodeService, serve, serve_health, serve_with_secret};
+pub use tls::{ClusterTls, install_cluster_tls};
 pub use wire::NodeStatus;
 
 /// Failures of the transport itself (role failures are `ApiError`s).
@@ -46,6 +48,13 @@ pub enum TransportError {
         address: String,
         #[source]
         source: tonic::transport::Error,
+    },
+    #[error("cannot read the cluster TLS {what} {path}")]
+    TlsFile {
+        what: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("gRPC server on {listen} failed")]
     Serve {

@@ -444,7 +444,7 @@ pub async fn serve_with_secret(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         crate::auth::RequireSecret::new(secret),
     );
-    tonic::transport::Server::builder()
+    server_builder(listen)?
         .add_service(health)
         .add_service(flight)
         .serve_with_incoming_shutdown(
@@ -469,7 +469,7 @@ pub async fn serve_health(
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     // The overall status ("") starts as serving.
     let (_reporter, health) = tonic_health::server::health_reporter();
-    tonic::transport::Server::builder()
+    server_builder(listen)?
         .add_service(health)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -477,4 +477,17 @@ pub async fn serve_health(
         )
         .await
         .map_err(|source| TransportError::Serve { listen, source })
+}
+
+/// A gRPC server, on TLS when the cluster has it (`[cluster.tls]`).
+fn server_builder(
+    listen: std::net::SocketAddr,
+) -> Result<tonic::transport::Server, TransportError> {
+    let builder = tonic::transport::Server::builder();
+    match crate::tls::cluster_tls() {
+        Some(tls) => builder
+            .tls_config(tls.server_config())
+            .map_err(|source| TransportError::Serve { listen, source }),
+        None => Ok(builder),
+    }
 }
