@@ -330,6 +330,7 @@ impl Engine {
             rewrite_vector_casts(s);
             quiver_planner::like::rewrite_like_escapes(s);
             quiver_planner::int_vectors::rewrite_int_vector_expansions(s);
+            quiver_planner::table_functions::name_set_function_columns(s);
             if !subqueries_done {
                 rewrite_array_subqueries(s);
                 subqueries::rewrite_scalar_subqueries(s, &is_aggregate);

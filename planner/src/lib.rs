@@ -14,6 +14,7 @@ pub mod int_vectors;
 pub mod like;
 pub mod rewrite;
 pub mod subqueries;
+pub mod table_functions;
 pub mod vector;
 pub mod vector_agg;
 pub mod vector_search;

@@ -141,3 +141,16 @@ def test_declared_parameter_types_type_the_result(server, binary):
         # Where the statement types the parameter, that type stays.
         assert cur.execute(f"SELECT id FROM {TABLE} WHERE id = %s", [2]).fetchone() == (2,)
         assert cur.execute("SELECT %s::text", [5]).fetchone() == ("5",)
+
+
+def test_set_returning_function_columns_are_named_like_postgres(server):
+    with server.connect() as conn:
+        for sql, names in [
+            ("SELECT * FROM generate_series(1, 2)", ["generate_series"]),
+            ("SELECT * FROM generate_series(1, 2) g", ["g"]),
+            ("SELECT * FROM generate_series(1, 2) AS g(n)", ["n"]),
+            ("SELECT * FROM unnest(ARRAY[1, 2])", ["unnest"]),
+        ]:
+            cur = conn.execute(sql)
+            assert [c.name for c in cur.description] == names, sql
+            assert [r[0] for r in cur.fetchall()] == [1, 2], sql
