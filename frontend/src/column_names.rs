@@ -45,6 +45,13 @@ pub(crate) fn expr_name(expr: &Expr) -> String {
                 (None, _) => name,
             }
         }
+        // The cast Quiver adds to give a parameter its declared type
+        // (`declared_types`): invisible, as in PostgreSQL.
+        Expr::Cast {
+            kind: sqlparser::ast::CastKind::SafeCast,
+            expr,
+            ..
+        } => expr_name(expr),
         Expr::Cast {
             expr, data_type, ..
         } => match expr.as_ref() {

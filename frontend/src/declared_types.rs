@@ -20,7 +20,9 @@ use crate::engine::Engine;
 use crate::session::Session;
 use quiver_planner::SqlError;
 
-/// The SQL spelling of a declared parameter type the planner can cast to.
+/// The SQL spelling of a declared parameter type the planner can cast to
+/// without losing values (not NUMERIC: the planner's default decimal has
+/// fewer digits than PostgreSQL's, so numerics stay text).
 fn sql_type_name(ty: &Type) -> Option<&'static str> {
     Some(match *ty {
         Type::BOOL => "boolean",
@@ -29,7 +31,6 @@ fn sql_type_name(ty: &Type) -> Option<&'static str> {
         Type::INT8 => "bigint",
         Type::FLOAT4 => "real",
         Type::FLOAT8 => "double precision",
-        Type::NUMERIC => "numeric",
         Type::TEXT | Type::VARCHAR | Type::BPCHAR => "text",
         Type::BYTEA => "bytea",
         Type::DATE => "date",
@@ -60,13 +61,15 @@ pub async fn describe_with_declared_types(
         if *inferred != Type::UNKNOWN || limits.contains(&i) {
             continue;
         }
-        // PostgreSQL resolves a parameter nothing types to text.
-        let client = match declared.get(i) {
+        // PostgreSQL resolves a parameter nothing types to text; a declared
+        // type the planner cannot hold exactly is passed as text too.
+        let declared_type = match declared.get(i) {
             Some(Some(t)) if *t != Type::UNKNOWN => t.clone(),
             _ => Type::TEXT,
         };
-        let Some(name) = sql_type_name(&client) else {
-            continue;
+        let (client, name) = match sql_type_name(&declared_type) {
+            Some(name) => (declared_type, name),
+            None => (Type::TEXT, "text"),
         };
         let data_type = Parser::new(&PostgreSqlDialect {})
             .try_with_sql(name)

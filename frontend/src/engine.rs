@@ -676,6 +676,16 @@ impl Engine {
                 "VACUUM cannot run inside a transaction block",
             )),
             Statement::Vacuum(vacuum) => self.vacuum(vacuum.table_name.as_ref()).await,
+            // Planner statistics: Quiver keeps none, so there is nothing to
+            // gather (pgvector's docs run ANALYZE after a load); the table
+            // must exist, as in PostgreSQL.
+            Statement::Analyze(analyze) => {
+                if let Some(name) = &analyze.table_name {
+                    let table = crate::ddl::table_name(name)?;
+                    self.backends.lookup_table(&table).await?;
+                }
+                Ok(Output::Command(Tag::new("ANALYZE")))
+            }
             Statement::Truncate(_) if session.in_transaction_block() => Err(SqlError::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 "TRUNCATE inside a transaction block is not supported",

@@ -70,6 +70,18 @@ pub struct Session {
     transaction: Mutex<TransactionState>,
     /// The role the connection logged in as (`current_user`).
     user: Mutex<String>,
+    /// Inside a transaction block: how to undo its `SET`s.
+    settings_undo: Mutex<Option<SettingsUndo>>,
+}
+
+/// `SET` is transactional in PostgreSQL: ROLLBACK undoes every `SET` of
+/// the block, and COMMIT undoes only `SET LOCAL`.
+#[derive(Debug)]
+struct SettingsUndo {
+    at_begin: HashMap<String, String>,
+    consistency_at_begin: Consistency,
+    /// Per name set with `SET LOCAL`: the value COMMIT restores.
+    local: HashMap<String, Option<String>>,
 }
 
 /// A NOTICE or WARNING for the client.
@@ -105,6 +117,67 @@ impl Session {
             notices: Mutex::new(Vec::new()),
             transaction: Mutex::new(TransactionState::Idle),
             user: Mutex::new("postgres".to_string()),
+            settings_undo: Mutex::new(None),
+        }
+    }
+
+    /// A block begins: its `SET`s can be undone from here.
+    pub fn begin_settings_scope(&self) {
+        *self.settings_undo.lock() = Some(SettingsUndo {
+            at_begin: self.settings.lock().clone(),
+            consistency_at_begin: *self.consistency.lock(),
+            local: HashMap::new(),
+        });
+    }
+
+    /// Records that `name` is about to be set; `local` for `SET LOCAL`.
+    /// Returns false when `SET LOCAL` is used outside a block (no effect).
+    pub fn note_setting_change(&self, name: &str, local: bool) -> bool {
+        let mut undo = self.settings_undo.lock();
+        match undo.as_mut() {
+            None => !local,
+            Some(undo) if local => {
+                if !undo.local.contains_key(name) {
+                    let current = if name == "quiver.consistency" {
+                        Some(self.consistency.lock().name().to_string())
+                    } else {
+                        self.settings.lock().get(name).cloned()
+                    };
+                    undo.local.insert(name.to_string(), current);
+                }
+                true
+            }
+            Some(undo) => {
+                // A session-level SET after a SET LOCAL outlives the block.
+                undo.local.remove(name);
+                true
+            }
+        }
+    }
+
+    /// The block ended: COMMIT keeps its `SET`s but not its `SET LOCAL`s;
+    /// ROLLBACK keeps none.
+    pub fn end_settings_scope(&self, committed: bool) {
+        let Some(undo) = self.settings_undo.lock().take() else {
+            return;
+        };
+        if !committed {
+            *self.settings.lock() = undo.at_begin;
+            *self.consistency.lock() = undo.consistency_at_begin;
+            return;
+        }
+        for (name, value) in undo.local {
+            if name == "quiver.consistency" {
+                if let Some(c) = value.as_deref().and_then(|v| Consistency::parse(v).ok()) {
+                    *self.consistency.lock() = c;
+                }
+                continue;
+            }
+            let mut settings = self.settings.lock();
+            match value {
+                Some(v) => settings.insert(name, v),
+                None => settings.remove(&name),
+            };
         }
     }
 

@@ -16,9 +16,17 @@ impl Engine {
     pub(crate) fn set(&self, session: &Session, set: Set) -> Result<Output, SqlError> {
         match set {
             Set::SingleAssignment {
-                variable, values, ..
+                scope,
+                variable,
+                values,
+                ..
             } => {
                 let name = variable_name(&variable);
+                let local = matches!(scope, Some(sqlparser::ast::ContextModifier::Local));
+                if !session.note_setting_change(&name, local) {
+                    session.warning("25P01", "SET LOCAL can only be used in transaction blocks");
+                    return Ok(Output::Command(Tag::new("SET")));
+                }
                 if let [Expr::Identifier(word)] = values.as_slice()
                     && word.quote_style.is_none()
                     && word.value.eq_ignore_ascii_case("default")
@@ -74,7 +82,11 @@ impl Engine {
                 session.settings.lock().clear();
                 *session.consistency.lock() = Consistency::Session;
             }
-            Reset::ConfigurationParameter(name) => reset_setting(session, &variable_name(name)),
+            Reset::ConfigurationParameter(name) => {
+                let name = variable_name(name);
+                session.note_setting_change(&name, false);
+                reset_setting(session, &name)
+            }
         }
         Output::Command(Tag::new("RESET"))
     }

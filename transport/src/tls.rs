@@ -48,9 +48,32 @@ impl ClusterTls {
         ca: &Path,
         server_name: Option<String>,
     ) -> Result<Self, TransportError> {
+        let (cert_pem, key_pem, ca_pem) = (
+            read(cert, "certificate")?,
+            read(key, "key")?,
+            read(ca, "CA certificate")?,
+        );
+        // tonic parses them only at the first connection; a wrong file
+        // must fail start-up instead, naming itself.
+        for (pem, path, what, marker) in [
+            (&cert_pem, cert, "certificate", "CERTIFICATE-----"),
+            (&key_pem, key, "key", "PRIVATE KEY-----"),
+            (&ca_pem, ca, "CA certificate", "CERTIFICATE-----"),
+        ] {
+            if !String::from_utf8_lossy(pem).contains(marker) {
+                return Err(TransportError::TlsFile {
+                    what: what.to_string(),
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("no PEM block ending in \"{marker}\""),
+                    ),
+                });
+            }
+        }
         Ok(ClusterTls {
-            identity: Identity::from_pem(read(cert, "certificate")?, read(key, "key")?),
-            ca: Certificate::from_pem(read(ca, "CA certificate")?),
+            identity: Identity::from_pem(cert_pem, key_pem),
+            ca: Certificate::from_pem(ca_pem),
             server_name,
         })
     }

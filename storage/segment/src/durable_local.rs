@@ -4,8 +4,8 @@
 //! into place without fsync, so a power failure can lose an object whose
 //! write returned. Sealed segments, delete logs and index files are the
 //! only copy of their rows once the WAL is truncated (and bulk loads never
-//! reach the WAL), so every completed write here syncs the file and its
-//! directory before it returns. Written by hand because the crate offers no
+//! reach the WAL), so every completed write here syncs the file and the
+//! directories above it, up to the store's root, before it returns. Written by hand because the crate offers no
 //! such option; everything else delegates to `LocalFileSystem`.
 
 use std::fmt;
@@ -24,13 +24,26 @@ use object_store::{
 #[derive(Debug)]
 pub struct DurableLocalStore {
     inner: Arc<LocalFileSystem>,
+    /// The store's directory: directories are synced up to it.
+    root: PathBuf,
 }
 
 impl DurableLocalStore {
-    pub fn new(inner: LocalFileSystem) -> Self {
+    /// `inner` must have been made with `root` as its prefix.
+    pub fn new(inner: LocalFileSystem, root: PathBuf) -> Self {
         DurableLocalStore {
             inner: Arc::new(inner),
+            root,
         }
+    }
+
+    /// Syncs a written file and every directory from its own up to the
+    /// store's root: a write may have created several of them (a new
+    /// segment's directory, a new table's), and a directory's entry is
+    /// only durable once its parent is synced.
+    async fn sync(&self, file: PathBuf) -> Result<()> {
+        let root = self.root.clone();
+        sync_file(file, root).await
     }
 }
 
@@ -40,12 +53,16 @@ impl fmt::Display for DurableLocalStore {
     }
 }
 
-/// Syncs a written file and the directory holding its name.
-async fn sync_file(file: PathBuf) -> Result<()> {
+async fn sync_file(file: PathBuf, root: PathBuf) -> Result<()> {
     let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::File::open(&file)?.sync_all()?;
-        if let Some(dir) = file.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)?.sync_all()?;
+            if !d.starts_with(&root) || d == root {
+                break;
+            }
+            dir = d.parent();
         }
         Ok(())
     })
@@ -70,7 +87,7 @@ impl ObjectStore for DurableLocalStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         let result = self.inner.put_opts(location, payload, opts).await?;
-        sync_file(self.inner.path_to_filesystem(location)?).await?;
+        self.sync(self.inner.path_to_filesystem(location)?).await?;
         Ok(result)
     }
 
@@ -83,6 +100,7 @@ impl ObjectStore for DurableLocalStore {
         Ok(Box::new(DurableUpload {
             upload,
             file: self.inner.path_to_filesystem(location)?,
+            root: self.root.clone(),
         }))
     }
 
@@ -123,7 +141,7 @@ impl ObjectStore for DurableLocalStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await?;
-        sync_file(self.inner.path_to_filesystem(to)?).await
+        self.sync(self.inner.path_to_filesystem(to)?).await
     }
 }
 
@@ -132,6 +150,7 @@ impl ObjectStore for DurableLocalStore {
 struct DurableUpload {
     upload: Box<dyn MultipartUpload>,
     file: PathBuf,
+    root: PathBuf,
 }
 
 #[async_trait]
@@ -142,7 +161,7 @@ impl MultipartUpload for DurableUpload {
 
     async fn complete(&mut self) -> Result<PutResult> {
         let result = self.upload.complete().await?;
-        sync_file(self.file.clone()).await?;
+        sync_file(self.file.clone(), self.root.clone()).await?;
         Ok(result)
     }
 
@@ -159,7 +178,10 @@ mod tests {
     #[tokio::test]
     async fn writes_read_back_through_every_path() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DurableLocalStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let store = DurableLocalStore::new(
+            LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+            dir.path().to_path_buf(),
+        );
         let one = Path::from("a/one");
         store
             .put(&one, PutPayload::from_static(b"one"))

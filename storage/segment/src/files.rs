@@ -63,7 +63,9 @@ pub fn open_object_store(config: &ObjectStoreConfig) -> Result<Arc<dyn ObjectSto
                 SegmentError::Config(format!("cannot create {}: {e}", root.display()))
             })?;
             let fs = LocalFileSystem::new_with_prefix(root)?;
-            Ok(Arc::new(crate::DurableLocalStore::new(fs)))
+            // The prefix as the store resolves it, so paths compare.
+            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+            Ok(Arc::new(crate::DurableLocalStore::new(fs, root)))
         }
         ObjectStoreConfig::S3(s3) => {
             let mut builder = object_store::aws::AmazonS3Builder::new()

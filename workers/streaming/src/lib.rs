@@ -80,6 +80,9 @@ pub struct StreamingOptions {
     pub direct_seal_rows: usize,
 }
 
+/// Cheap to clone (shared channels and context): a clone runs a change
+/// in a task of its own, see [`detached`].
+#[derive(Clone)]
 pub struct StreamingNode {
     channels: Vec<Arc<Channel>>,
     ctx: Arc<NodeContext>,
@@ -505,21 +508,49 @@ impl StreamingNode {
     }
 }
 
+/// Runs a change of durable state to its end in a task of its own. Between
+/// a durable step (a WAL append, a meta-store batch) and the in-memory
+/// update that must follow it, the caller's future may be dropped (a
+/// client or proxy going away cancels its gRPC call): the rows would be
+/// durable but not applied, so a retry could insert their keys again and a
+/// restart would bring back both. A spawned task is not cancelled with its
+/// caller, and it holds the shards' locks until it is done.
+async fn detached<T, F>(change: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
+{
+    tokio::spawn(change).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::Internal,
+            format!("streaming node task failed: {e}"),
+        )
+    })?
+}
+
 #[async_trait]
 impl StreamingApi for StreamingNode {
     async fn write(&self, request: WriteRequest) -> ApiResult<WriteResult> {
-        if self.wants_direct_seal(&request) {
-            return self.write_direct(&request).await;
-        }
-        let mut results = self
-            .write_atomically(std::slice::from_ref(&request))
-            .await?;
-        Ok(results.pop().unwrap_or_default())
+        let node = self.clone();
+        detached(async move {
+            if node.wants_direct_seal(&request) {
+                return node.write_direct(&request).await;
+            }
+            let mut results = node
+                .write_atomically(std::slice::from_ref(&request))
+                .await?;
+            Ok(results.pop().unwrap_or_default())
+        })
+        .await
     }
 
     async fn commit(&self, requests: Vec<WriteRequest>) -> ApiResult<Timestamp> {
-        let results = self.write_atomically(&requests).await?;
-        Ok(results.first().map(|r| r.ts).unwrap_or(Timestamp::ZERO))
+        let node = self.clone();
+        detached(async move {
+            let results = node.write_atomically(&requests).await?;
+            Ok(results.first().map(|r| r.ts).unwrap_or(Timestamp::ZERO))
+        })
+        .await
     }
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
@@ -535,6 +566,65 @@ impl StreamingApi for StreamingNode {
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
+        let (node, table) = (self.clone(), table.clone());
+        detached(async move { node.truncate_now(&table).await }).await
+    }
+
+    async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
+        self.wait_applied_now(ts).await
+    }
+
+    async fn applied_ts(&self) -> ApiResult<Timestamp> {
+        Ok(self
+            .channels
+            .iter()
+            .map(|c| c.tick())
+            .min()
+            .unwrap_or(Timestamp::ZERO))
+    }
+
+    async fn acknowledged_ts(&self) -> ApiResult<Timestamp> {
+        // A write is acknowledged only after its shard's tick passed its
+        // timestamp, so the newest tick covers all of them; the other shards
+        // then catch up to it (waiting for any write holding their lock).
+        let newest = self
+            .channels
+            .iter()
+            .map(|c| c.tick())
+            .max()
+            .unwrap_or(Timestamp::ZERO);
+        self.wait_applied_now(newest).await
+    }
+
+    async fn snapshot(
+        &self,
+        table: &TableInfo,
+        shard: ShardId,
+        ts: Timestamp,
+    ) -> ApiResult<ShardSnapshot> {
+        self.check_current(table).await?;
+        self.channel(shard)?.snapshot(table, ts)
+    }
+
+    async fn flush_all(&self) -> ApiResult<()> {
+        let node = self.clone();
+        detached(async move {
+            for ch in &node.channels {
+                ch.flush(&node.ctx).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize> {
+        let (node, table) = (self.clone(), table.cloned());
+        detached(async move { node.compact_all(table.as_ref(), true).await }).await
+    }
+}
+
+impl StreamingNode {
+    async fn truncate_now(&self, table: &TableInfo) -> ApiResult<Timestamp> {
         self.check_current(table).await?;
         // Flush locks first (no flush may be between freeze and swap while
         // rows vanish), then write locks: the order every path uses.
@@ -576,7 +666,7 @@ impl StreamingApi for StreamingNode {
         Ok(ts)
     }
 
-    async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
+    async fn wait_applied_now(&self, ts: Timestamp) -> ApiResult<Timestamp> {
         for ch in &self.channels {
             if ch.tick() < ts {
                 // Any write holding the lock finishes applying first; writes
@@ -586,48 +676,5 @@ impl StreamingApi for StreamingNode {
             }
         }
         Ok(ts)
-    }
-
-    async fn applied_ts(&self) -> ApiResult<Timestamp> {
-        Ok(self
-            .channels
-            .iter()
-            .map(|c| c.tick())
-            .min()
-            .unwrap_or(Timestamp::ZERO))
-    }
-
-    async fn acknowledged_ts(&self) -> ApiResult<Timestamp> {
-        // A write is acknowledged only after its shard's tick passed its
-        // timestamp, so the newest tick covers all of them; the other shards
-        // then catch up to it (waiting for any write holding their lock).
-        let newest = self
-            .channels
-            .iter()
-            .map(|c| c.tick())
-            .max()
-            .unwrap_or(Timestamp::ZERO);
-        self.wait_applied(newest).await
-    }
-
-    async fn snapshot(
-        &self,
-        table: &TableInfo,
-        shard: ShardId,
-        ts: Timestamp,
-    ) -> ApiResult<ShardSnapshot> {
-        self.check_current(table).await?;
-        self.channel(shard)?.snapshot(table, ts)
-    }
-
-    async fn flush_all(&self) -> ApiResult<()> {
-        for ch in &self.channels {
-            ch.flush(&self.ctx).await?;
-        }
-        Ok(())
-    }
-
-    async fn compact(&self, table: Option<&TableInfo>) -> ApiResult<usize> {
-        self.compact_all(table, true).await
     }
 }
