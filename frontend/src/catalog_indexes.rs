@@ -40,6 +40,11 @@ fn index_oid(index: &IndexInfo) -> i32 {
     (INDEX_OID_BASE + index.id.0 as i64).min(i32::MAX as i64) as i32
 }
 
+/// The index an OID of [`index_oid`] stands for.
+pub(crate) fn index_id_of_oid(oid: i64) -> Option<quiver_types::IndexId> {
+    (oid >= INDEX_OID_BASE).then(|| quiver_types::IndexId((oid - INDEX_OID_BASE) as u64))
+}
+
 /// What the appended rows are computed from: the public schema's OID and
 /// the catalog OID of each Quiver table.
 pub struct CatalogView {

@@ -261,6 +261,7 @@ impl Engine {
         ));
         ctx.register_udf(crate::pg_catalog::PgGetIndexdef::udf(backends.clone()));
         ctx.register_udf(quiver_planner::catalog_functions::json_build_object_udf());
+        ctx.register_udf(quiver_planner::catalog_functions::pg_size_pretty_udf());
         for udf in quiver_planner::catalog_functions::null_text_udfs()
             .into_iter()
             .chain(quiver_planner::catalog_functions::visibility_udfs())
@@ -271,6 +272,11 @@ impl Engine {
         }
         if let Some(inner) = catalog.schema("pg_catalog") {
             let table_oids = crate::pg_catalog::TableOids::default();
+            for udf in
+                crate::relation_size::size_udfs(backends.coordinator.clone(), table_oids.clone())
+            {
+                ctx.register_udf(udf);
+            }
             ctx.register_udf(crate::pg_catalog::column_default_udf(
                 backends.clone(),
                 table_oids.clone(),
@@ -486,6 +492,10 @@ impl Engine {
         mut statement: Statement,
     ) -> Result<LogicalPlan, SqlError> {
         bind_current_setting(&mut statement, session)?;
+        crate::relation_size::bind_relation_sizes(
+            &mut statement,
+            self.backends.coordinator.as_ref(),
+        )?;
         session
             .ctx
             .state()

@@ -27,6 +27,7 @@ pub mod literal_values;
 pub mod pg_catalog;
 pub mod prepared;
 mod ready_status;
+mod relation_size;
 pub mod roles;
 pub mod server;
 pub mod session;

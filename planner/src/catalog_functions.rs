@@ -91,9 +91,70 @@ pub fn version_udf() -> ScalarUDF {
     )
 }
 
+/// PostgreSQL's `pg_size_pretty(bigint)`: bytes below 10 kB, then kB, MB,
+/// GB, TB and PB, each rounded half away from zero, switching unit below
+/// 20 units of the next (`pg_size_pretty` in PostgreSQL's dbsize.c).
+pub fn size_pretty(bytes: i64) -> String {
+    // (name, limit below which the unit is used, rounded, bits)
+    const UNITS: [(&str, i64, bool, u32); 6] = [
+        ("bytes", 10 * 1024, false, 0),
+        ("kB", 20 * 1024 - 1, true, 10),
+        ("MB", 20 * 1024 - 1, true, 20),
+        ("GB", 20 * 1024 - 1, true, 30),
+        ("TB", 20 * 1024 - 1, true, 40),
+        ("PB", 20 * 1024 - 1, true, 50),
+    ];
+    let half_rounded = |x: i64| (x + if x < 0 { -1 } else { 1 }) / 2;
+    let mut size = bytes;
+    for (i, &(name, limit, round, bits)) in UNITS.iter().enumerate() {
+        if i + 1 == UNITS.len() || size.unsigned_abs() < limit as u64 {
+            let shown = if round { half_rounded(size) } else { size };
+            return format!("{shown} {name}");
+        }
+        let next = UNITS[i + 1];
+        let shift = next.3 - bits - u32::from(next.2) + u32::from(round);
+        size /= 1i64 << shift;
+    }
+    unreachable!("the last unit always matches")
+}
+
+/// `pg_size_pretty(bigint)`.
+pub fn pg_size_pretty_udf() -> ScalarUDF {
+    create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let sizes = arrays[0].as_primitive::<arrow::datatypes::Int64Type>();
+            let out: arrow::array::StringArray = sizes.iter().map(|v| v.map(size_pretty)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_print_like_postgres() {
+        // PostgreSQL 16's algorithm, worked by hand.
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (20_971_519, "20 MB"),
+            (10_484_735, "10239 kB"),
+            (20_971_520, "20 MB"),
+            (1_073_741_824, "1024 MB"),
+            (160_432_128, "153 MB"),
+            (-10240, "-10 kB"),
+        ] {
+            assert_eq!(size_pretty(bytes), text, "{bytes}");
+        }
+    }
 
     #[test]
     fn resolves_vector_and_builtin_names() {

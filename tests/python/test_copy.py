@@ -229,3 +229,29 @@ def test_copy_to_stdout_round_trips(server):
         # COPY (query) TO STDOUT
         with conn.cursor().copy(f"COPY (SELECT id FROM {TABLE} WHERE v IS NOT NULL ORDER BY id) TO STDOUT") as copy:
             assert b"".join(copy) == b"1\n3\n"
+
+
+def test_relation_sizes_as_pgvector_docs_query_them(quiver_factory):
+    """`pg_relation_size('index')`, `pg_total_relation_size('table')` and
+    `pg_size_pretty`, as pgvector's docs use them to size an index."""
+    server = quiver_factory()
+    with server.connect() as conn:
+        conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, v vector(8))")
+        with conn.cursor().copy(f"COPY {TABLE} (id, v) FROM STDIN") as copy:
+            copy.write("".join(f"{i}\t[{i % 13},{i % 7},1,2,3,4,5,{i % 5}]\n" for i in range(12_000)))
+        conn.execute(f"CREATE INDEX copy_idx ON {TABLE} USING diskann (v vector_l2_ops)")
+        wait_for_index_builds(conn)
+        data = conn.execute(
+            f"SELECT sum(bytes) FROM quiver.segments WHERE table_name = '{TABLE}'").fetchone()[0]
+        index = conn.execute(
+            f"SELECT sum(bytes) FROM quiver.index_builds WHERE index_name = 'copy_idx'").fetchone()[0]
+        assert data > 0 and index > 0
+        got = conn.execute(
+            f"SELECT pg_relation_size('{TABLE}'), pg_table_size('{TABLE}'), pg_indexes_size('{TABLE}'), "
+            f"pg_total_relation_size('{TABLE}'), pg_relation_size('copy_idx'::regclass)").fetchone()
+        assert got == (data, data, index, data + index, index)
+        pretty = conn.execute("SELECT pg_size_pretty(pg_relation_size('copy_idx'))").fetchone()[0]
+        assert pretty.endswith((" kB", " MB", " bytes")), pretty
+        assert conn.execute("SELECT pg_size_pretty(20971520::bigint)").fetchone()[0] == "20 MB"
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("SELECT pg_relation_size('no_such_index')")
