@@ -17,6 +17,7 @@ pub mod subqueries;
 pub mod table_functions;
 pub mod vector;
 pub mod vector_agg;
+pub mod vector_arith;
 pub mod vector_search;
 
 use std::fmt;
@@ -73,6 +74,7 @@ impl std::error::Error for SqlError {}
 /// SQLSTATEs used across the planner.
 pub mod sqlstate {
     pub const DATA_EXCEPTION: &str = "22000";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
     pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
     pub const DATATYPE_MISMATCH: &str = "42804";
     pub const UNDEFINED_COLUMN: &str = "42703";

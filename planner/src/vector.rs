@@ -577,6 +577,9 @@ pub fn udfs() -> Vec<ScalarUDF> {
         function("to_vector", Kind::Cast, 2),
         function("quiver_text", Kind::Text, 1),
     ]
+    .into_iter()
+    .chain(crate::vector_arith::udfs())
+    .collect()
 }
 
 /// Rewrites pgvector's operators into the distance functions while planning.
@@ -608,8 +611,13 @@ impl ExprPlanner for VectorOperatorPlanner {
     fn plan_binary_op(
         &self,
         expr: RawBinaryExpr,
-        _schema: &DFSchema,
+        schema: &DFSchema,
     ) -> Result<PlannerResult<RawBinaryExpr>> {
+        if let Some(udf) = crate::vector_arith::plan(&expr.op, &expr.left, &expr.right, schema) {
+            return Ok(PlannerResult::Planned(Expr::ScalarFunction(
+                ScalarFunction::new_udf(Arc::new(udf), vec![expr.left, expr.right]),
+            )));
+        }
         let Some((_, udf)) = self.by_operator.iter().find(|(op, _)| *op == expr.op) else {
             return Ok(PlannerResult::Original(expr));
         };
