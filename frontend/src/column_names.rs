@@ -32,6 +32,11 @@ pub(crate) fn expr_name(expr: &Expr) -> String {
                 .unwrap_or_default();
             // `x::vector` and `x::text` were rewritten into these calls; like
             // a cast, they are named after a column argument, else the type.
+            // The wrapper that gives a parameter its declared type
+            // (`declared_types`): invisible, as in PostgreSQL.
+            if name == quiver_planner::rewrite::DECLARED_PARAMETER {
+                return "?column?".into();
+            }
             let cast_to = match name.as_str() {
                 "to_vector" => Some("vector"),
                 "quiver_text" => Some("text"),
@@ -45,13 +50,6 @@ pub(crate) fn expr_name(expr: &Expr) -> String {
                 (None, _) => name,
             }
         }
-        // The cast Quiver adds to give a parameter its declared type
-        // (`declared_types`): invisible, as in PostgreSQL.
-        Expr::Cast {
-            kind: sqlparser::ast::CastKind::SafeCast,
-            expr,
-            ..
-        } => expr_name(expr),
         Expr::Cast {
             expr, data_type, ..
         } => match expr.as_ref() {

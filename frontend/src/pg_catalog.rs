@@ -552,6 +552,13 @@ impl TableProvider for Corrected {
                 Correction::Rows(extension) => {
                     if extension == Extension::PgClass {
                         *self.hidden_relations.write() = relations_outside(&batches, &view);
+                        // `'t'::regclass` is a pg_class lookup: the size
+                        // functions map its OID back through this.
+                        *self.table_oids.write() = view
+                            .table_oids
+                            .iter()
+                            .map(|(name, oid)| (*oid, name.clone()))
+                            .collect();
                         batches = batches
                             .iter()
                             .map(|b| with_indexes_flagged(b, &view))

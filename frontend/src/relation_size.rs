@@ -154,7 +154,8 @@ pub(crate) fn bind_relation_sizes(
 }
 
 /// The relation an OID stands for: a Quiver index, or a table as the last
-/// `pg_class` scan numbered it.
+/// `pg_class` or `pg_attribute` scan numbered it (a `'t'::regclass` lookup
+/// is such a scan, run before the function).
 fn relation_of_oid(
     coordinator: &dyn CoordinatorApi,
     table_oids: &crate::pg_catalog::TableOids,

@@ -82,6 +82,16 @@ struct SettingsUndo {
     consistency_at_begin: Consistency,
     /// Per name set with `SET LOCAL`: the value COMMIT restores.
     local: HashMap<String, Option<String>>,
+    /// Per savepoint, innermost last: the settings when it was made.
+    savepoints: Vec<SettingsSavepoint>,
+}
+
+#[derive(Debug)]
+struct SettingsSavepoint {
+    name: String,
+    settings: HashMap<String, String>,
+    consistency: Consistency,
+    local: HashMap<String, Option<String>>,
 }
 
 /// A NOTICE or WARNING for the client.
@@ -127,7 +137,52 @@ impl Session {
             at_begin: self.settings.lock().clone(),
             consistency_at_begin: *self.consistency.lock(),
             local: HashMap::new(),
+            savepoints: Vec::new(),
         });
+    }
+
+    /// `SAVEPOINT name`: remembers the settings to return to.
+    pub fn settings_savepoint(&self, name: &str) {
+        if let Some(undo) = self.settings_undo.lock().as_mut() {
+            undo.savepoints.push(SettingsSavepoint {
+                name: name.to_string(),
+                settings: self.settings.lock().clone(),
+                consistency: *self.consistency.lock(),
+                local: undo.local.clone(),
+            });
+        }
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: the settings as they were at it (the
+    /// savepoint stays; later ones go).
+    pub fn rollback_settings_to(&self, name: &str) {
+        let mut undo = self.settings_undo.lock();
+        let Some(undo) = undo.as_mut() else { return };
+        let Some(at) = undo.savepoints.iter().rposition(|s| s.name == name) else {
+            return;
+        };
+        undo.savepoints.truncate(at + 1);
+        let point = &undo.savepoints[at];
+        *self.settings.lock() = point.settings.clone();
+        *self.consistency.lock() = point.consistency;
+        undo.local = point.local.clone();
+    }
+
+    /// `RELEASE SAVEPOINT name`: it and later ones go, the settings stay.
+    pub fn release_settings_savepoint(&self, name: &str) {
+        if let Some(undo) = self.settings_undo.lock().as_mut()
+            && let Some(at) = undo.savepoints.iter().rposition(|s| s.name == name)
+        {
+            undo.savepoints.truncate(at);
+        }
+    }
+
+    /// `RESET ALL` is a session-level change of every setting: pending
+    /// `SET LOCAL` restores no longer apply at COMMIT.
+    pub fn forget_local_settings(&self) {
+        if let Some(undo) = self.settings_undo.lock().as_mut() {
+            undo.local.clear();
+        }
     }
 
     /// Records that `name` is about to be set; `local` for `SET LOCAL`.

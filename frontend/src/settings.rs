@@ -79,6 +79,7 @@ impl Engine {
     pub(crate) fn reset(&self, session: &Session, reset: &Reset) -> Output {
         match reset {
             Reset::ALL => {
+                session.forget_local_settings();
                 session.settings.lock().clear();
                 *session.consistency.lock() = Consistency::Session;
             }

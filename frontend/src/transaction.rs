@@ -456,10 +456,12 @@ impl crate::engine::Engine {
     /// block ends as a rollback, as in PostgreSQL.
     pub(crate) async fn commit(&self, session: &Session) -> Result<Output, SqlError> {
         let state = session.set_transaction(TransactionState::Idle);
-        session.end_settings_scope(matches!(state, TransactionState::Open(_)));
         match state {
             TransactionState::Open(txn) => {
-                match txn.commit(self.backends.streaming.clone()).await {
+                let committed = txn.commit(self.backends.streaming.clone()).await;
+                // A COMMIT that fails rolls back, SETs included.
+                session.end_settings_scope(committed.is_ok());
+                match committed {
                     Ok(Some(ts)) => session.record_write(ts),
                     Ok(None) => {}
                     // Nothing was written and the block is over, as in
@@ -469,7 +471,10 @@ impl crate::engine::Engine {
                 }
                 Ok(Output::TransactionEnd(Tag::new("COMMIT")))
             }
-            TransactionState::Failed(_) => Ok(Output::TransactionEnd(Tag::new("ROLLBACK"))),
+            TransactionState::Failed(_) => {
+                session.end_settings_scope(false);
+                Ok(Output::TransactionEnd(Tag::new("ROLLBACK")))
+            }
             TransactionState::Idle => {
                 session.warning("25P01", "there is no transaction in progress");
                 Ok(Output::TransactionEnd(Tag::new("COMMIT")))
@@ -492,10 +497,12 @@ impl crate::engine::Engine {
             ));
         };
         let result = if tag == "SAVEPOINT" {
+            session.settings_savepoint(&name);
             txn.savepoint(name);
             Ok(())
         } else {
             txn.release(&name)
+                .inspect(|()| session.release_settings_savepoint(&name))
         };
         session.set_transaction(TransactionState::Open(txn));
         result.map(|()| Output::Command(Tag::new(tag)))
@@ -520,6 +527,7 @@ impl crate::engine::Engine {
         };
         match txn.rollback_to(&name) {
             Ok(()) => {
+                session.rollback_settings_to(&name);
                 session.set_transaction(TransactionState::Open(txn));
                 Ok(Output::Command(Tag::new("ROLLBACK")))
             }

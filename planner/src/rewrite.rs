@@ -436,6 +436,9 @@ pub fn parameter_position(name: &str) -> Option<usize> {
         .checked_sub(1)
 }
 
+/// The identity function a declared parameter's cast is wrapped in.
+pub const DECLARED_PARAMETER: &str = "quiver_declared_parameter";
+
 /// Positions (0-based) of the parameter markers that are a `LIMIT` or
 /// `OFFSET` of some query of the statement.
 pub fn limit_parameter_positions(statement: &Statement) -> std::collections::BTreeSet<usize> {
@@ -470,10 +473,9 @@ pub fn limit_parameter_positions(statement: &Statement) -> std::collections::BTr
 
 /// Wraps the parameter markers at the given positions (0-based) in a cast
 /// to the type a client declared for a parameter the planner cannot type
-/// from context. The cast is spelled `SAFE_CAST`, which no PostgreSQL
-/// client writes, so result columns can still be named as PostgreSQL names
-/// the bare parameter (`?column?`); it never fails, because the bound value
-/// was decoded as that very type.
+/// from context, inside [`DECLARED_PARAMETER`] (an identity function) so
+/// that result columns are still named as PostgreSQL names the bare
+/// parameter (`?column?`), also once the value is bound.
 pub fn cast_parameters<T: VisitMut>(statement: &mut T, casts: &[(usize, SqlDataType)]) {
     let _ = visit_expressions_mut(statement, |expr| {
         if let Expr::Value(v) = expr
@@ -481,13 +483,14 @@ pub fn cast_parameters<T: VisitMut>(statement: &mut T, casts: &[(usize, SqlDataT
             && let Some(i) = parameter_position(name)
             && let Some((_, data_type)) = casts.iter().find(|(p, _)| *p == i)
         {
-            *expr = Expr::Cast {
-                kind: CastKind::SafeCast,
+            let cast = Expr::Cast {
+                kind: CastKind::Cast,
                 expr: Box::new(expr.clone()),
                 data_type: data_type.clone(),
                 array: false,
                 format: None,
             };
+            *expr = call(DECLARED_PARAMETER, vec![cast]);
         }
         ControlFlow::<()>::Continue(())
     });

@@ -579,7 +579,40 @@ pub fn udfs() -> Vec<ScalarUDF> {
     ]
     .into_iter()
     .chain(crate::vector_arith::udfs())
+    // Not a vector function, but wherever statements are planned or their
+    // filters evaluated (proxies, query nodes) it must exist too.
+    .chain(std::iter::once(declared_parameter_udf()))
     .collect()
+}
+
+/// [`crate::rewrite::DECLARED_PARAMETER`]: returns its argument.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct DeclaredParameter {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for DeclaredParameter {
+    fn name(&self) -> &str {
+        crate::rewrite::DECLARED_PARAMETER
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(args.args[0].clone())
+    }
+}
+
+fn declared_parameter_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(DeclaredParameter {
+        signature: Signature::any(1, Volatility::Immutable),
+    })
 }
 
 /// Rewrites pgvector's operators into the distance functions while planning.

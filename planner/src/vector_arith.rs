@@ -98,12 +98,20 @@ impl ScalarUDFImpl for VectorArithmetic {
                 .zip(b)
                 .map(|(x, y)| self.op.apply(*x, *y))
                 .collect();
+            let out_of_range = |message: &str| {
+                SqlError::new(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, message).into_datafusion()
+            };
             if values.iter().any(|v| v.is_infinite()) {
-                return Err(SqlError::new(
-                    sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-                    "value out of range: overflow",
-                )
-                .into_datafusion());
+                return Err(out_of_range("value out of range: overflow"));
+            }
+            // pgvector: a product of two non-zero floats that rounds to 0.
+            if self.op == Op::Mul
+                && values
+                    .iter()
+                    .zip(a.iter().zip(b))
+                    .any(|(r, (x, y))| *r == 0.0 && *x != 0.0 && *y != 0.0)
+            {
+                return Err(out_of_range("value out of range: underflow"));
             }
             out.push(Some(values));
         }
@@ -144,10 +152,14 @@ pub fn udfs() -> Vec<ScalarUDF> {
     ]
 }
 
+/// A vector of known (`vector(n)`) or unknown dimension (`x::vector`).
+/// A `real[]` is typed the same, and PostgreSQL has no arithmetic on
+/// arrays, so reading it as a vector takes nothing away.
 fn is_vector(expr: &Expr, schema: &DFSchema) -> bool {
     matches!(
         expr.get_type(schema),
-        Ok(DataType::FixedSizeList(item, _)) if item.data_type() == &DataType::Float32
+        Ok(DataType::FixedSizeList(item, _) | DataType::List(item))
+            if item.data_type() == &DataType::Float32
     )
 }
 

@@ -250,6 +250,8 @@ def test_relation_sizes_as_pgvector_docs_query_them(quiver_factory):
             f"SELECT pg_relation_size('{TABLE}'), pg_table_size('{TABLE}'), pg_indexes_size('{TABLE}'), "
             f"pg_total_relation_size('{TABLE}'), pg_relation_size('copy_idx'::regclass)").fetchone()
         assert got == (data, data, index, data + index, index)
+        # A table by ::regclass (an OID on the first pg_class lookup).
+        assert conn.execute(f"SELECT pg_total_relation_size('{TABLE}'::regclass)").fetchone() == (data + index,)
         pretty = conn.execute("SELECT pg_size_pretty(pg_relation_size('copy_idx'))").fetchone()[0]
         assert pretty.endswith((" kB", " MB", " bytes")), pretty
         assert conn.execute("SELECT pg_size_pretty(20971520::bigint)").fetchone()[0] == "20 MB"

@@ -147,6 +147,11 @@ def test_declared_parameter_types_type_the_result(server, binary):
         # Where the statement types the parameter, that type stays.
         assert cur.execute(f"SELECT id FROM {TABLE} WHERE id = %s", [2]).fetchone() == (2,)
         assert cur.execute("SELECT %s::text", [5]).fetchone() == ("5",)
+        # A value the declared type cannot hold fails; it never turns NULL.
+        import datetime as dt
+
+        with pytest.raises(psycopg.Error):
+            cur.execute("SELECT %s", [dt.datetime(2300, 1, 1)]).fetchone()
 
 
 def test_set_returning_function_columns_are_named_like_postgres(server):
@@ -187,3 +192,27 @@ def test_set_is_transactional_and_set_local_ends_with_the_block(server):
         # Outside a block SET LOCAL warns and changes nothing.
         conn.execute("SET LOCAL diskann.search_list = 99")
         assert show("diskann.search_list") == "60"
+        # ROLLBACK TO SAVEPOINT undoes the SETs made after the savepoint.
+        conn.execute("BEGIN")
+        conn.execute("SET diskann.search_list = 61")
+        conn.execute("SAVEPOINT s")
+        conn.execute("SET diskann.search_list = 62")
+        conn.execute("SET LOCAL hnsw.ef_search = 77")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        assert (show("diskann.search_list"), show("hnsw.ef_search")) == ("61", "40")
+        # RESET ALL is session-level: a pending SET LOCAL no longer restores.
+        conn.execute("SET LOCAL diskann.search_list = 63")
+        conn.execute("RESET ALL")
+        conn.execute("COMMIT")
+        assert show("diskann.search_list") == "100"
+        # A COMMIT that fails rolls back its SETs too.
+        conn.execute("DROP TABLE IF EXISTS set_fail")
+        conn.execute("CREATE TABLE set_fail (id int PRIMARY KEY)")
+        conn.execute("BEGIN")
+        conn.execute("SET diskann.search_list = 64")
+        conn.execute("INSERT INTO set_fail VALUES (1)")
+        with server.connect() as other:
+            other.execute("INSERT INTO set_fail VALUES (1)")
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("COMMIT")
+        assert show("diskann.search_list") == "100"
