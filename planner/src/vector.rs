@@ -383,6 +383,15 @@ pub fn operator_distance(metric: VectorMetric, a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+/// An argument of a two-vector function as vectors, and whether it is one
+/// scalar (the query vector, converted once rather than per row).
+pub(crate) fn vector_operand(a: &ColumnarValue) -> Result<(Vectors, bool)> {
+    match a {
+        ColumnarValue::Scalar(s) => Ok((to_vectors(&s.to_array_of_size(1)?)?, true)),
+        ColumnarValue::Array(arr) => Ok((to_vectors(arr)?, false)),
+    }
+}
+
 fn as_array(value: &ColumnarValue, rows: usize) -> Result<ArrayRef> {
     value.to_array(rows)
 }
@@ -391,15 +400,8 @@ impl VectorFunction {
     fn distance(&self, args: &[ColumnarValue], rows: usize) -> Result<ColumnarValue> {
         let all_scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let n = if all_scalar { 1 } else { rows };
-        // A scalar side (the query vector) is converted once, not per row.
-        let side = |a: &ColumnarValue| -> Result<(Vectors, bool)> {
-            match a {
-                ColumnarValue::Scalar(s) => Ok((to_vectors(&s.to_array_of_size(1)?)?, true)),
-                ColumnarValue::Array(arr) => Ok((to_vectors(arr)?, false)),
-            }
-        };
-        let (left, left_scalar) = side(&args[0])?;
-        let (right, right_scalar) = side(&args[1])?;
+        let (left, left_scalar) = vector_operand(&args[0])?;
+        let (right, right_scalar) = vector_operand(&args[1])?;
         let mut out: Vec<Option<f64>> = Vec::with_capacity(n);
         for i in 0..n {
             let a = left.row(if left_scalar { 0 } else { i });

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
 };
 use sqlparser::ast::BinaryOperator;
 
-use crate::vector::{Vectors, dimension_mismatch, to_vectors, vector_field};
+use crate::vector::{dimension_mismatch, vector_field, vector_operand};
 use crate::{SqlError, sqlstate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,14 +72,8 @@ impl ScalarUDFImpl for VectorArithmetic {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows;
-        let side = |a: &ColumnarValue| -> Result<(Vectors, bool)> {
-            match a {
-                ColumnarValue::Scalar(s) => Ok((to_vectors(&s.to_array_of_size(1)?)?, true)),
-                ColumnarValue::Array(arr) => Ok((to_vectors(arr)?, false)),
-            }
-        };
-        let (left, left_scalar) = side(&args.args[0])?;
-        let (right, right_scalar) = side(&args.args[1])?;
+        let (left, left_scalar) = vector_operand(&args.args[0])?;
+        let (right, right_scalar) = vector_operand(&args.args[1])?;
         let all_scalar = left_scalar && right_scalar;
         let n = if all_scalar { 1 } else { rows };
         let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(n);
