@@ -56,49 +56,82 @@ fn relation_name(text: &str) -> String {
     }
 }
 
-/// The size `function` reports for the relation `name`, in bytes.
-fn size_of(
-    coordinator: &dyn CoordinatorApi,
-    function: SizeFunction,
-    name: &str,
-) -> Result<i64, SqlError> {
-    let segments = coordinator.sealed_segments();
-    let builds = coordinator.index_builds();
-    let index_bytes = |index: quiver_types::IndexId| -> u64 {
-        builds
+/// What sizes are computed from, read from the coordinator once per
+/// statement or function call (not once per relation asked about).
+struct Sizes {
+    tables: Vec<quiver_api::TableInfo>,
+    segments: Vec<quiver_segment::SegmentMeta>,
+    builds: Vec<quiver_api::IndexBuildStatus>,
+}
+
+impl Sizes {
+    fn read(coordinator: &dyn CoordinatorApi) -> Self {
+        Sizes {
+            tables: coordinator.tables(),
+            segments: coordinator.sealed_segments(),
+            builds: coordinator.index_builds(),
+        }
+    }
+
+    fn index_bytes(&self, index: quiver_types::IndexId) -> u64 {
+        self.builds
             .iter()
             .filter(|b| b.index.id == index && b.state == BuildState::Done)
             .filter_map(|b| b.bytes)
             .sum()
-    };
-    let tables = coordinator.tables();
-    if let Some(table) = tables.iter().find(|t| t.name == name) {
-        let data: u64 = segments
-            .iter()
-            .filter(|s| s.table == table.id)
-            .map(|s| s.bytes)
-            .sum();
-        let indexes: u64 = table.indexes.iter().map(|i| index_bytes(i.id)).sum();
-        let bytes = match function {
-            SizeFunction::Relation | SizeFunction::Table => data,
-            SizeFunction::Indexes => indexes,
-            SizeFunction::Total => data + indexes,
-        };
-        return Ok(bytes as i64);
     }
-    let index = tables
-        .iter()
-        .flat_map(|t| t.indexes.iter())
-        .find(|i| i.def.name == name);
-    match index {
-        Some(index) => Ok(match function {
-            SizeFunction::Indexes => 0,
-            _ => index_bytes(index.id) as i64,
-        }),
-        None => Err(SqlError::new(
-            sqlstate::UNDEFINED_TABLE,
-            format!("relation \"{name}\" does not exist"),
-        )),
+
+    /// The size `function` reports for the relation `name`, in bytes.
+    fn size_of(&self, function: SizeFunction, name: &str) -> Result<i64, SqlError> {
+        if let Some(table) = self.tables.iter().find(|t| t.name == name) {
+            let data: u64 = self
+                .segments
+                .iter()
+                .filter(|s| s.table == table.id)
+                .map(|s| s.bytes)
+                .sum();
+            let indexes: u64 = table.indexes.iter().map(|i| self.index_bytes(i.id)).sum();
+            let bytes = match function {
+                SizeFunction::Relation | SizeFunction::Table => data,
+                SizeFunction::Indexes => indexes,
+                SizeFunction::Total => data + indexes,
+            };
+            return Ok(bytes as i64);
+        }
+        let index = self
+            .tables
+            .iter()
+            .flat_map(|t| t.indexes.iter())
+            .find(|i| i.def.name == name);
+        match index {
+            Some(index) => Ok(match function {
+                SizeFunction::Indexes => 0,
+                _ => self.index_bytes(index.id) as i64,
+            }),
+            None => Err(SqlError::new(
+                sqlstate::UNDEFINED_TABLE,
+                format!("relation \"{name}\" does not exist"),
+            )),
+        }
+    }
+
+    /// The relation an OID stands for: a Quiver index, or a table as the
+    /// last `pg_class` or `pg_attribute` scan numbered it (a `'t'::regclass`
+    /// lookup is such a scan, run before the function).
+    fn relation_of_oid(
+        &self,
+        table_oids: &crate::pg_catalog::TableOids,
+        oid: i64,
+    ) -> Option<String> {
+        if let Some(id) = crate::catalog_indexes::index_id_of_oid(oid) {
+            return self
+                .tables
+                .iter()
+                .flat_map(|t| t.indexes.iter())
+                .find(|i| i.id == id)
+                .map(|i| i.def.name.clone());
+        }
+        table_oids.read().get(&i32::try_from(oid).ok()?).cloned()
     }
 }
 
@@ -109,6 +142,7 @@ pub(crate) fn bind_relation_sizes(
     coordinator: &dyn CoordinatorApi,
 ) -> Result<(), SqlError> {
     let mut failure = None;
+    let mut sizes: Option<Sizes> = None;
     let _ = sqlparser::ast::visit_expressions_mut(statement, |e| {
         let Expr::Function(f) = e else {
             return ControlFlow::Continue(());
@@ -139,7 +173,8 @@ pub(crate) fn bind_relation_sizes(
         let Some(Value::SingleQuotedString(text)) = literal else {
             return ControlFlow::Continue(());
         };
-        match size_of(coordinator, function, &relation_name(text)) {
+        let sizes = sizes.get_or_insert_with(|| Sizes::read(coordinator));
+        match sizes.size_of(function, &relation_name(text)) {
             Ok(bytes) => {
                 *e = Expr::value(Value::Number(bytes.to_string(), false));
                 ControlFlow::Continue(())
@@ -151,25 +186,6 @@ pub(crate) fn bind_relation_sizes(
         }
     });
     failure.map_or(Ok(()), Err)
-}
-
-/// The relation an OID stands for: a Quiver index, or a table as the last
-/// `pg_class` or `pg_attribute` scan numbered it (a `'t'::regclass` lookup
-/// is such a scan, run before the function).
-fn relation_of_oid(
-    coordinator: &dyn CoordinatorApi,
-    table_oids: &crate::pg_catalog::TableOids,
-    oid: i64,
-) -> Option<String> {
-    if let Some(id) = crate::catalog_indexes::index_id_of_oid(oid) {
-        return coordinator
-            .tables()
-            .iter()
-            .flat_map(|t| t.indexes.iter())
-            .find(|i| i.id == id)
-            .map(|i| i.def.name.clone());
-    }
-    table_oids.read().get(&i32::try_from(oid).ok()?).cloned()
 }
 
 /// The size functions over an OID; NULL for an OID that names no relation,
@@ -195,12 +211,13 @@ pub(crate) fn size_udfs(
             Arc::new(move |args: &[ColumnarValue]| {
                 let arrays = ColumnarValue::values_to_arrays(args)?;
                 let oids = arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+                let sizes = Sizes::read(coordinator.as_ref());
                 let out: arrow::array::Int64Array = oids
                     .as_primitive::<Int64Type>()
                     .iter()
                     .map(|oid| {
-                        let name = relation_of_oid(coordinator.as_ref(), &table_oids, oid?)?;
-                        size_of(coordinator.as_ref(), function, &name).ok()
+                        let name = sizes.relation_of_oid(&table_oids, oid?)?;
+                        sizes.size_of(function, &name).ok()
                     })
                     .collect();
                 Ok(ColumnarValue::Array(Arc::new(out)))

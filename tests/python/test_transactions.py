@@ -29,6 +29,16 @@ def reset(conn, *tables):
         conn.execute(f"DROP TABLE IF EXISTS {t}")
 
 
+def assert_block_failed_then_rolled_back(conn, table):
+    """The open block failed: statements get 25P02 until ROLLBACK, which
+    leaves `table` without the block's writes."""
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+    with pytest.raises(errors.InFailedSqlTransaction):
+        conn.execute("SELECT 1")
+    conn.rollback()
+    assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
 def ids(conn, table):
     return [r[0] for r in conn.execute(f"SELECT id FROM {table} ORDER BY id").fetchall()]
 
@@ -333,11 +343,7 @@ def test_a_syntax_error_fails_the_open_block(server):
             conn.execute("INSERT INTO tx_syntax VALUES (1)")
             with pytest.raises(errors.SyntaxError):
                 conn.execute("SELEC 1", prepare=prepare)
-            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-            with pytest.raises(errors.InFailedSqlTransaction):
-                conn.execute("SELECT 1")
-            conn.rollback()
-            assert conn.execute("SELECT count(*) FROM tx_syntax").fetchone() == (0,)
+            assert_block_failed_then_rolled_back(conn, "tx_syntax")
         finally:
             conn.close()
 
@@ -354,10 +360,6 @@ def test_a_parameter_that_cannot_be_bound_fails_the_open_block(server):
         with pytest.raises(psycopg.Error) as bad:
             conn.execute("SELECT id FROM tx_bind WHERE id = %s", ["abc"])
         assert bad.value.sqlstate == "22P02", bad.value
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-        with pytest.raises(errors.InFailedSqlTransaction):
-            conn.execute("SELECT 1")
-        conn.rollback()
-        assert conn.execute("SELECT count(*) FROM tx_bind").fetchone() == (0,)
+        assert_block_failed_then_rolled_back(conn, "tx_bind")
     finally:
         conn.close()

@@ -402,13 +402,19 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
 
-    #[tokio::test]
-    async fn parquet_and_delete_logs_round_trip() {
+    /// A local store in a fresh directory (kept alive by the returned guard).
+    fn local_store() -> (tempfile::TempDir, Arc<dyn ObjectStore>) {
         let dir = tempfile::tempdir().unwrap();
         let store = open_object_store(&ObjectStoreConfig::Local {
             root: dir.path().to_path_buf(),
         })
         .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn parquet_and_delete_logs_round_trip() {
+        let (dir, store) = local_store();
         let batch = RecordBatch::try_from_iter([(
             "id",
             Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
@@ -440,11 +446,7 @@ mod tests {
         use arrow::array::{FixedSizeListArray, Float32Array, StringArray};
         use parquet::basic::Encoding;
         use parquet::file::reader::FileReader;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_object_store(&ObjectStoreConfig::Local {
-            root: dir.path().to_path_buf(),
-        })
-        .unwrap();
+        let (dir, store) = local_store();
         let item = Arc::new(Field::new_list_field(DataType::Float32, false));
         let values = Float32Array::from((0..300).map(|i| i as f32 * 0.5).collect::<Vec<_>>());
         let vectors = FixedSizeListArray::new(item, 3, Arc::new(values), None);
@@ -499,11 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn vector_columns_round_trip_with_nulls_slices_and_metadata() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_object_store(&ObjectStoreConfig::Local {
-            root: dir.path().to_path_buf(),
-        })
-        .unwrap();
+        let (dir, store) = local_store();
         let rows: Vec<Option<Vec<f32>>> = (0..50)
             .map(|i| (i % 7 != 3).then(|| vec![i as f32, -(i as f32) * 0.25, f32::MIN_POSITIVE]))
             .collect();
@@ -553,11 +551,7 @@ mod tests {
     #[tokio::test]
     async fn segments_written_as_plain_lists_still_read() {
         // The layout before vectors were stored as fixed-size binary.
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_object_store(&ObjectStoreConfig::Local {
-            root: dir.path().to_path_buf(),
-        })
-        .unwrap();
+        let (dir, store) = local_store();
         let rows: Vec<Option<Vec<f32>>> = (0..10).map(|i| Some(vec![i as f32, 1.0])).collect();
         let batch = RecordBatch::try_from_iter([("v", vectors(2, &rows, false))]).unwrap();
         let mut buf = Vec::new();
