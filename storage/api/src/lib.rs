@@ -357,3 +357,46 @@ pub trait QueryApi: Send + Sync {
         projection: Option<&[usize]>,
     ) -> ApiResult<Vec<RecordBatch>>;
 }
+
+/// A change prepared on one participant of a commit that spans several
+/// streaming nodes.
+#[derive(Debug, Clone)]
+pub enum PreparedChange {
+    /// Writes (at most one request per table) of rows in the named shards.
+    Writes(Vec<WriteRequest>),
+    /// Removes every row of the table in the named shards.
+    Truncate(TableInfo),
+}
+
+/// A streaming node as one of several sharing a cluster's shards. A
+/// statement whose shards one node owns goes to it through
+/// [`StreamingApi`]; one spanning several nodes commits in three steps
+/// driven by the proxy: [`Self::prepare`] on every participant (locks and
+/// key checks), one commit timestamp, [`Self::log_prepared`] on every
+/// participant (durable, not applied), then [`Self::finish_prepared`].
+/// The outcome is one key in the meta store, created once by the first
+/// participant (or recovery) that decides, so a proxy dying halfway never
+/// leaves some shards applied and others not.
+#[async_trait]
+pub trait ShardOwnerApi: StreamingApi {
+    /// The shards this node serves now, ascending.
+    async fn owned_shards(&self) -> ApiResult<Vec<u32>>;
+    /// Locks `shards` (all owned here, else [`StatusCode::Unreachable`])
+    /// and checks the change against their keys; holds the locks for
+    /// `txn`. Returns, per request, the rows deleted and inserted (indexes
+    /// into that request's batch). A participant that hears nothing more
+    /// for a while gives the change up (aborting it, if logged).
+    async fn prepare(
+        &self,
+        txn: u64,
+        shards: Vec<u32>,
+        change: PreparedChange,
+    ) -> ApiResult<Vec<WriteResult>>;
+    /// Makes the prepared change durable at `ts`, naming every shard of
+    /// the commit; nothing is applied yet.
+    async fn log_prepared(&self, txn: u64, ts: Timestamp, participants: Vec<u32>) -> ApiResult<()>;
+    /// Decides the commit (`commit` only after every participant logged
+    /// its part) unless it is decided already, applies it if it committed,
+    /// and releases the locks. Returns whether it committed.
+    async fn finish_prepared(&self, txn: u64, commit: bool) -> ApiResult<bool>;
+}

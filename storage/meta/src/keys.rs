@@ -98,3 +98,26 @@ pub const DATA_NODES: &str = "/nodes/data/";
 pub fn data_node(address: &str) -> String {
     format!("{DATA_NODES}{address}")
 }
+
+/// Outcomes of statements that span several streaming nodes, by commit
+/// timestamp: `commit` or `abort`, created once and never changed, by the
+/// first participant (or recovery) to decide.
+pub const OUTCOMES: &str = "/outcomes/";
+
+pub fn outcome(ts: quiver_types::Timestamp) -> String {
+    format!("{OUTCOMES}{:020}", ts.0)
+}
+
+/// Registered streaming-node processes, by address (leased like query
+/// nodes): the shards are spread over the ones registered here.
+pub const STREAMING_NODES: &str = "/nodes/streaming/";
+
+pub fn streaming_node(address: &str) -> String {
+    format!("{STREAMING_NODES}{address}")
+}
+
+/// Held (leased) by the streaming node serving a shard; its value is that
+/// node's address. Only the holder writes the shard's WAL and manifests.
+pub fn shard_owner(shard: u32) -> String {
+    format!("/shards/{shard:04}/owner")
+}

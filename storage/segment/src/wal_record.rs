@@ -28,6 +28,11 @@ pub struct WalRecord {
     /// than one. The statement's timestamp identifies its records in each of
     /// them; recovery applies the record only if all of them are durable.
     pub participants: Vec<u32>,
+    /// The statement spans several streaming nodes: whether it committed
+    /// is decided by its outcome key in the meta store (written once, by
+    /// whichever participant or recovery gets there first), not by which
+    /// parts are durable.
+    pub decided: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -39,6 +44,8 @@ struct Header {
     insert_len: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     participants: Vec<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    decided: bool,
 }
 
 impl WalRecord {
@@ -61,6 +68,7 @@ impl WalRecord {
             delete_len: delete.as_ref().map_or(0, |b| b.len() as u64),
             insert_len: insert.as_ref().map_or(0, |b| b.len() as u64),
             participants: self.participants.clone(),
+            decided: self.decided,
         };
         let header = serde_json::to_vec(&header)
             .map_err(|e| SegmentError::MalformedRecord(e.to_string()))?;
@@ -119,6 +127,7 @@ impl WalRecord {
             ts: header.ts,
             kind,
             participants: header.participants,
+            decided: header.decided,
         })
     }
 }
@@ -149,6 +158,7 @@ mod tests {
                 insert: Some(rows),
             },
             participants: vec![0, 3],
+            decided: true,
         };
         assert_eq!(WalRecord::decode(&rec.encode().unwrap()).unwrap(), rec);
         let t = WalRecord {
@@ -156,6 +166,7 @@ mod tests {
             ts: Timestamp(5),
             kind: WalRecordKind::Truncate,
             participants: vec![],
+            decided: false,
         };
         assert_eq!(WalRecord::decode(&t.encode().unwrap()).unwrap(), t);
         assert!(WalRecord::decode(&[1, 2]).is_err());

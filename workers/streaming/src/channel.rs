@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -12,13 +13,28 @@ use quiver_wal::Lsn;
 use crate::table_shard::{TableShard, key_only_columns, keys_of};
 use crate::{NodeContext, StreamingError};
 
+/// The error for a call about a shard this node does not own (any more):
+/// nothing ran, so the caller may look up the owner and send it there.
+pub fn not_owned(shard: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::Unreachable,
+        format!("shard {shard} is not owned by this streaming node"),
+    )
+}
+
 /// One shard: its WAL channel and the tables' in-memory state.
 pub(crate) struct Channel {
     pub id: u32,
-    /// Serialises writers (held across the WAL append).
-    pub write_lock: tokio::sync::Mutex<()>,
+    /// Serialises writers (held across the WAL append; a change prepared
+    /// for a commit spanning several streaming nodes holds it between calls,
+    /// hence shared).
+    pub write_lock: Arc<tokio::sync::Mutex<()>>,
     /// Serialises flushes; taken before `write_lock` when both are needed.
-    pub flush_lock: tokio::sync::Mutex<()>,
+    pub flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Set (under `flush_lock` and `write_lock`) when this node hands the
+    /// shard to another: whoever takes a lock afterwards must not touch the
+    /// shard's WAL or manifests any more.
+    released: AtomicBool,
     /// A background flush is scheduled or running.
     pub flush_pending: std::sync::atomic::AtomicBool,
     /// Serialises compactions (background and `VACUUM`); taken first.
@@ -97,13 +113,47 @@ impl Channel {
     pub fn new(id: u32, data: ChannelData, tick: Timestamp) -> Self {
         Channel {
             id,
-            write_lock: tokio::sync::Mutex::new(()),
-            flush_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
+            released: AtomicBool::new(false),
             flush_pending: std::sync::atomic::AtomicBool::new(false),
             compaction_lock: tokio::sync::Mutex::new(()),
             data: RwLock::new(data),
             tick: AtomicU64::new(tick.0),
         }
+    }
+
+    /// Whether this node still owns the shard (see `released`).
+    pub fn is_owned(&self) -> bool {
+        !self.released.load(Ordering::Acquire)
+    }
+
+    /// Marks the shard handed over. Caller holds `flush_lock` and `write_lock`.
+    pub fn mark_released(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+
+    /// Fails as [`not_owned`] once the shard was handed over.
+    pub fn check_owned(&self) -> ApiResult<()> {
+        if self.is_owned() {
+            Ok(())
+        } else {
+            Err(not_owned(self.id))
+        }
+    }
+
+    /// Takes `write_lock` of a shard this node still owns.
+    pub async fn lock_write(&self) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+        let guard = self.write_lock.clone().lock_owned().await;
+        self.check_owned()?;
+        Ok(guard)
+    }
+
+    /// Takes `flush_lock` of a shard this node still owns.
+    pub async fn lock_flush(&self) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+        let guard = self.flush_lock.clone().lock_owned().await;
+        self.check_owned()?;
+        Ok(guard)
     }
 
     pub fn tick(&self) -> Timestamp {
@@ -215,6 +265,7 @@ impl Channel {
                 insert: plan.insert,
             },
             participants: participants.to_vec(),
+            decided: false,
         })
     }
 

@@ -126,6 +126,9 @@ impl Channel {
         vacuum: bool,
     ) -> ApiResult<usize> {
         let _compaction = self.compaction_lock.lock().await;
+        if !self.is_owned() {
+            return Ok(0);
+        }
         let mut replaced = 0;
         for plan in self.plan_compaction(ctx, table, vacuum) {
             replaced += self.compact_group(ctx, table, plan).await?;
@@ -148,8 +151,8 @@ impl Channel {
                 drop_rows: plan.drop_rows,
             })
             .await?;
-        let _flush = self.flush_lock.lock().await;
-        let _write = self.write_lock.lock().await;
+        let _flush = self.lock_flush().await?;
+        let _write = self.lock_write().await?;
         let old: Vec<SegmentId> = plan.segments.iter().map(|s| s.id).collect();
         // Every delete known now (including ones since the merge started),
         // moved onto the merged segment's rows.

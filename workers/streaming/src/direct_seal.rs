@@ -48,24 +48,18 @@ impl StreamingNode {
     pub(crate) async fn write_direct(&self, request: &WriteRequest) -> ApiResult<WriteResult> {
         let table = &request.table;
         self.check_current(table).await?;
-        let shards = table.shards.min(self.channels.len() as u32);
+        let shards = self.table_shards(table);
         let parts = Self::split(&request.insert, &table.schema.primary_key, shards)?;
-        let touched: Vec<usize> = (0..parts.len())
+        let touched: Vec<u32> = (0..parts.len())
             .filter(|&s| !is_empty(&parts[s].0))
+            .map(|s| s as u32)
             .collect();
         // Flush locks before write locks, each in ascending shard order: the
         // order TRUNCATE and compaction take them in.
-        let mut flush_guards = Vec::with_capacity(touched.len());
-        for &s in &touched {
-            flush_guards.push(self.channels[s].flush_lock.lock().await);
-        }
-        let mut write_guards = Vec::with_capacity(touched.len());
-        for &s in &touched {
-            write_guards.push(self.channels[s].write_lock.lock().await);
-        }
+        let (channels, flush_guards, write_guards) = self.lock_table_shards(&touched).await?;
         let mut plans: Vec<(usize, WritePlan)> = Vec::with_capacity(touched.len());
-        for &s in &touched {
-            let plan = self.channels[s].plan_write(
+        for (&s, ch) in &channels {
+            let plan = ch.plan_write(
                 table,
                 None,
                 parts[s].0.clone(),
@@ -77,8 +71,8 @@ impl StreamingNode {
             }
         }
         // Everything older than this statement leaves the WAL tail.
-        for &(s, _) in &plans {
-            self.channels[s]
+        for (s, _) in &plans {
+            channels[s]
                 .flush_holding_flush_lock(&self.ctx)
                 .await
                 .map_err(ApiError::from)?;
@@ -138,7 +132,7 @@ impl StreamingNode {
         // must not find a segment no query node serves.
         self.ctx.segments_sealed(metas.clone()).await;
         for ((s, plan), meta) in plans.into_iter().zip(metas) {
-            let ch = &self.channels[s];
+            let ch = &channels[&s];
             let rows = plan.insert.as_ref().expect("plans keep only inserts");
             let keys = keys_of(rows, &table.schema.primary_key);
             let mut data = ch.data.write();

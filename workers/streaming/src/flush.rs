@@ -43,6 +43,10 @@ impl Channel {
     /// Flushes the channel without blocking its writers.
     pub async fn flush(&self, ctx: &NodeContext) -> Result<(), StreamingError> {
         let _flush = self.flush_lock.lock().await;
+        if !self.is_owned() {
+            // Handed over: the new owner seals what is in the WAL.
+            return Ok(());
+        }
         self.flush_holding_flush_lock(ctx).await
     }
 

@@ -17,11 +17,16 @@ mod channel;
 mod compaction;
 mod direct_seal;
 mod flush;
+pub mod ownership;
+mod prepared;
 mod recovery;
+pub mod router;
+mod shards;
 mod table_shard;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -37,9 +42,11 @@ use quiver_api::{
 use quiver_meta::{MetaStore, keys};
 use quiver_segment::{SegmentError, WalRecord, WalRecordKind};
 use quiver_types::{ShardId, Timestamp, shard_of};
-use quiver_wal::{Wal, WalError};
+use quiver_wal::{Lsn, Wal, WalError};
+use tokio::sync::OwnedMutexGuard;
 
-use channel::Channel;
+use channel::{Channel, WritePlan, not_owned};
+use shards::ShardSlots;
 use table_shard::{is_empty, key_only_columns, keys_of};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,8 @@ pub enum StreamingError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("coordinator call failed: {0}")]
     Coordinator(ApiError),
+    #[error("the owner key of shard {0} could not be renewed; another node may own the shard")]
+    OwnershipLost(u32),
 }
 
 impl From<StreamingError> for ApiError {
@@ -84,7 +93,8 @@ pub struct StreamingOptions {
 /// in a task of its own, see [`detached`].
 #[derive(Clone)]
 pub struct StreamingNode {
-    channels: Vec<Arc<Channel>>,
+    shards: Arc<ShardSlots>,
+    prepared: Arc<prepared::Registry>,
     ctx: Arc<NodeContext>,
 }
 
@@ -158,9 +168,19 @@ impl NodeContext {
 /// over within a few seconds).
 const COORDINATOR_RETRY: Duration = Duration::from_secs(30);
 
+/// A write checked and locked on every shard it touches, not yet logged.
+struct LockedWrite {
+    /// The touched shards, ascending, with their write locks.
+    channels: BTreeMap<usize, Arc<Channel>>,
+    guards: Vec<OwnedMutexGuard<()>>,
+    /// (request, shard, plan) for every part that changes something.
+    plans: Vec<(usize, usize, WritePlan)>,
+}
+
 impl StreamingNode {
     /// Recovers every channel of the WAL (sealed segments from the meta store,
-    /// then the WAL tail) and starts the time ticker.
+    /// then the WAL tail) and starts the time ticker: the node owns every
+    /// shard, as in standalone mode.
     pub async fn open(
         wal: Arc<dyn Wal>,
         meta: Arc<dyn MetaStore>,
@@ -168,6 +188,22 @@ impl StreamingNode {
         coordinator: Arc<dyn CoordinatorApi>,
         options: StreamingOptions,
     ) -> Result<Arc<Self>, StreamingError> {
+        let node = Self::open_unowned(wal, meta, store, coordinator, options);
+        let all: Vec<u32> = (0..node.ctx.wal.channel_count()).collect();
+        node.acquire(&all).await?;
+        Ok(node)
+    }
+
+    /// A node that owns no shard yet: [`Self::acquire`] gives it shards (a
+    /// cluster's streaming nodes share the shards out, see [`ownership`]).
+    pub fn open_unowned(
+        wal: Arc<dyn Wal>,
+        meta: Arc<dyn MetaStore>,
+        store: Arc<dyn ObjectStore>,
+        coordinator: Arc<dyn CoordinatorApi>,
+        options: StreamingOptions,
+    ) -> Arc<Self> {
+        let count = wal.channel_count() as usize;
         let ctx = Arc::new(NodeContext {
             wal,
             meta,
@@ -175,24 +211,62 @@ impl StreamingNode {
             coordinator,
             options,
         });
-        let channels = recovery::recover_channels(&ctx)
-            .await?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let node = Arc::new(StreamingNode { channels, ctx });
+        let node = Arc::new(StreamingNode {
+            shards: Arc::new(ShardSlots::new(count)),
+            prepared: Arc::new(prepared::Registry::default()),
+            ctx,
+        });
         node.clone().spawn_ticker();
         node.clone().spawn_compactor();
-        Ok(node)
+        node
     }
 
-    fn channel(&self, shard: ShardId) -> ApiResult<&Arc<Channel>> {
-        self.channels.get(shard.0 as usize).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::Internal,
-                format!("shard {shard} is not owned by this streaming node"),
-            )
-        })
+    /// Takes over shards: recovers each (sealed segments, then its WAL tail
+    /// from the checkpoint) and serves it from then on. The caller makes
+    /// sure no other node serves them (a claim in the meta store).
+    pub async fn acquire(&self, shards: &[u32]) -> Result<(), StreamingError> {
+        let shards: Vec<u32> = shards
+            .iter()
+            .copied()
+            .filter(|&s| !self.shards.owns(s))
+            .collect();
+        if shards.is_empty() {
+            return Ok(());
+        }
+        for channel in recovery::recover_channels(&self.ctx, &shards).await? {
+            self.shards.install(channel);
+        }
+        Ok(())
+    }
+
+    /// Hands a shard over: waits for its writers, flushes it (so the next
+    /// owner replays little), and stops serving it. A prepared commit
+    /// holding the shard finishes first.
+    pub async fn release(&self, shard: u32) -> ApiResult<()> {
+        let Some(ch) = self.shards.get_opt(shard as usize) else {
+            return Ok(());
+        };
+        let _compaction = ch.compaction_lock.lock().await;
+        let _flush = ch.flush_lock.clone().lock_owned().await;
+        if let Err(e) = ch.flush_holding_flush_lock(&self.ctx).await {
+            // The next owner replays the WAL instead.
+            tracing::warn!(shard, error = %format!("{e:#}"), "flush before handing a shard over failed");
+        }
+        let _write = ch.write_lock.clone().lock_owned().await;
+        ch.mark_released();
+        self.shards.remove(shard as usize);
+        tracing::info!(shard, "shard handed over");
+        Ok(())
+    }
+
+    /// The shards this node serves now, ascending.
+    pub fn owned_shard_ids(&self) -> Vec<u32> {
+        self.shards.owned().iter().map(|c| c.id).collect()
+    }
+
+    /// How many shards (WAL channels) the cluster has.
+    pub fn shard_count(&self) -> usize {
+        self.shards.count()
     }
 
     /// Advances idle channels' time ticks so readers at "latest" never wait
@@ -208,6 +282,10 @@ impl StreamingNode {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(node) = weak.upgrade() else { return };
+                let owned = node.shards.owned();
+                if owned.is_empty() {
+                    continue;
+                }
                 // One timestamp for every idle shard: a write holds its
                 // shard's lock from taking its timestamp until it is applied,
                 // so a shard whose lock is free has nothing pending below it.
@@ -217,7 +295,7 @@ impl StreamingNode {
                             tracing::info!(failures, "time ticks advance again");
                             failures = 0;
                         }
-                        for ch in &node.channels {
+                        for ch in &owned {
                             if let Ok(_guard) = ch.write_lock.try_lock() {
                                 ch.advance_tick(ts);
                             }
@@ -234,14 +312,14 @@ impl StreamingNode {
         });
     }
 
-    /// Compacts every table's segments on every shard, one at a time.
+    /// Compacts every table's segments on every owned shard, one at a time.
     async fn compact_all(&self, only: Option<&TableInfo>, vacuum: bool) -> ApiResult<usize> {
         let tables = match only {
             Some(t) => vec![t.clone()],
             None => self.ctx.coordinator.tables(),
         };
         let mut replaced = 0;
-        for ch in &self.channels {
+        for ch in self.shards.owned() {
             for table in &tables {
                 replaced += ch.compact_table(&self.ctx, table, vacuum).await?;
             }
@@ -267,16 +345,16 @@ impl StreamingNode {
         });
     }
 
-    /// Makes one commit's records durable on every shard, then applies
-    /// them; nothing is applied unless every append succeeded. A commit
-    /// that failed on some shard is recorded as aborted in the meta store, so
-    /// no recovery replays the parts that did reach other shards' logs.
-    /// Caller holds the write locks of all shards.
-    async fn commit_all(&self, records: Vec<(usize, &TableInfo, WalRecord)>) -> ApiResult<()> {
-        if records.is_empty() {
-            // Nothing changed; the statement still happened at `ts`.
-            return Ok(());
-        }
+    /// Appends one commit's records durably to every shard's log, without
+    /// applying them; returns each shard's records with the LSN of its
+    /// first. A commit that failed on some shard is recorded as aborted
+    /// in the meta store, so no recovery replays the parts that did reach
+    /// other shards' logs. Caller holds the write locks of all shards.
+    async fn append_all<'a>(
+        &self,
+        channels: &BTreeMap<usize, Arc<Channel>>,
+        records: &'a [(usize, TableInfo, WalRecord)],
+    ) -> ApiResult<Vec<(usize, Vec<(&'a TableInfo, &'a WalRecord)>, Lsn)>> {
         let mut shards: Vec<usize> = records.iter().map(|(s, _, _)| *s).collect();
         shards.sort_unstable();
         shards.dedup();
@@ -286,17 +364,23 @@ impl StreamingNode {
                 records
                     .iter()
                     .filter(|(r, _, _)| *r == s)
-                    .map(|(_, info, record)| (*info, record))
+                    .map(|(_, info, record)| (info, record))
                     .collect()
             })
             .collect();
         let appends = futures::future::join_all(shards.iter().zip(&per_shard).map(|(&s, recs)| {
             let recs: Vec<&WalRecord> = recs.iter().map(|(_, r)| *r).collect();
-            async move { self.channels[s].append(&self.ctx, &recs).await }
+            let ch = channels.get(&s).cloned();
+            async move {
+                let ch = ch.ok_or_else(|| not_owned(s as u32))?;
+                ch.append(&self.ctx, &recs)
+                    .await
+                    .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))
+            }
         }))
         .await;
         if let Some(failure) = appends.iter().find_map(|a| a.as_ref().err()) {
-            let error = ApiError::from_error(StatusCode::StorageFailure, failure);
+            let error = failure.clone();
             // The outcome of a failed append is unknown (a broker may have
             // kept it); recording the statement as aborted keeps recovery
             // from replaying a write that was never applied or acknowledged.
@@ -317,22 +401,54 @@ impl StreamingNode {
             }
             return Err(error);
         }
-        for ((&s, recs), append) in shards.iter().zip(&per_shard).zip(appends) {
-            let first_lsn = append?;
-            self.channels[s].apply_logged(recs, first_lsn)?;
+        let mut logged = Vec::with_capacity(shards.len());
+        for ((s, recs), append) in shards.into_iter().zip(per_shard).zip(appends) {
+            logged.push((s, recs, append?));
         }
-        for &s in &shards {
-            self.schedule_seal(s);
+        Ok(logged)
+    }
+
+    /// Applies records [`Self::append_all`] made durable, and schedules
+    /// seals of shards that filled up. Caller holds the write locks.
+    fn apply_all(
+        &self,
+        channels: &BTreeMap<usize, Arc<Channel>>,
+        logged: Vec<(usize, Vec<(&TableInfo, &WalRecord)>, Lsn)>,
+    ) -> ApiResult<()> {
+        for (s, recs, first_lsn) in &logged {
+            if let Some(ch) = channels.get(s) {
+                ch.apply_logged(recs, *first_lsn)?;
+            }
+        }
+        for (s, _, _) in &logged {
+            if let Some(ch) = channels.get(s) {
+                self.schedule_seal(ch);
+            }
         }
         Ok(())
     }
 
+    /// Makes one commit's records durable on every shard, then applies
+    /// them; nothing is applied unless every append succeeded.
+    async fn commit_all(
+        &self,
+        channels: &BTreeMap<usize, Arc<Channel>>,
+        records: Vec<(usize, TableInfo, WalRecord)>,
+    ) -> ApiResult<()> {
+        if records.is_empty() {
+            // Nothing changed; the statement still happened at `ts`.
+            return Ok(());
+        }
+        let logged = self.append_all(channels, &records).await?;
+        self.apply_all(channels, logged)
+    }
+
     /// Starts a background flush of a full channel (one at a time).
-    fn schedule_seal(&self, shard: usize) {
-        let ch = self.channels[shard].clone();
+    fn schedule_seal(&self, ch: &Arc<Channel>) {
         if !ch.is_full(&self.ctx) || ch.flush_pending.swap(true, Ordering::AcqRel) {
             return;
         }
+        let ch = ch.clone();
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             if let Err(e) = ch.flush(&ctx).await {
@@ -345,9 +461,8 @@ impl StreamingNode {
     /// Backpressure: a writer whose shard holds twice the seal threshold
     /// flushes it itself before returning, so memory stays bounded when
     /// writes outpace background flushes. Called without write locks.
-    async fn throttle(&self, shards: &[usize]) -> ApiResult<()> {
-        for &s in shards {
-            let ch = &self.channels[s];
+    async fn throttle(&self, channels: &BTreeMap<usize, Arc<Channel>>) -> ApiResult<()> {
+        for ch in channels.values() {
             if ch.data.read().growing_rows() >= 2 * self.ctx.options.seal_rows {
                 ch.flush(&self.ctx).await?;
             }
@@ -355,10 +470,20 @@ impl StreamingNode {
         Ok(())
     }
 
-    /// Writes requests (at most one per table) at one commit timestamp: all
-    /// of them become visible together and recovery replays all or none.
-    /// Returns one result per request.
-    async fn write_atomically(&self, requests: &[WriteRequest]) -> ApiResult<Vec<WriteResult>> {
+    /// Shards a table's rows are spread over.
+    fn table_shards(&self, table: &TableInfo) -> u32 {
+        table.shards.min(self.shards.count() as u32)
+    }
+
+    /// Checks requests (at most one per table) against the keys of every
+    /// shard they touch, holding those shards' write locks from then on.
+    /// `allowed`, when given, lists the shards the caller expects the
+    /// requests to touch; any other shard is refused.
+    async fn lock_and_plan(
+        &self,
+        requests: &[WriteRequest],
+        allowed: Option<&[u32]>,
+    ) -> ApiResult<LockedWrite> {
         for r in requests {
             self.check_current(&r.table).await?;
         }
@@ -373,7 +498,7 @@ impl StreamingNode {
         let mut splits = Vec::with_capacity(requests.len());
         for request in requests {
             let table = &request.table;
-            let shards = table.shards.min(self.channels.len() as u32);
+            let shards = self.table_shards(table);
             let deletes = Self::split(&request.delete_keys, &key_only_columns(table), shards)?;
             let inserts = Self::split(&request.insert, &table.schema.primary_key, shards)?;
             splits.push((deletes, inserts));
@@ -388,17 +513,28 @@ impl StreamingNode {
             .collect();
         touched.sort_unstable();
         touched.dedup();
+        if let Some(allowed) = allowed
+            && let Some(&s) = touched.iter().find(|&&s| !allowed.contains(&(s as u32)))
+        {
+            return Err(ApiError::new(
+                StatusCode::Internal,
+                format!("a prepared change touches shard {s}, which it did not name"),
+            ));
+        }
+        let mut channels = BTreeMap::new();
         let mut guards = Vec::with_capacity(touched.len());
         for &s in &touched {
-            guards.push((s, self.channels[s].write_lock.lock().await));
+            let ch = self.shards.get(s)?;
+            guards.push(ch.lock_write().await?);
+            channels.insert(s, ch);
         }
         let mut plans = Vec::new();
         for (r, (request, (deletes, inserts))) in requests.iter().zip(&splits).enumerate() {
-            for s in 0..deletes.len() {
+            for (&s, ch) in &channels {
                 if is_empty(&deletes[s].0) && is_empty(&inserts[s].0) {
                     continue;
                 }
-                let plan = self.channels[s].plan_write(
+                let plan = ch.plan_write(
                     &request.table,
                     deletes[s].0.clone(),
                     inserts[s].0.clone(),
@@ -408,48 +544,84 @@ impl StreamingNode {
                 plans.push((r, s, plan));
             }
         }
-        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        Ok(LockedWrite {
+            channels,
+            guards,
+            plans,
+        })
+    }
+
+    /// Per request, the rows a locked write deletes and inserts (stamped
+    /// with `ts`).
+    fn results_of(locked: &LockedWrite, requests: usize, ts: Timestamp) -> Vec<WriteResult> {
         let mut results = vec![
             WriteResult {
                 ts,
                 ..WriteResult::default()
             };
-            requests.len()
+            requests
         ];
-        for (r, _, plan) in &plans {
+        for (r, _, plan) in &locked.plans {
             results[*r].deleted += plan.deleted_existing;
             results[*r]
                 .inserted_rows
                 .extend(plan.inserted_rows.iter().copied());
         }
-        // Every record names the shard of every record of the commit (a
-        // shard once per record it holds), so recovery can tell whether
-        // all of them are durable.
-        let changed: Vec<(usize, &TableInfo, WalRecord)> = {
-            let participants: Vec<u32> = plans
-                .iter()
-                .filter(|(_, _, p)| p.delete_keys.is_some() || p.insert.is_some())
-                .map(|(_, s, _)| *s as u32)
-                .collect();
-            let participants = if participants.len() > 1 {
-                participants
-            } else {
-                vec![]
-            };
-            plans
-                .into_iter()
-                .filter_map(|(r, s, plan)| {
-                    let table = &requests[r].table;
-                    Channel::record_for(table, plan, ts, &participants).map(|rec| (s, table, rec))
-                })
-                .collect()
-        };
-        self.commit_all(changed).await?;
         for result in &mut results {
             result.inserted_rows.sort_unstable();
         }
+        results
+    }
+
+    /// The WAL records of a locked write at `ts`. Every record names the
+    /// shard of every record of the commit (a shard once per record it
+    /// holds), so recovery can tell whether all of them are durable; a
+    /// commit spanning several nodes names them all and is `decided` by
+    /// its outcome key instead.
+    fn records_of(
+        requests: &[WriteRequest],
+        plans: Vec<(usize, usize, WritePlan)>,
+        ts: Timestamp,
+        spanning: Option<&[u32]>,
+    ) -> Vec<(usize, TableInfo, WalRecord)> {
+        let participants: Vec<u32> = match spanning {
+            Some(all) => all.to_vec(),
+            None => {
+                let local: Vec<u32> = plans
+                    .iter()
+                    .filter(|(_, _, p)| p.delete_keys.is_some() || p.insert.is_some())
+                    .map(|(_, s, _)| *s as u32)
+                    .collect();
+                if local.len() > 1 { local } else { vec![] }
+            }
+        };
+        plans
+            .into_iter()
+            .filter_map(|(r, s, plan)| {
+                let table = &requests[r].table;
+                Channel::record_for(table, plan, ts, &participants).map(|mut rec| {
+                    rec.decided = spanning.is_some();
+                    (s, table.clone(), rec)
+                })
+            })
+            .collect()
+    }
+
+    /// Writes requests (at most one per table) at one commit timestamp: all
+    /// of them become visible together and recovery replays all or none.
+    /// Returns one result per request.
+    async fn write_atomically(&self, requests: &[WriteRequest]) -> ApiResult<Vec<WriteResult>> {
+        let mut locked = self.lock_and_plan(requests, None).await?;
+        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        let results = Self::results_of(&locked, requests.len(), ts);
+        let plans = std::mem::take(&mut locked.plans);
+        let records = Self::records_of(requests, plans, ts, None);
+        self.commit_all(&locked.channels, records).await?;
+        let LockedWrite {
+            channels, guards, ..
+        } = locked;
         drop(guards);
-        self.throttle(&touched).await?;
+        self.throttle(&channels).await?;
         Ok(results)
     }
 
@@ -555,14 +727,15 @@ impl StreamingApi for StreamingNode {
 
     async fn existing_keys(&self, table: &TableInfo, keys: RecordBatch) -> ApiResult<Vec<bool>> {
         self.check_current(table).await?;
-        let shards = table.shards.min(self.channels.len() as u32);
-        Ok(keys_of(&keys, &key_only_columns(table))
+        let shards = self.table_shards(table);
+        keys_of(&keys, &key_only_columns(table))
             .iter()
             .map(|key| {
-                let shard = shard_of(key, shards) as usize;
-                self.channels[shard].contains_key(table, key)
+                let ch = self.shards.get(shard_of(key, shards) as usize)?;
+                ch.check_owned()?;
+                Ok(ch.contains_key(table, key))
             })
-            .collect())
+            .collect()
     }
 
     async fn truncate(&self, table: &TableInfo) -> ApiResult<Timestamp> {
@@ -576,7 +749,8 @@ impl StreamingApi for StreamingNode {
 
     async fn applied_ts(&self) -> ApiResult<Timestamp> {
         Ok(self
-            .channels
+            .shards
+            .owned()
             .iter()
             .map(|c| c.tick())
             .min()
@@ -588,7 +762,8 @@ impl StreamingApi for StreamingNode {
         // timestamp, so the newest tick covers all of them; the other shards
         // then catch up to it (waiting for any write holding their lock).
         let newest = self
-            .channels
+            .shards
+            .owned()
             .iter()
             .map(|c| c.tick())
             .max()
@@ -603,13 +778,17 @@ impl StreamingApi for StreamingNode {
         ts: Timestamp,
     ) -> ApiResult<ShardSnapshot> {
         self.check_current(table).await?;
-        self.channel(shard)?.snapshot(table, ts)
+        let ch = self.shards.get(shard.0 as usize)?;
+        let snapshot = ch.snapshot(table, ts)?;
+        // Handed over meanwhile: what was read may miss newer writes.
+        ch.check_owned()?;
+        Ok(snapshot)
     }
 
     async fn flush_all(&self) -> ApiResult<()> {
         let node = self.clone();
         detached(async move {
-            for ch in &node.channels {
+            for ch in node.shards.owned() {
                 ch.flush(&node.ctx).await?;
             }
             Ok(())
@@ -624,41 +803,74 @@ impl StreamingApi for StreamingNode {
 }
 
 impl StreamingNode {
-    async fn truncate_now(&self, table: &TableInfo) -> ApiResult<Timestamp> {
-        self.check_current(table).await?;
-        // Flush locks first (no flush may be between freeze and swap while
-        // rows vanish), then write locks: the order every path uses.
-        let mut flush_guards = Vec::new();
-        for ch in &self.channels {
-            flush_guards.push(ch.flush_lock.lock().await);
+    /// Every shard of `table` with its flush and write locks, taken in the
+    /// order every path uses (flush locks first, ascending): no flush may
+    /// be between freeze and swap while rows vanish.
+    async fn lock_table_shards(
+        &self,
+        shards: &[u32],
+    ) -> ApiResult<(
+        BTreeMap<usize, Arc<Channel>>,
+        Vec<OwnedMutexGuard<()>>,
+        Vec<OwnedMutexGuard<()>>,
+    )> {
+        let mut channels = BTreeMap::new();
+        for &s in shards {
+            channels.insert(s as usize, self.shards.get(s as usize)?);
         }
-        let mut guards = Vec::new();
-        for ch in &self.channels {
-            guards.push(ch.write_lock.lock().await);
+        let mut flush_guards = Vec::with_capacity(channels.len());
+        for ch in channels.values() {
+            flush_guards.push(ch.lock_flush().await?);
         }
-        let ts = self.ctx.coordinator.allocate_timestamp().await?;
-        let participants: Vec<u32> = if self.channels.len() > 1 {
-            (0..self.channels.len() as u32).collect()
-        } else {
-            vec![]
+        let mut guards = Vec::with_capacity(channels.len());
+        for ch in channels.values() {
+            guards.push(ch.lock_write().await?);
+        }
+        Ok((channels, flush_guards, guards))
+    }
+
+    /// TRUNCATE's records: one per shard, naming all of them.
+    fn truncate_records(
+        table: &TableInfo,
+        shards: &[u32],
+        ts: Timestamp,
+        spanning: Option<&[u32]>,
+    ) -> Vec<(usize, TableInfo, WalRecord)> {
+        let participants: Vec<u32> = match spanning {
+            Some(all) => all.to_vec(),
+            None if shards.len() > 1 => shards.to_vec(),
+            None => vec![],
         };
-        let records = (0..self.channels.len())
-            .map(|s| {
+        shards
+            .iter()
+            .map(|&s| {
                 (
-                    s,
-                    table,
+                    s as usize,
+                    table.clone(),
                     WalRecord {
                         table: table.id,
                         ts,
                         kind: WalRecordKind::Truncate,
                         participants: participants.clone(),
+                        decided: spanning.is_some(),
                     },
                 )
             })
-            .collect();
-        self.commit_all(records).await?;
+            .collect()
+    }
+
+    async fn truncate_now(&self, table: &TableInfo) -> ApiResult<Timestamp> {
+        self.check_current(table).await?;
+        // Every channel, not only the table's shards: a table's rows live in
+        // the first `table.shards` channels, and TRUNCATE has always
+        // cleared them all.
+        let all: Vec<u32> = (0..self.shards.count() as u32).collect();
+        let (channels, flush_guards, guards) = self.lock_table_shards(&all).await?;
+        let ts = self.ctx.coordinator.allocate_timestamp().await?;
+        let records = Self::truncate_records(table, &all, ts, None);
+        self.commit_all(&channels, records).await?;
         // Flush so the truncated segments leave the manifest at once.
-        for ch in &self.channels {
+        for ch in channels.values() {
             ch.flush_holding_flush_lock(&self.ctx).await?;
         }
         drop(guards);
@@ -667,12 +879,14 @@ impl StreamingNode {
     }
 
     async fn wait_applied_now(&self, ts: Timestamp) -> ApiResult<Timestamp> {
-        for ch in &self.channels {
+        for ch in self.shards.owned() {
             if ch.tick() < ts {
                 // Any write holding the lock finishes applying first; writes
                 // after it take a newer timestamp than `ts`.
                 let _guard = ch.write_lock.lock().await;
-                ch.advance_tick(ts);
+                if ch.is_owned() {
+                    ch.advance_tick(ts);
+                }
             }
         }
         Ok(ts)

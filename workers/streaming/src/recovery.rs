@@ -18,6 +18,7 @@ use quiver_types::{TableId, Timestamp};
 use quiver_wal::Lsn;
 
 use crate::channel::{Channel, ChannelData};
+use crate::prepared::decide_outcome;
 use crate::table_shard::keys_of;
 use crate::{NodeContext, StreamingError};
 
@@ -72,20 +73,8 @@ async fn read_channel(
             sealed_segments += 1;
         }
     }
-    data.checkpoint =
-        quiver_meta::get_json::<Lsn>(ctx.meta.as_ref(), &keys::channel_checkpoint(id))
-            .await?
-            .unwrap_or(0);
-    let flushed_ts =
-        quiver_meta::get_json::<Timestamp>(ctx.meta.as_ref(), &keys::channel_flushed_ts(id))
-            .await?
-            .unwrap_or(Timestamp::ZERO);
-    let mut records = Vec::new();
-    for (lsn, bytes) in ctx.wal.read_from(id, data.checkpoint).await? {
-        if lsn >= data.checkpoint {
-            records.push((lsn, WalRecord::decode(&bytes)?));
-        }
-    }
+    let (checkpoint, records, flushed_ts) = read_tail(ctx, id).await?;
+    data.checkpoint = checkpoint;
     Ok(ChannelLog {
         data,
         records,
@@ -94,7 +83,33 @@ async fn read_channel(
     })
 }
 
-pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, StreamingError> {
+/// A channel's checkpoint, the records after it, and its flushed timestamp.
+async fn read_tail(
+    ctx: &NodeContext,
+    id: u32,
+) -> Result<(Lsn, Vec<(Lsn, WalRecord)>, Timestamp), StreamingError> {
+    let checkpoint = quiver_meta::get_json::<Lsn>(ctx.meta.as_ref(), &keys::channel_checkpoint(id))
+        .await?
+        .unwrap_or(0);
+    let flushed_ts =
+        quiver_meta::get_json::<Timestamp>(ctx.meta.as_ref(), &keys::channel_flushed_ts(id))
+            .await?
+            .unwrap_or(Timestamp::ZERO);
+    let mut records = Vec::new();
+    for (lsn, bytes) in ctx.wal.read_from(id, checkpoint).await? {
+        if lsn >= checkpoint {
+            records.push((lsn, WalRecord::decode(&bytes)?));
+        }
+    }
+    Ok((checkpoint, records, flushed_ts))
+}
+
+/// Recovers the channels `ids` (a node taking over shards; all of them at
+/// a standalone start).
+pub(crate) async fn recover_channels(
+    ctx: &NodeContext,
+    ids: &[u32],
+) -> Result<Vec<Channel>, StreamingError> {
     let tables: HashMap<TableId, TableInfo> = ctx
         .coordinator
         .tables()
@@ -116,32 +131,61 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
         .collect();
 
     let mut logs = Vec::new();
-    for id in 0..ctx.wal.channel_count() {
-        logs.push(read_channel(ctx, id, &tables, &segments).await?);
+    for &id in ids {
+        logs.push((id, read_channel(ctx, id, &tables, &segments).await?));
     }
-    // Records per commit timestamp in each channel's tail.
-    let in_tail: Vec<HashMap<Timestamp, usize>> = logs
+    // Records per commit timestamp in each participant's tail, and each
+    // participant's flushed timestamp: the recovered channels', and those
+    // of other channels that statements here name (read, never written).
+    let mut in_tail: HashMap<u32, HashMap<Timestamp, usize>> = HashMap::new();
+    let mut flushed: HashMap<u32, Timestamp> = HashMap::new();
+    let count_tail = |records: &[(Lsn, WalRecord)]| {
+        let mut counts = HashMap::new();
+        for (_, r) in records {
+            *counts.entry(r.ts).or_insert(0) += 1;
+        }
+        counts
+    };
+    for (id, log) in &logs {
+        in_tail.insert(*id, count_tail(&log.records));
+        flushed.insert(*id, log.flushed_ts);
+    }
+    let mut foreign: Vec<u32> = logs
         .iter()
-        .map(|l| {
-            let mut counts = HashMap::new();
-            for (_, r) in &l.records {
-                *counts.entry(r.ts).or_insert(0) += 1;
-            }
-            counts
-        })
+        .flat_map(|(_, l)| l.records.iter())
+        .filter(|(_, r)| !r.decided)
+        .flat_map(|(_, r)| r.participants.iter().copied())
+        .filter(|p| !in_tail.contains_key(p) && *p < ctx.wal.channel_count())
         .collect();
-    let flushed: Vec<Timestamp> = logs.iter().map(|l| l.flushed_ts).collect();
+    foreign.sort_unstable();
+    foreign.dedup();
+    for id in foreign {
+        let (_, records, flushed_ts) = read_tail(ctx, id).await?;
+        in_tail.insert(id, count_tail(&records));
+        flushed.insert(id, flushed_ts);
+    }
     // A channel appears in `participants` once per record it holds (a
     // transaction can write several tables on one shard).
     let durable_everywhere = |record: &WalRecord| {
         record.participants.iter().all(|&p| {
             let expected = record.participants.iter().filter(|&&q| q == p).count();
-            let p = p as usize;
-            p < in_tail.len()
-                && (in_tail[p].get(&record.ts).copied().unwrap_or(0) >= expected
-                    || flushed[p] >= record.ts)
+            in_tail.get(&p).is_some_and(|tail| {
+                tail.get(&record.ts).copied().unwrap_or(0) >= expected
+                    || flushed.get(&p).is_some_and(|&f| f >= record.ts)
+            })
         })
     };
+    // Statements spanning several nodes: their outcome key decides (a
+    // logged part with no outcome yet was never acknowledged: abort it).
+    let mut outcomes: HashMap<Timestamp, bool> = HashMap::new();
+    for (_, log) in &logs {
+        for (_, record) in log.records.iter().filter(|(_, r)| r.decided) {
+            if !outcomes.contains_key(&record.ts) {
+                let committed = decide_outcome(ctx.meta.as_ref(), record.ts, false).await?;
+                outcomes.insert(record.ts, committed);
+            }
+        }
+    }
 
     let mut newly_aborted = Vec::new();
     let tick = ctx
@@ -150,7 +194,7 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
         .await
         .map_err(StreamingError::Coordinator)?;
     let mut channels = Vec::with_capacity(logs.len());
-    for (id, log) in logs.into_iter().enumerate() {
+    for (id, log) in logs {
         let ChannelLog {
             mut data,
             records,
@@ -165,7 +209,12 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
                 skipped += 1;
                 continue;
             }
-            if record.participants.len() > 1 && !durable_everywhere(record) {
+            if record.decided {
+                if !outcomes.get(&record.ts).copied().unwrap_or(false) {
+                    skipped += 1;
+                    continue;
+                }
+            } else if record.participants.len() > 1 && !durable_everywhere(record) {
                 aborted.insert(key.clone());
                 newly_aborted.push(MetaOp::Put {
                     key,
@@ -188,7 +237,7 @@ pub(crate) async fn recover_channels(ctx: &NodeContext) -> Result<Vec<Channel>, 
             growing_rows = data.growing_rows(),
             "channel recovered"
         );
-        channels.push(Channel::new(id as u32, data, tick));
+        channels.push(Channel::new(id, data, tick));
     }
     if !newly_aborted.is_empty() {
         tracing::warn!(

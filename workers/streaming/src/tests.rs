@@ -107,14 +107,20 @@ async fn visible_ids(node: &Node, table: &str) -> Vec<i64> {
 }
 
 async fn visible_ids_at(node: &Node, table: &str, ts: Timestamp) -> Vec<i64> {
+    visible_ids_through(node, node.streaming.as_ref(), table, ts).await
+}
+
+/// Like [`visible_ids_at`], reading the shards through `streaming`.
+async fn visible_ids_through(
+    node: &Node,
+    streaming: &dyn StreamingApi,
+    table: &str,
+    ts: Timestamp,
+) -> Vec<i64> {
     let info = node.coordinator.table(table).unwrap();
     let mut ids = Vec::new();
     for shard in 0..2 {
-        let snap = node
-            .streaming
-            .snapshot(&info, ShardId(shard), ts)
-            .await
-            .unwrap();
+        let snap = streaming.snapshot(&info, ShardId(shard), ts).await.unwrap();
         let mut batches = snap.growing;
         for seg in snap.sealed {
             batches.extend(
@@ -177,6 +183,7 @@ async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good()
                 insert: Some(rows(&[shard0[1]])),
             },
             participants: vec![0, 1],
+            decided: false,
         };
         node.wal
             .append(0, vec![orphan.encode().unwrap()])
@@ -199,7 +206,7 @@ async fn a_multi_shard_statement_durable_on_one_shard_only_is_dropped_for_good()
     // Shard 1 alone moves on and seals past the dead statement's timestamp,
     // while shard 0's log still holds the orphan: it must stay dropped.
     {
-        let ch = &node.streaming.channels[1];
+        let ch = node.streaming.shards.get(1).unwrap();
         ch.flush(&node.streaming.ctx).await.unwrap();
     }
     let shard1_flushed: quiver_types::Timestamp =
@@ -260,6 +267,7 @@ async fn a_transaction_over_two_tables_of_one_shard_is_replayed_whole_or_not_at_
                 insert: Some(rows(&[shard0[1]])),
             },
             participants: vec![0, 0],
+            decided: false,
         };
         node.wal
             .append(0, vec![torn.encode().unwrap()])
@@ -407,4 +415,193 @@ async fn a_bulk_insert_is_sealed_directly_and_survives_a_restart() {
         .await
         .unwrap_err();
     assert_eq!(err.code, StatusCode::UniqueViolation, "{}", err.message);
+}
+
+/// The node of `open` serving shard 0 and a second node, on the same WAL
+/// and meta store, serving shard 1; and a router over both.
+async fn two_nodes(node: &Node) -> (Arc<StreamingNode>, Arc<crate::router::ShardRouter>) {
+    let ctx = &node.streaming.ctx;
+    let second = StreamingNode::open_unowned(
+        ctx.wal.clone(),
+        ctx.meta.clone(),
+        ctx.store.clone(),
+        ctx.coordinator.clone(),
+        ctx.options.clone(),
+    );
+    node.streaming.release(1).await.unwrap();
+    second.acquire(&[1]).await.unwrap();
+    let router = crate::router::ShardRouter::new(
+        vec![node.streaming.as_peer(), second.as_peer()],
+        2,
+        node.coordinator.clone(),
+    );
+    (second, router)
+}
+
+fn insert_with(
+    info: &quiver_api::TableInfo,
+    ids: &[i64],
+    on_conflict: ConflictPolicy,
+) -> WriteRequest {
+    WriteRequest {
+        table: info.clone(),
+        delete_keys: None,
+        insert: Some(rows(ids)),
+        on_conflict,
+    }
+}
+
+async fn visible_via(node: &Node, router: &crate::router::ShardRouter) -> Vec<i64> {
+    let ts = router.acknowledged_ts().await.unwrap();
+    visible_ids_through(node, router, "t", ts).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_spanning_two_nodes_commits_on_both_or_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s0, s1) = ids_by_shard();
+    let node = open(dir.path()).await;
+    let info = create(&node, "t").await;
+    let (second, router) = two_nodes(&node).await;
+    assert_eq!(node.streaming.owned_shard_ids(), vec![0]);
+    assert_eq!(second.owned_shard_ids(), vec![1]);
+
+    let ids = [s0[0], s1[0], s0[1], s1[1]];
+    let result = router.write(insert(&info, &ids)).await.unwrap();
+    assert_eq!(result.inserted_rows, vec![0, 1, 2, 3]);
+    let mut expected = ids.to_vec();
+    expected.sort_unstable();
+    assert_eq!(visible_via(&node, &router).await, expected);
+
+    // A duplicate on one node fails the statement on both.
+    let err = router
+        .write(insert(&info, &[s0[2], s1[0]]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, StatusCode::UniqueViolation, "{}", err.message);
+    assert_eq!(visible_via(&node, &router).await, expected);
+
+    // Skipped rows are reported by their index in the statement.
+    let result = router
+        .write(insert_with(
+            &info,
+            &[s0[0], s1[2], s0[2]],
+            ConflictPolicy::Skip,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(result.inserted_rows, vec![1, 2]);
+    let deleted = router
+        .write(WriteRequest {
+            table: info.clone(),
+            delete_keys: Some(rows(&[s0[0], s1[0], 999_999])),
+            insert: None,
+            on_conflict: ConflictPolicy::Error,
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted, 2);
+    let mut expected = vec![s0[1], s1[1], s1[2], s0[2]];
+    expected.sort_unstable();
+    assert_eq!(visible_via(&node, &router).await, expected);
+    let exists = router
+        .existing_keys(&info, rows(&[s1[1], s0[0], s0[1]]))
+        .await
+        .unwrap();
+    assert_eq!(exists, vec![true, false, true]);
+
+    // Shard 1 moves back to the first node: the router finds it there.
+    second.release(1).await.unwrap();
+    node.streaming.acquire(&[1]).await.unwrap();
+    assert_eq!(visible_via(&node, &router).await, expected);
+    router.write(insert(&info, &[s1[3]])).await.unwrap();
+    node.streaming.release(1).await.unwrap();
+    second.acquire(&[1]).await.unwrap();
+    router.truncate(&info).await.unwrap();
+    assert_eq!(visible_via(&node, &router).await, Vec::<i64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_applies_a_spanning_commit_only_when_its_outcome_says_commit() {
+    use quiver_api::{PreparedChange, ShardOwnerApi};
+    let dir = tempfile::tempdir().unwrap();
+    let (s0, s1) = ids_by_shard();
+    let node = open(dir.path()).await;
+    let info = create(&node, "t").await;
+    let (second, _router) = two_nodes(&node).await;
+    let first = node.streaming.clone();
+    let ctx = node.streaming.ctx.clone();
+    let fresh = || {
+        StreamingNode::open_unowned(
+            ctx.wal.clone(),
+            ctx.meta.clone(),
+            ctx.store.clone(),
+            ctx.coordinator.clone(),
+            ctx.options.clone(),
+        )
+    };
+    let logged_on_both = |txn: u64, a: i64, b: i64, other: Arc<StreamingNode>| {
+        let (first, info, coordinator) = (first.clone(), info.clone(), node.coordinator.clone());
+        async move {
+            first
+                .prepare(
+                    txn,
+                    vec![0],
+                    PreparedChange::Writes(vec![insert(&info, &[a])]),
+                )
+                .await
+                .unwrap();
+            other
+                .prepare(
+                    txn,
+                    vec![1],
+                    PreparedChange::Writes(vec![insert(&info, &[b])]),
+                )
+                .await
+                .unwrap();
+            let ts = coordinator.allocate_timestamp().await.unwrap();
+            first.log_prepared(txn, ts, vec![0, 1]).await.unwrap();
+            other.log_prepared(txn, ts, vec![0, 1]).await.unwrap();
+        }
+    };
+    let shard_ids = |node: Arc<StreamingNode>, shard: u32| {
+        let (info, coordinator) = (info.clone(), node.ctx.coordinator.clone());
+        async move {
+            let ts = coordinator.allocate_timestamp().await.unwrap();
+            let mut ids = Vec::new();
+            for b in node
+                .snapshot(&info, ShardId(shard), ts)
+                .await
+                .unwrap()
+                .growing
+            {
+                let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                ids.extend(col.values().iter().copied());
+            }
+            ids
+        }
+    };
+
+    // Logged on both nodes, finished (committed) on the first only; then
+    // the second dies and a third takes shard 1 over from the WAL.
+    logged_on_both(1, s0[0], s1[0], second.clone()).await;
+    assert!(first.finish_prepared(1, true).await.unwrap());
+    let third = fresh();
+    third.acquire(&[1]).await.unwrap();
+    assert_eq!(
+        shard_ids(third.clone(), 1).await,
+        vec![s1[0]],
+        "the committed part"
+    );
+
+    // Logged on both, finished nowhere (the proxy died); the owner of
+    // shard 1 dies too. Recovery decides: abort. The first node, told to
+    // commit it now, learns that and drops its part.
+    logged_on_both(2, s0[1], s1[1], third.clone()).await;
+    let fourth = fresh();
+    fourth.acquire(&[1]).await.unwrap();
+    assert_eq!(shard_ids(fourth.clone(), 1).await, vec![s1[0]]);
+    assert!(!first.finish_prepared(2, true).await.unwrap());
+    let shard0 = shard_ids(first.clone(), 0).await;
+    assert_eq!(shard0, vec![s0[0]]);
 }
