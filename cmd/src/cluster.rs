@@ -11,6 +11,10 @@ use quiver_frontend::engine::Backends;
 use quiver_meta::{Leadership, MetaStore, keys};
 use quiver_transport::{NodeService, RemoteCoordinator, RemoteStreamingNode};
 
+use quiver_streaming::StreamingNode;
+use quiver_streaming::ownership::share_shards;
+use quiver_streaming::router::ShardRouter;
+
 use crate::nodes::{
     bind, filter_functions, lease_ttl, open_store, retry_storage, serve, shutdown_signal,
 };
@@ -52,23 +56,92 @@ pub async fn run_coordinator(config: &Config) -> anyhow::Result<()> {
     serve_while_leading("coordinator", &cc.listen, service, leadership).await
 }
 
-/// A streaming-node process: like the coordinator, one leads (owning every
-/// shard) and the others stand by. The one taking over replays each shard's
-/// WAL from its checkpoint in etcd, which needs a WAL every process reaches
-/// (`[storage.wal] kind = "kafka"`).
+/// A streaming-node process: it registers on etcd and serves its share of
+/// the shards (`quiver_streaming::ownership`): shard `s` goes to the
+/// `s mod n`-th of the `n` live streaming nodes. When a node dies its
+/// shards move to the others, which replay each shard's WAL from its
+/// checkpoint in etcd; that needs a WAL every process reaches
+/// (`[storage.wal] kind = "kafka"`). A node that cannot renew a shard's
+/// owner key exits at once (another node may own the shard by then).
 pub async fn run_streaming_node(config: &Config) -> anyhow::Result<()> {
     require_shared_meta(config, "streaming-node")?;
     std::fs::create_dir_all(&config.data_dir)?;
     let sc = &config.streaming;
-    let address = sc.advertise.clone().unwrap_or_else(|| sc.listen.clone());
-    let (meta, leadership) =
-        lead(config, "streaming node", keys::STREAMING_LEADER, &address).await?;
+    let meta = retry_storage("opening the meta store", || async {
+        Ok(config.open_meta_store().await?)
+    })
+    .await?;
+    let wal = open_shared_wal(config).await?;
+    // Listening only once the WAL is open: a node standing by for a local
+    // WAL must not accept calls it cannot answer.
+    let listener = bind(&sc.listen).await?;
+    let address = match &sc.advertise {
+        Some(a) => a.clone(),
+        None => listener.local_addr()?.to_string(),
+    };
     let coordinator =
         RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
-    let streaming =
-        standalone::start_streaming(config, meta, open_store(config)?, coordinator).await?;
-    let service = NodeService::new(filter_functions()).with_streaming(streaming);
-    serve_while_leading("streaming node", &sc.listen, service, leadership).await
+    let node = StreamingNode::open_unowned(
+        wal,
+        meta.clone(),
+        open_store(config)?,
+        coordinator,
+        standalone::streaming_options(config),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let mut sharing = tokio::spawn(share_shards(
+        node.clone(),
+        meta,
+        address,
+        lease_ttl(config),
+        stop_rx,
+    ));
+    let service = NodeService::new(filter_functions()).with_streaming(node);
+    let serving = serve("streaming node", listener, service, shutdown_signal());
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => {
+            result?;
+            // Hand every shard over before exiting, so the others take
+            // them at once instead of after the lease expires.
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(Duration::from_secs(30), sharing).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %format!("{e:#}"), "handing shards over failed"),
+                Err(_) => tracing::warn!("handing shards over took too long"),
+                _ => tracing::info!("shards handed over"),
+            }
+        }
+        outcome = &mut sharing => {
+            let error = match outcome {
+                Ok(Ok(())) => "shard sharing stopped".to_string(),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(%error, "streaming node stops serving shards; exiting at once");
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the WAL. A local WAL directory is open in one process at a time:
+/// a second streaming node on it stands by until the first exits (a
+/// Kafka WAL lets every streaming node share the shards).
+async fn open_shared_wal(config: &Config) -> anyhow::Result<Arc<dyn quiver_wal::Wal>> {
+    let mut standing_by = false;
+    loop {
+        match config.open_wal().await {
+            Ok(wal) => return Ok(wal),
+            Err(quiver_wal::WalError::AlreadyOpen { dir }) => {
+                if !standing_by {
+                    tracing::info!(dir = %dir.display(), "another streaming node holds the local WAL; standing by");
+                    standing_by = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Opens the meta store and waits until this process leads `key`. A
@@ -140,7 +213,8 @@ async fn serve_while_leading(
 pub async fn run_proxy(config: &Config) -> anyhow::Result<()> {
     let coordinator =
         RemoteCoordinator::connect(&config.cluster.coordinators, COORDINATOR_WAIT).await?;
-    let streaming = RemoteStreamingNode::connect(&config.cluster.streaming_nodes)?;
+    let peers = RemoteStreamingNode::connect_all(&config.cluster.streaming_nodes)?;
+    let streaming = ShardRouter::new(peers, config.coordinator.shards, coordinator.clone());
     let engine = standalone::engine(
         config,
         Backends {

@@ -112,22 +112,20 @@ pub async fn start_streaming(
     coordinator: Arc<dyn CoordinatorApi>,
 ) -> anyhow::Result<Arc<dyn StreamingApi>> {
     let wal = config.open_wal().await?;
-    let sc = &config.streaming;
-    let node: Arc<dyn StreamingApi> = StreamingNode::open(
-        wal,
-        meta,
-        store,
-        coordinator,
-        StreamingOptions {
-            seal_rows: sc.seal_rows.max(1),
-            tick_interval: Duration::from_millis(sc.tick_interval_ms.max(1)),
-            compaction_interval: Duration::from_millis(sc.compaction_interval_ms),
-            compaction_deleted_ratio: sc.compaction_deleted_ratio,
-            direct_seal_rows: sc.direct_seal_rows,
-        },
-    )
-    .await?;
+    let node: Arc<dyn StreamingApi> =
+        StreamingNode::open(wal, meta, store, coordinator, streaming_options(config)).await?;
     Ok(node)
+}
+
+pub(crate) fn streaming_options(config: &Config) -> StreamingOptions {
+    let sc = &config.streaming;
+    StreamingOptions {
+        seal_rows: sc.seal_rows.max(1),
+        tick_interval: Duration::from_millis(sc.tick_interval_ms.max(1)),
+        compaction_interval: Duration::from_millis(sc.compaction_interval_ms),
+        compaction_deleted_ratio: sc.compaction_deleted_ratio,
+        direct_seal_rows: sc.direct_seal_rows,
+    }
 }
 
 /// The frontend over its backends.

@@ -22,7 +22,7 @@ pub fn from_api(e: ApiError) -> SqlError {
         StatusCode::UndefinedObject => "42704",
         StatusCode::InvalidRequest => "42809",
         // Retryable: the client may try again (connection_failure class).
-        StatusCode::Unavailable | StatusCode::Unreachable => "08006",
+        StatusCode::Unavailable | StatusCode::Unreachable | StatusCode::NotOwner => "08006",
         StatusCode::OutcomeUnknown => "08007",
         StatusCode::StorageFailure => "58030",
         StatusCode::Internal => "XX000",

@@ -1,7 +1,8 @@
 """Every role its own process, on real etcd, a real Kafka-protocol broker
-(tansu) and a real S3-compatible server (s3s-fs): two coordinators and two
-streaming nodes (for each, a leader and a standby elected on etcd), two
-proxies, two query nodes and a data node.
+(tansu) and a real S3-compatible server (s3s-fs): two coordinators (a
+leader and a standby elected on etcd), two streaming nodes sharing the
+shards (each serves one of the two), two proxies, two query nodes and a
+data node.
 
 Checked: the proxies serve one database (DDL, roles and rows made through
 one are seen through the other at once, exact and indexed search equal
@@ -9,13 +10,15 @@ exact results computed here); read-your-writes across proxies by handing
 over `quiver.last_write_ts`; kill -9 of the leading coordinator under write
 load: the standby takes over, writes and DDL continue, timestamps keep
 growing, and every acknowledged row is there exactly once; the same for
-kill -9 of the leading streaming node (the standby replays the shards' WAL
-from their checkpoints); kill -9 of a proxy leaves the other serving; the
+kill -9 of a streaming node (the other takes its shard over, replaying the
+shard's WAL from its checkpoint); kill -9 of a proxy leaves the other serving; the
 broker stopped for 20 s under write load: writes fail with SQLSTATE 58030
 naming the broker and succeed again once it is back; then every process of
 the cluster killed and started again: all acknowledged rows are there;
-etcd frozen: both leaders step down before their leases lapse, and the
-standbys take over once etcd answers again."""
+etcd frozen: the leading coordinator and both streaming nodes stop before
+their leases lapse; once etcd answers again the standby coordinator leads,
+restarted streaming nodes share the shards again, and the data is all
+there."""
 
 from __future__ import annotations
 
@@ -96,8 +99,8 @@ max_txn_ops = 1024
         self.coordinators[0].start()
         # The standby does not listen until it leads.
         self.coordinators[1].start(wait=False)
-        self.streaming[0].start()
-        self.streaming[1].start(wait=False)
+        for n in self.streaming:
+            n.start()
         for p in self.proxies:
             p.start()
 
@@ -244,14 +247,28 @@ def wait_elected(node: QuiverNode, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def kill_leader_under_writes(cluster, leader: QuiverNode, standby: QuiverNode) -> WriteLoad:
+def shards_taken(node: QuiverNode) -> int:
+    return node.log_path.read_bytes().count(b"shard taken over")
+
+
+def wait_shards_taken(node: QuiverNode, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while shards_taken(node) < count:
+        assert time.monotonic() < deadline, f"{node.name} took {shards_taken(node)} shards, not {count}"
+        time.sleep(0.2)
+
+
+def kill_under_writes(cluster, victim: QuiverNode, survivor: QuiverNode,
+                      taken_over=None) -> WriteLoad:
+    """Kills `victim` under an 8-writer load; `taken_over()` returns once
+    `survivor` serves in its place."""
     load = WriteLoad(cluster)
     time.sleep(2)
     killed_at = time.monotonic()
-    leader.kill()
-    wait_elected(standby)
+    victim.kill()
+    (taken_over or (lambda: wait_elected(survivor)))()
     at_takeover = load.count()
-    print(f"{standby.name} elected {time.monotonic() - killed_at:.1f} s after the kill; "
+    print(f"{survivor.name} took over {time.monotonic() - killed_at:.1f} s after the kill; "
           f"{at_takeover} rows acknowledged so far")
     time.sleep(3)
     load.finish()
@@ -281,7 +298,7 @@ def test_leader_coordinator_killed_under_writes(cluster):
         conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
         conn.execute("INSERT INTO items (id, v) VALUES (0, %s)", (str([0.0] * 8),))
         before = int(conn.execute("SHOW quiver.last_write_ts").fetchone()[0])
-    load = kill_leader_under_writes(cluster, *cluster.coordinators)
+    load = kill_under_writes(cluster, *cluster.coordinators)
     with cluster.connect(1) as conn:
         # DDL continues on the new leader, and timestamps kept growing.
         conn.execute("CREATE TABLE after_failover (id int PRIMARY KEY)")
@@ -291,13 +308,30 @@ def test_leader_coordinator_killed_under_writes(cluster):
         assert_rows(conn, load.acknowledged | {0})
 
 
-def test_leader_streaming_node_killed_under_writes(cluster):
+def test_streaming_node_killed_under_writes(cluster):
+    victim, survivor = cluster.streaming
     with cluster.connect(0) as conn:
         conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
-    load = kill_leader_under_writes(cluster, *cluster.streaming)
+        # Both nodes serve: each owns one of the two shards, and a statement
+        # over both commits across them.
+        wait_shards_taken(victim, 1)
+        wait_shards_taken(survivor, 1)
+        conn.execute("INSERT INTO items (id, v) SELECT -i, '[1,1,1,1,1,1,1,1]' "
+                     "FROM generate_series(1, 50) AS g(i)")
+    before = shards_taken(survivor)
+    load = kill_under_writes(cluster, victim, survivor,
+                             taken_over=lambda: wait_shards_taken(survivor, before + 1))
+    spread = range(-50, 0)
     for proxy in (0, 1):
         with cluster.connect(proxy) as conn:
-            assert_rows(conn, load.acknowledged)
+            assert_rows(conn, load.acknowledged | set(spread))
+    # The killed node comes back and takes its share again.
+    victim.start()
+    wait_shards_taken(victim, 2, timeout=60)
+    with cluster.connect(0) as conn:
+        conn.execute("INSERT INTO items (id, v) SELECT -i, '[1,1,1,1,1,1,1,1]' "
+                     "FROM generate_series(51, 60) AS g(i)")
+        assert_rows(conn, load.acknowledged | set(range(-60, 0)))
 
 
 def test_proxy_killed(cluster):
@@ -368,9 +402,10 @@ def test_broker_outage_then_whole_cluster_restart(cluster):
         node.kill()
     for node in [*cluster.query, cluster.data]:
         node.start()
-    for group in (cluster.coordinators, cluster.streaming):
-        for node in group:
-            node.start(wait=False)
+    for node in cluster.coordinators:
+        node.start(wait=False)
+    for node in cluster.streaming:
+        node.start()
     for proxy in cluster.proxies:
         proxy.start()
     # Until the new leaders are elected and have recovered, statements fail
@@ -387,25 +422,29 @@ def test_broker_outage_then_whole_cluster_restart(cluster):
 
 
 def test_leaders_cut_off_from_etcd_step_down(cluster):
-    """A leader that cannot renew its lease must stop before a standby may
-    lead: etcd frozen (SIGSTOP) makes both leaders exit; once etcd answers
-    again the standbys lead and the data is all there."""
+    """A process that cannot renew its lease must stop before another may
+    take its place: etcd frozen (SIGSTOP) makes the leading coordinator and
+    both streaming nodes (each holding a shard's owner key) exit; once etcd
+    answers again the standby coordinator leads, the streaming nodes
+    started again share the shards, and the data is all there."""
     with cluster.connect(0) as conn:
         conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v vector(8))")
         insert(conn, range(300), np.ones((300, 8), dtype=np.float32))
-    leaders = [cluster.coordinators[0], cluster.streaming[0]]
+    leaders = [cluster.coordinators[0], *cluster.streaming]
     cluster.etcd.proc.send_signal(signal.SIGSTOP)
     try:
         deadline = time.monotonic() + FAILURE_TIMEOUT_MS / 1000 + 5
         while any(n.alive() for n in leaders) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(n.alive() for n in leaders), "a leader kept acting without its lease"
-        for node in leaders:
-            assert b"lost its leadership" in node.log_path.read_bytes(), node.name
+        assert b"lost its leadership" in cluster.coordinators[0].log_path.read_bytes()
+        for node in cluster.streaming:
+            assert b"could not be renewed" in node.log_path.read_bytes(), node.name
     finally:
         cluster.etcd.proc.send_signal(signal.SIGCONT)
-    for standby in (cluster.coordinators[1], cluster.streaming[1]):
-        wait_elected(standby, timeout=60)
+    wait_elected(cluster.coordinators[1], timeout=60)
+    for node in cluster.streaming:
+        node.start()
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use quiver_api::{
-    ApiError, ApiResult, CoordinatorApi, StatusCode, StreamingApi, TableInfo, WriteRequest,
+    ApiError, ApiResult, CoordinatorApi, PreparedChange, ShardOwnerApi, StatusCode, TableInfo,
+    WriteRequest,
 };
 use quiver_segment::SegmentMeta;
 use tonic::Status;
@@ -15,7 +16,7 @@ use crate::catalog::{CatalogPoll, CatalogPublisher};
 use crate::frame;
 use crate::server::{parse, reply, unknown_action};
 use crate::status::{bad_request, to_status};
-use crate::wire::{self, WriteHeader};
+use crate::wire::{self, PrepareHeader, WriteHeader};
 
 /// The coordinator as served: the role plus the catalog it publishes.
 pub struct CoordinatorService {
@@ -117,6 +118,25 @@ impl CoordinatorService {
 /// A framed write's requests back as role requests.
 pub fn decode_writes(body: &[u8]) -> ApiResult<Vec<WriteRequest>> {
     let (headers, batches): (Vec<WriteHeader>, Vec<Option<RecordBatch>>) = frame::decode(body)?;
+    writes_of(headers, batches)
+}
+
+/// A framed prepare back as its call.
+fn decode_prepare(body: &[u8]) -> ApiResult<(u64, Vec<u32>, PreparedChange)> {
+    let (header, batches): (PrepareHeader, Vec<Option<RecordBatch>>) = frame::decode(body)?;
+    let change = match header.truncate {
+        Some(table) => PreparedChange::Truncate(table),
+        None => PreparedChange::Writes(writes_of(header.writes, batches)?),
+    };
+    Ok((header.txn, header.shards, change))
+}
+
+/// Requests from their headers and their batches (keys to delete, rows to
+/// insert, per request).
+fn writes_of(
+    headers: Vec<WriteHeader>,
+    batches: Vec<Option<RecordBatch>>,
+) -> ApiResult<Vec<WriteRequest>> {
     if batches.len() != headers.len() * 2 {
         return Err(ApiError::new(
             StatusCode::InvalidRequest,
@@ -137,7 +157,7 @@ pub fn decode_writes(body: &[u8]) -> ApiResult<Vec<WriteRequest>> {
 
 /// Serves the streaming role's control calls (snapshots are `DoGet`s).
 pub async fn streaming_action(
-    streaming: &Arc<dyn StreamingApi>,
+    streaming: &Arc<dyn ShardOwnerApi>,
     kind: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, Status> {
@@ -175,6 +195,23 @@ pub async fn streaming_action(
         wire::STREAM_COMPACT => {
             let table: Option<TableInfo> = parse(body)?;
             reply(streaming.compact(table.as_ref()).await)
+        }
+        wire::STREAM_OWNED_SHARDS => reply(streaming.owned_shards().await),
+        wire::STREAM_PREPARE => {
+            let (txn, shards, change) = decode_prepare(body).map_err(to_status)?;
+            reply(streaming.prepare(txn, shards, change).await)
+        }
+        wire::STREAM_LOG_PREPARED => {
+            let call: wire::LogPreparedCall = parse(body)?;
+            reply(
+                streaming
+                    .log_prepared(call.txn, call.ts, call.participants)
+                    .await,
+            )
+        }
+        wire::STREAM_FINISH_PREPARED => {
+            let call: wire::FinishPreparedCall = parse(body)?;
+            reply(streaming.finish_prepared(call.txn, call.commit).await)
         }
         other => Err(unknown_action(other)),
     }

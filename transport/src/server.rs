@@ -16,8 +16,8 @@ use datafusion::execution::TaskContext;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
 use quiver_api::{
-    ApiError, ApiResult, CoordinatorApi, DataApi, QueryApi, SealedSegmentRef, StatusCode,
-    StreamingApi, VectorSearchRequest,
+    ApiError, ApiResult, CoordinatorApi, DataApi, QueryApi, SealedSegmentRef, ShardOwnerApi,
+    StatusCode, VectorSearchRequest,
 };
 use quiver_segment::SegmentMeta;
 use quiver_types::SegmentId;
@@ -36,7 +36,7 @@ pub struct NodeService {
     query: Option<Arc<dyn QueryApi>>,
     data: Option<Arc<dyn DataApi>>,
     coordinator: Option<CoordinatorService>,
-    streaming: Option<Arc<dyn StreamingApi>>,
+    streaming: Option<Arc<dyn ShardOwnerApi>>,
     /// Resolves functions named in search filters.
     functions: Arc<TaskContext>,
     incarnation: u64,
@@ -73,7 +73,7 @@ impl NodeService {
         self
     }
 
-    pub fn with_streaming(mut self, streaming: Arc<dyn StreamingApi>) -> Self {
+    pub fn with_streaming(mut self, streaming: Arc<dyn ShardOwnerApi>) -> Self {
         self.streaming = Some(streaming);
         self
     }

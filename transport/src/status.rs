@@ -25,9 +25,10 @@ pub fn to_status(mut e: ApiError) -> tonic::Status {
             tonic::Code::InvalidArgument
         }
         StatusCode::UndefinedTable | StatusCode::UndefinedObject => tonic::Code::NotFound,
-        StatusCode::Unavailable | StatusCode::Unreachable | StatusCode::OutcomeUnknown => {
-            tonic::Code::Unavailable
-        }
+        StatusCode::Unavailable
+        | StatusCode::Unreachable
+        | StatusCode::NotOwner
+        | StatusCode::OutcomeUnknown => tonic::Code::Unavailable,
         StatusCode::StorageFailure | StatusCode::Internal => tonic::Code::Internal,
     };
     let mut status = tonic::Status::new(grpc, e.message);

@@ -158,6 +158,10 @@ pub const ALL_ACTIONS: &[&str] = &[
     STREAM_APPLIED_TS,
     STREAM_FLUSH_ALL,
     STREAM_COMPACT,
+    STREAM_OWNED_SHARDS,
+    STREAM_PREPARE,
+    STREAM_LOG_PREPARED,
+    STREAM_FINISH_PREPARED,
 ];
 
 pub const COORD_ALLOCATE_TIMESTAMP: &str = "coord.allocate_timestamp";
@@ -184,6 +188,35 @@ pub const STREAM_APPLIED_TS: &str = "streaming.applied_ts";
 pub const STREAM_ACKNOWLEDGED_TS: &str = "streaming.acknowledged_ts";
 pub const STREAM_FLUSH_ALL: &str = "streaming.flush_all";
 pub const STREAM_COMPACT: &str = "streaming.compact";
+pub const STREAM_OWNED_SHARDS: &str = "streaming.owned_shards";
+pub const STREAM_PREPARE: &str = "streaming.prepare";
+pub const STREAM_LOG_PREPARED: &str = "streaming.log_prepared";
+pub const STREAM_FINISH_PREPARED: &str = "streaming.finish_prepared";
+
+/// The JSON part of a framed prepare: the writes' batches follow as in a
+/// framed write (none for a truncate).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PrepareHeader {
+    pub txn: u64,
+    pub shards: Vec<u32>,
+    /// Set for a truncate of this table; otherwise `writes` lists the
+    /// requests.
+    pub truncate: Option<quiver_api::TableInfo>,
+    pub writes: Vec<WriteHeader>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogPreparedCall {
+    pub txn: u64,
+    pub ts: Timestamp,
+    pub participants: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FinishPreparedCall {
+    pub txn: u64,
+    pub commit: bool,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CreateTableCall {

@@ -46,6 +46,9 @@ pub enum StatusCode {
     /// connection could not be made): it did not run, so another process
     /// of the role may take it.
     Unreachable,
+    /// The streaming node does not serve the shard (any more): the call did
+    /// nothing, and the shard's owner may take it.
+    NotOwner,
     /// A write was sent but the connection broke before its answer: it may
     /// or may not have been applied (PostgreSQL's 08007).
     OutcomeUnknown,
@@ -58,7 +61,10 @@ impl StatusCode {
     /// Unavailable or unreachable: the role did not answer, and retrying
     /// (later, or elsewhere) may succeed.
     pub fn is_unavailable(self) -> bool {
-        matches!(self, StatusCode::Unavailable | StatusCode::Unreachable)
+        matches!(
+            self,
+            StatusCode::Unavailable | StatusCode::Unreachable | StatusCode::NotOwner
+        )
     }
 }
 
@@ -381,7 +387,7 @@ pub enum PreparedChange {
 pub trait ShardOwnerApi: StreamingApi {
     /// The shards this node serves now, ascending.
     async fn owned_shards(&self) -> ApiResult<Vec<u32>>;
-    /// Locks `shards` (all owned here, else [`StatusCode::Unreachable`])
+    /// Locks `shards` (all owned here, else [`StatusCode::NotOwner`])
     /// and checks the change against their keys; holds the locks for
     /// `txn`. Returns, per request, the rows deleted and inserted (indexes
     /// into that request's batch). A participant that hears nothing more

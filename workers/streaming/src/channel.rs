@@ -17,7 +17,7 @@ use crate::{NodeContext, StreamingError};
 /// nothing ran, so the caller may look up the owner and send it there.
 pub fn not_owned(shard: u32) -> ApiError {
     ApiError::new(
-        StatusCode::Unreachable,
+        StatusCode::NotOwner,
         format!("shard {shard} is not owned by this streaming node"),
     )
 }

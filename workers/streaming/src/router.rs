@@ -61,9 +61,15 @@ struct Split {
     touched: Vec<u32>,
 }
 
+/// A call the router may send again once it knows the owners anew:
+/// refused by a node not owning the shard, or never delivered.
+fn misrouted(e: &ApiError) -> bool {
+    matches!(e.code, StatusCode::NotOwner | StatusCode::Unreachable)
+}
+
 fn unowned(shard: u32) -> ApiError {
     ApiError::new(
-        StatusCode::Unreachable,
+        StatusCode::NotOwner,
         format!("shard {shard} has no streaming node now (it is moving to another node)"),
     )
 }
@@ -150,7 +156,7 @@ impl ShardRouter {
         let mut first_retry = true;
         loop {
             match call().await {
-                Err(e) if e.code == StatusCode::Unreachable && Instant::now() < deadline => {
+                Err(e) if misrouted(&e) && Instant::now() < deadline => {
                     if !first_retry {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -373,7 +379,9 @@ impl ShardRouter {
             // Aborted everywhere (or given up by the participants): a
             // definite failure, whatever broke.
             let code = match e.code {
-                StatusCode::OutcomeUnknown | StatusCode::Unreachable => StatusCode::Unavailable,
+                StatusCode::OutcomeUnknown | StatusCode::Unreachable | StatusCode::NotOwner => {
+                    StatusCode::Unavailable
+                }
                 other => other,
             };
             return Err(ApiError::new(code, e.message));
