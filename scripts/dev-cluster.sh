@@ -4,9 +4,10 @@
 #   scripts/dev-cluster.sh start [DIR]    install (idempotently) and start etcd,
 #                                         a Kafka-protocol broker (tansu), an S3
 #                                         server (s3s-fs), then a data node, two
-#                                         query nodes, two coordinators and two
-#                                         streaming nodes (a leader and a
-#                                         standby each) and two proxies
+#                                         query nodes, two coordinators (a
+#                                         leader and a standby), two streaming
+#                                         nodes sharing the shards and two
+#                                         proxies
 #   scripts/dev-cluster.sh status [DIR]   what runs, and how to connect
 #   scripts/dev-cluster.sh stop [DIR]     stop exactly the processes start started
 #
@@ -19,9 +20,10 @@
 # picked free at the first start and kept in DIR/ports. QUIVER_BIN overrides
 # the binary (default: a debug build, built here).
 #
-# Every role is a process of its own; query and data nodes register in etcd,
-# coordinators and streaming nodes elect their leader there (the standby does
-# not listen until it leads), proxies find them through [cluster].
+# Every role is a process of its own; query, data and streaming nodes
+# register in etcd (streaming nodes share the shards out there),
+# coordinators elect their leader there (the standby does not listen until
+# it leads), proxies find them through [cluster].
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -228,7 +230,7 @@ EOF
         spawn_standby coordinator-2 "$COORDINATOR2_PORT" "$bin" coordinator \
             --config "$DIR/quiver.toml" --data-dir "$DIR/coordinator-2" \
             --listen "127.0.0.1:$COORDINATOR2_PORT" &&
-        spawn_standby streaming-node-2 "$STREAMING2_PORT" "$bin" streaming-node \
+        spawn streaming-node-2 "$STREAMING2_PORT" "$bin" streaming-node \
             --config "$DIR/quiver.toml" --data-dir "$DIR/streaming-node-2" \
             --listen "127.0.0.1:$STREAMING2_PORT" &&
         spawn proxy-1 "$PROXY_PORT" "$bin" proxy --config "$DIR/quiver.toml" \

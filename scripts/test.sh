@@ -9,10 +9,11 @@
 #      `# quiver: restart` points SIGKILL the server and start it again on the
 #      same data dir and port (via `scripts/test.sh --restart-slt-server`).
 #      Then the same files again through a cluster of role processes on
-#      etcd (two coordinators and two streaming nodes, each pair a leader
-#      and a standby; two proxies taking connections in turn; two query
-#      nodes; a data node) with tiny segments; restart points SIGKILL the
-#      coordinators, streaming nodes and proxies.
+#      etcd and a Kafka-protocol broker (two coordinators, a leader and a
+#      standby; two streaming nodes sharing the shards; two proxies taking
+#      connections in turn; two query nodes; a data node) with tiny
+#      segments; restart points SIGKILL the coordinators, streaming nodes
+#      and proxies.
 #   5. .venv/bin/pytest -q tests/python  (starts its own servers)
 #
 # Every stage after the build runs even if an earlier one failed; the script
@@ -59,8 +60,8 @@ start_slt_server() {
 }
 
 # The cluster's stateful-role and proxy processes (the ones a restart point
-# SIGKILLs): two coordinators and two streaming nodes (each a leader and a
-# standby, elected on etcd) and two proxies, all reading the config
+# SIGKILLs): two coordinators (a leader and a standby, elected on etcd),
+# two streaming nodes sharing the shards, and two proxies, all reading the config
 # $QUIVER_SLT_CLUSTER; query/data nodes and etcd stay up.
 start_cluster_roles() {
     local spec role name listen
@@ -300,20 +301,26 @@ else
 fi
 
 # 4b. the same files through a cluster whose every role is a process of its
-# own: etcd, two coordinators and two streaming nodes (leader + standby
-# each; the streaming nodes share one local WAL directory), two proxies
+# own: etcd, a Kafka-protocol broker (tansu) for the WAL, two coordinators
+# (leader + standby), two streaming nodes sharing the shards (so statements
+# over several shards commit across both nodes), two proxies
 # (connections alternate between them), two query nodes and a data node,
 # all on TLS with a cluster secret, with tiny segments so that sealing,
 # placement and index builds happen all the time. Restart points SIGKILL
 # all but etcd and the query/data nodes.
 run_slt_on_cluster() {
-    local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer name port
+    local config="$WORK/cluster.toml" q1 q2 d1 etcd etcd_peer broker name port
+    local tansu="${QUIVER_SERVICES_DIR:-$HOME/.cache/quiver-services}/bin/tansu"
     if ! command -v etcd >/dev/null; then
         log "etcd is missing (scripts/ci-deps.sh installs etcd-server)"
         return 1
     fi
+    if [[ ! -x "$tansu" ]]; then
+        log "tansu is missing (scripts/ci-deps.sh installs it)"
+        return 1
+    fi
     q1="$(free_port)"; q2="$(free_port)"; d1="$(free_port)"
-    etcd="$(free_port)"; etcd_peer="$(free_port)"
+    etcd="$(free_port)"; etcd_peer="$(free_port)"; broker="$(free_port)"
     QUIVER_SLT_COORDINATOR_PORT="$(free_port)"
     QUIVER_SLT_STREAMING_PORT="$(free_port)"
     QUIVER_SLT_COORDINATOR2_PORT="$(free_port)"
@@ -364,8 +371,10 @@ endpoints = ["http://127.0.0.1:$etcd"]
 root = "/quiver-slt"
 
 [storage.wal]
-kind = "local"
-dir = "$WORK/cluster-wal"
+kind = "kafka"
+brokers = "127.0.0.1:$broker"
+topic = "quiver-slt-wal"
+delete_sealed_records = false
 
 [storage.object]
 kind = "local"
@@ -376,6 +385,12 @@ EOF
         --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
         --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
         --initial-cluster "slt=http://127.0.0.1:$etcd_peer" </dev/null >>"$WORK/etcd.log" 2>&1 &
+    NODE_PIDS+=($!)
+    mkdir -p "$WORK/tansu"
+    # tansu resolves the SQLite path against its working directory.
+    (cd "$WORK/tansu" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$broker" \
+        --advertised-listener-url "tcp://127.0.0.1:$broker" --storage-engine "sqlite://tansu.db") \
+        </dev/null >>"$WORK/tansu.log" 2>&1 &
     NODE_PIDS+=($!)
     # Nodes register in etcd as they start: wait until it serves.
     local healthy=0
@@ -398,7 +413,7 @@ EOF
             --listen "127.0.0.1:$port" </dev/null >>"$WORK/$name.log" 2>&1 &
         NODE_PIDS+=($!)
     done
-    for port in "$q1" "$q2" "$d1"; do
+    for port in "$q1" "$q2" "$d1" "$broker"; do
         for _ in $(seq 1 150); do
             (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
             sleep 0.2
@@ -411,7 +426,7 @@ EOF
     local rc=0
     run_slt || rc=1
     if ((rc != 0)); then
-        for name in q1 q2 d1 etcd; do
+        for name in q1 q2 d1 etcd tansu; do
             log "last lines of $name's log:"
             tail -n 20 "$WORK/$name.log" >&2
         done

@@ -31,8 +31,8 @@ pub struct ClusterConfig {
     /// `host:port` of every `quiver coordinator` (the leader and its
     /// standbys, any order): calls go to whichever answers as leader.
     pub coordinators: Vec<String>,
-    /// `host:port` of every `quiver streaming-node` (the one owning the
-    /// shards and its standbys, any order).
+    /// `host:port` of every `quiver streaming-node` (any order): they
+    /// share the shards, and a proxy asks each which ones it owns.
     pub streaming_nodes: Vec<String>,
     /// Shared secret every process of the cluster presents on its calls to
     /// the others and demands on theirs (a bearer token on the gRPC/Flight

@@ -1,7 +1,7 @@
 """scripts/dev-cluster.sh starts a whole local cluster -- etcd, tansu
 (Kafka protocol), s3s-fs (S3), a data node and two query nodes registered
-in etcd, two coordinators and two streaming nodes (a leader and a standby
-each) and two proxies, each its own process -- and stops exactly the
+in etcd, two coordinators (a leader and a standby), two streaming nodes
+sharing the shards and two proxies, each its own process -- and stops exactly the
 processes it started; data survives stop + start on the same directory."""
 
 from __future__ import annotations
