@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Ingest through 1 and 2 proxies of a cluster whose every role is a process.
 
-It starts etcd, a coordinator, a streaming node, a query node, a data node
-and two proxies (`quiver proxy`) on 127.0.0.1, then loads N x D vectors
+It starts etcd, a coordinator, one or two streaming nodes (two share the
+shards, which needs `--wal kafka`), a query node, a data node and two
+proxies (`quiver proxy`) on 127.0.0.1, then loads N x D vectors
 (default 100,000 x 384) with binary COPY over C connections (default 4):
 first all through one proxy, then split over both (into a fresh table).
 For each run it prints rows/s and MB/s, the CPU seconds each process spent
@@ -11,11 +12,12 @@ per 100,000 rows, and every process's RSS afterwards.
 On one 2-core machine every process shares the same two cores, so raw
 rows/s cannot double with a second proxy here; the per-process CPU shows
 which role does the work: the proxies' share divides over proxies on more
-machines, the streaming node's does not (one node owns every shard).
+machines, and so does the streaming nodes' with `--streaming-nodes 2` (each
+owns half the shards; a COPY spanning both commits across them).
 
 Usage:
   .venv/bin/python bench/cluster_ingest.py [--rows N] [--dim D] [--conns C]
-      [--chunk ROWS] [--wal local|kafka]
+      [--chunk ROWS] [--wal local|kafka] [--streaming-nodes 1|2]
   QUIVER_BIN=... or --quiver-bin picks the binary (default: the release build).
 
 A benchmark, not a test: it prints figures and never fails on them.
@@ -77,6 +79,7 @@ def main():
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--chunk", type=int, default=5_000)
     ap.add_argument("--wal", choices=["local", "kafka"], default="local")
+    ap.add_argument("--streaming-nodes", type=int, choices=[1, 2], default=1)
     ap.add_argument("--quiver-bin", default=vs.default_quiver_bin())
     args = ap.parse_args()
 
@@ -86,12 +89,19 @@ def main():
     mb = sum(len(p) for p in payloads) / 1e6
     work = tempfile.mkdtemp(prefix="quiver-cluster-ingest-")
     ports = {name: free_port() for name in
-             ("etcd", "etcd_peer", "kafka", "query", "data", "coordinator", "streaming", "p1", "p2")}
+             ("etcd", "etcd_peer", "kafka", "query", "data", "coordinator", "streaming",
+              "streaming2", "p1", "p2")}
+    streaming = [("streaming", "streaming-node")]
+    if args.streaming_nodes == 2:
+        if args.wal != "kafka":
+            ap.error("two streaming nodes share the shards only on --wal kafka")
+        streaming.append(("streaming2", "streaming-node"))
     config = os.path.join(work, "quiver.toml")
     wal_toml = (f'kind = "kafka"\nbrokers = "127.0.0.1:{ports["kafka"]}"\ntopic = "bench-wal"\n'
                 f'delete_sealed_records = false' if args.wal == "kafka" else None)
+    roles = {**ports, "streaming": [ports[name] for name, _ in streaming]}
     write_config(config, [ports["query"]], ports["data"], os.path.join(work, "objects"),
-                 SEAL_ROWS, roles=ports, wal_toml=wal_toml)
+                 SEAL_ROWS, roles=roles, wal_toml=wal_toml)
     procs = []
     try:
         procs.append(start_etcd(work, ports["etcd"], ports["etcd_peer"]))
@@ -103,14 +113,14 @@ def main():
                                         "sqlite://tansu.db"], ports["kafka"],
                               f"{work}/tansu.log", cwd=work).start())
         for name, role in [("query", "query-node"), ("data", "data-node"),
-                           ("coordinator", "coordinator"), ("streaming", "streaming-node"),
+                           ("coordinator", "coordinator"), *streaming,
                            ("p1", "proxy"), ("p2", "proxy")]:
             procs.append(Proc(name, [args.quiver_bin, role, "--config", config, "--data-dir",
                                      f"{work}/{name}", "--listen", f"127.0.0.1:{ports[name]}"],
                               ports[name], f"{work}/{name}.log").start())
         quiver = [p for p in procs if p.name not in ("etcd", "tansu")]
         vs.log(f"{args.rows} x {args.dim} rows, {mb:.1f} MB of binary COPY, {args.conns} connections, "
-               f"{args.wal} WAL")
+               f"{args.wal} WAL, {len(streaming)} streaming node(s)")
         results = []
         for setup, proxy_ports in [("1 proxy", [ports["p1"]]), ("2 proxies", [ports["p1"], ports["p2"]])]:
             cpu0 = {p.name: cpu_seconds(p.proc.pid) for p in quiver}

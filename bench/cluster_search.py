@@ -90,18 +90,21 @@ def start_etcd(work, port, peer_port):
 
 
 def write_config(path, query_ports, data_port, objects, seal_rows, roles=None, wal_toml=None):
-    """`roles`: ports of etcd, the coordinator and the streaming node when
-    every role is a process of its own; `wal_toml`: the `[storage.wal]` body
+    """`roles`: ports of etcd, the coordinator and the streaming node (or a
+    list of streaming nodes' ports) when every role is a process of its
+    own; `wal_toml`: the `[storage.wal]` body
     (default: a local WAL beside the objects)."""
     wal_toml = wal_toml or f'kind = "local"\ndir = "{os.path.dirname(objects)}/wal"'
 
     nodes = ", ".join(f'"127.0.0.1:{p}"' for p in query_ports)
     with open(path, "w") as f:
         if roles:
+            ports = roles["streaming"] if isinstance(roles["streaming"], list) else [roles["streaming"]]
+            streaming = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
             f.write(f"""
 [cluster]
 coordinators = ["127.0.0.1:{roles['coordinator']}"]
-streaming_nodes = ["127.0.0.1:{roles['streaming']}"]
+streaming_nodes = [{streaming}]
 
 [storage.meta]
 kind = "etcd"

@@ -165,6 +165,10 @@ impl StreamingApi for RemoteStreamingNode {
 
 #[async_trait]
 impl ShardOwnerApi for RemoteStreamingNode {
+    fn label(&self) -> String {
+        self.node.endpoint().to_string()
+    }
+
     async fn owned_shards(&self) -> ApiResult<Vec<u32>> {
         self.node.action(wire::STREAM_OWNED_SHARDS, &()).await
     }

@@ -385,6 +385,10 @@ pub enum PreparedChange {
 /// leaves some shards applied and others not.
 #[async_trait]
 pub trait ShardOwnerApi: StreamingApi {
+    /// Names the node (its address when remote). Proxies prepare a commit
+    /// on its nodes in the order of these names, so two commits never wait
+    /// for each other's locks in a cycle.
+    fn label(&self) -> String;
     /// The shards this node serves now, ascending.
     async fn owned_shards(&self) -> ApiResult<Vec<u32>>;
     /// Locks `shards` (all owned here, else [`StatusCode::NotOwner`])

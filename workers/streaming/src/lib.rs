@@ -168,6 +168,9 @@ impl NodeContext {
 /// over within a few seconds).
 const COORDINATOR_RETRY: Duration = Duration::from_secs(30);
 
+/// One shard's records of a commit, durable from the LSN on.
+type LoggedShard<'a> = (usize, Vec<(&'a TableInfo, &'a WalRecord)>, Lsn);
+
 /// A write checked and locked on every shard it touches, not yet logged.
 struct LockedWrite {
     /// The touched shards, ascending, with their write locks.
@@ -354,7 +357,7 @@ impl StreamingNode {
         &self,
         channels: &BTreeMap<usize, Arc<Channel>>,
         records: &'a [(usize, TableInfo, WalRecord)],
-    ) -> ApiResult<Vec<(usize, Vec<(&'a TableInfo, &'a WalRecord)>, Lsn)>> {
+    ) -> ApiResult<Vec<LoggedShard<'a>>> {
         let mut shards: Vec<usize> = records.iter().map(|(s, _, _)| *s).collect();
         shards.sort_unstable();
         shards.dedup();
@@ -413,7 +416,7 @@ impl StreamingNode {
     fn apply_all(
         &self,
         channels: &BTreeMap<usize, Arc<Channel>>,
-        logged: Vec<(usize, Vec<(&TableInfo, &WalRecord)>, Lsn)>,
+        logged: Vec<LoggedShard<'_>>,
     ) -> ApiResult<()> {
         for (s, recs, first_lsn) in &logged {
             if let Some(ch) = channels.get(s) {

@@ -26,7 +26,7 @@ use quiver_wal::Lsn;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::channel::{Channel, WritePlan};
-use crate::{LockedWrite, StreamingNode, detached};
+use crate::{LockedWrite, LoggedShard, StreamingNode, detached};
 
 /// How long a prepared change waits for the proxy's next call before the
 /// participant gives it up. Long against a healthy proxy's few
@@ -256,7 +256,7 @@ impl StreamingNode {
                 .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?,
         };
         if committed && let Some(logged) = &prepared.logged {
-            let applied: Vec<(usize, Vec<(&TableInfo, &WalRecord)>, Lsn)> = logged
+            let applied: Vec<LoggedShard<'_>> = logged
                 .first_lsns
                 .iter()
                 .map(|&(s, lsn)| {
@@ -290,6 +290,10 @@ impl StreamingNode {
 
 #[async_trait]
 impl ShardOwnerApi for StreamingNode {
+    fn label(&self) -> String {
+        "in-process streaming node".to_string()
+    }
+
     async fn owned_shards(&self) -> ApiResult<Vec<u32>> {
         Ok(self.owned_shard_ids())
     }

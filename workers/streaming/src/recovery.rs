@@ -180,9 +180,8 @@ pub(crate) async fn recover_channels(
     let mut outcomes: HashMap<Timestamp, bool> = HashMap::new();
     for (_, log) in &logs {
         for (_, record) in log.records.iter().filter(|(_, r)| r.decided) {
-            if !outcomes.contains_key(&record.ts) {
-                let committed = decide_outcome(ctx.meta.as_ref(), record.ts, false).await?;
-                outcomes.insert(record.ts, committed);
+            if let std::collections::hash_map::Entry::Vacant(slot) = outcomes.entry(record.ts) {
+                slot.insert(decide_outcome(ctx.meta.as_ref(), record.ts, false).await?);
             }
         }
     }

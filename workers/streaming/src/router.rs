@@ -54,10 +54,13 @@ struct OwnerPart {
     insert_rows: Vec<Vec<u32>>,
 }
 
+/// Per shard, row indexes into a batch.
+type RowsByShard = Vec<Vec<u32>>;
+
 /// A statement's rows split by shard: per request, per shard, the row
 /// indexes of keys to delete and rows to insert.
 struct Split {
-    per_request: Vec<(Vec<Vec<u32>>, Vec<Vec<u32>>)>,
+    per_request: Vec<(RowsByShard, RowsByShard)>,
     touched: Vec<u32>,
 }
 
@@ -87,10 +90,13 @@ impl ShardRouter {
     /// `peers` are every streaming node of the cluster; `shard_count` is
     /// the number of WAL channels (`[coordinator] shards`).
     pub fn new(
-        peers: Vec<Arc<dyn ShardOwnerApi>>,
+        mut peers: Vec<Arc<dyn ShardOwnerApi>>,
         shard_count: u32,
         coordinator: Arc<dyn CoordinatorApi>,
     ) -> Arc<Self> {
+        // The order commits lock the nodes in, the same in every proxy
+        // whatever order its configuration lists them in.
+        peers.sort_by_key(|p| p.label());
         Arc::new(ShardRouter {
             peers,
             shard_count,
@@ -222,7 +228,7 @@ impl ShardRouter {
             for (r, (request, (deletes, inserts))) in
                 requests.iter().zip(&split.per_request).enumerate()
             {
-                let pick = |by_shard: &Vec<Vec<u32>>| {
+                let pick = |by_shard: &RowsByShard| {
                     let mut rows: Vec<u32> = part
                         .shards
                         .iter()
@@ -259,7 +265,7 @@ impl ShardRouter {
     ) -> ApiResult<Vec<WriteResult>> {
         let split = &self.split(requests)?;
         self.routed(|| async move {
-            let parts = self.parts(requests, &split)?;
+            let parts = self.parts(requests, split)?;
             if parts.len() > 1 {
                 return self.commit_across(requests.len(), parts).await;
             }
@@ -341,19 +347,15 @@ impl ShardRouter {
             .flat_map(|(_, shards, _)| shards.iter().copied())
             .collect();
         participants.sort_unstable();
-        let prepared = join_all(
-            changes
-                .into_iter()
-                .zip(&peers)
-                .map(|((_, shards, change), peer)| peer.prepare(txn, shards, change)),
-        )
-        .await;
         let abort_all = || async {
             join_all(peers.iter().map(|p| p.finish_prepared(txn, false))).await;
         };
-        let mut results = Vec::with_capacity(prepared.len());
-        for outcome in prepared {
-            match outcome {
+        // One node after the other, in peer order (each locks its shards
+        // in ascending order): every commit takes its locks in one global
+        // order, so two commits never wait for each other in a cycle.
+        let mut results = Vec::with_capacity(changes.len());
+        for ((_, shards, change), peer) in changes.into_iter().zip(&peers) {
+            match peer.prepare(txn, shards, change).await {
                 Ok(r) => results.push(r),
                 Err(e) => {
                     abort_all().await;

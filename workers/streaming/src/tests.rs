@@ -605,3 +605,39 @@ async fn recovery_applies_a_spanning_commit_only_when_its_outcome_says_commit() 
     let shard0 = shard_ids(first.clone(), 0).await;
     assert_eq!(shard0, vec![s0[0]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_statements_spanning_two_nodes_do_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s0, s1) = ids_by_shard();
+    let node = open(dir.path()).await;
+    let info = create(&node, "t").await;
+    let (_second, router) = two_nodes(&node).await;
+    // Each writer's statements span both nodes; were the nodes prepared
+    // concurrently, two writers could each lock one node and wait for the
+    // other until the participants give up (20 s).
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let (router, info) = (router.clone(), info.clone());
+            let (s0, s1) = (s0.clone(), s1.clone());
+            tokio::spawn(async move {
+                for i in 0..3 {
+                    router
+                        .write(insert_with(
+                            &info,
+                            &[s0[(w * 3 + i) % s0.len()], s1[(w * 3 + i) % s1.len()]],
+                            ConflictPolicy::Replace,
+                        ))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let all = futures::future::join_all(writers);
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("writers deadlocked")
+        .into_iter()
+        .for_each(|r| r.unwrap());
+}
