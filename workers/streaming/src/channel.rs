@@ -280,6 +280,11 @@ impl Channel {
             .iter()
             .map(|r| r.encode())
             .collect::<Result<Vec<_>, _>>()?;
+        // Abandoned meanwhile (owner key lost): another node may write the
+        // channel now.
+        if !self.is_owned() {
+            return Err(StreamingError::Coordinator(not_owned(self.id)));
+        }
         Ok(ctx.wal.append(self.id, bytes).await?)
     }
 

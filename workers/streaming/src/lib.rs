@@ -105,6 +105,12 @@ pub(crate) struct NodeContext {
     pub store: Arc<dyn ObjectStore>,
     pub coordinator: Arc<dyn CoordinatorApi>,
     pub options: StreamingOptions,
+    /// The shards are shared with other nodes, which may recover them one
+    /// at a time: a statement over several shards is then decided by its
+    /// outcome key, not by which of its parts are durable (a shard
+    /// recovered and flushed before another would make the part missing
+    /// from its log look sealed).
+    pub shared: bool,
 }
 
 impl NodeContext {
@@ -191,7 +197,14 @@ impl StreamingNode {
         coordinator: Arc<dyn CoordinatorApi>,
         options: StreamingOptions,
     ) -> Result<Arc<Self>, StreamingError> {
-        let node = Self::open_unowned(wal, meta, store, coordinator, options);
+        let node = Self::with_context(NodeContext {
+            wal,
+            meta,
+            store,
+            coordinator,
+            options,
+            shared: false,
+        });
         let all: Vec<u32> = (0..node.ctx.wal.channel_count()).collect();
         node.acquire(&all).await?;
         Ok(node)
@@ -206,14 +219,19 @@ impl StreamingNode {
         coordinator: Arc<dyn CoordinatorApi>,
         options: StreamingOptions,
     ) -> Arc<Self> {
-        let count = wal.channel_count() as usize;
-        let ctx = Arc::new(NodeContext {
+        Self::with_context(NodeContext {
             wal,
             meta,
             store,
             coordinator,
             options,
-        });
+            shared: true,
+        })
+    }
+
+    fn with_context(ctx: NodeContext) -> Arc<Self> {
+        let count = ctx.wal.channel_count() as usize;
+        let ctx = Arc::new(ctx);
         let node = Arc::new(StreamingNode {
             shards: Arc::new(ShardSlots::new(count)),
             prepared: Arc::new(prepared::Registry::default()),
@@ -260,6 +278,16 @@ impl StreamingNode {
         self.shards.remove(shard as usize);
         tracing::info!(shard, "shard handed over");
         Ok(())
+    }
+
+    /// Stops serving a shard at once, without waiting for anything: its
+    /// owner key could not be renewed, so another node may own it already.
+    pub fn abandon(&self, shard: u32) {
+        if let Some(ch) = self.shards.get_opt(shard as usize) {
+            ch.mark_released();
+            self.shards.remove(shard as usize);
+            tracing::error!(shard, "shard abandoned: its owner key was lost");
+        }
     }
 
     /// The shards this node serves now, ascending.
@@ -436,14 +464,46 @@ impl StreamingNode {
     async fn commit_all(
         &self,
         channels: &BTreeMap<usize, Arc<Channel>>,
-        records: Vec<(usize, TableInfo, WalRecord)>,
+        mut records: Vec<(usize, TableInfo, WalRecord)>,
     ) -> ApiResult<()> {
         if records.is_empty() {
             // Nothing changed; the statement still happened at `ts`.
             return Ok(());
         }
+        let decided = self.ctx.shared && records[0].2.participants.len() > 1;
+        if decided {
+            for (_, _, record) in &mut records {
+                record.decided = true;
+            }
+        }
         let logged = self.append_all(channels, &records).await?;
+        if decided && !self.decide_holding_locks(records[0].2.ts).await {
+            return Err(ApiError::new(
+                StatusCode::Unavailable,
+                "the statement was aborted by the recovery of one of its shards; nothing was applied",
+            ));
+        }
         self.apply_all(channels, logged)
+    }
+
+    /// Records a logged statement as committed (unless a recovery aborted
+    /// it first); retries while the meta store fails. The caller holds the
+    /// shards' write locks, so nothing else reads or writes them meanwhile,
+    /// and the outcome key is the only thing that can still change.
+    async fn decide_holding_locks(&self, ts: Timestamp) -> bool {
+        let mut attempt = 0u32;
+        loop {
+            match prepared::decide_outcome(self.ctx.meta.as_ref(), ts, true).await {
+                Ok(committed) => return committed,
+                Err(e) => {
+                    if attempt.is_multiple_of(10) {
+                        tracing::warn!(ts = %ts, error = %e, "recording a commit failed; retrying");
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 
     /// Starts a background flush of a full channel (one at a time).
@@ -534,7 +594,8 @@ impl StreamingNode {
         let mut plans = Vec::new();
         for (r, (request, (deletes, inserts))) in requests.iter().zip(&splits).enumerate() {
             for (&s, ch) in &channels {
-                if is_empty(&deletes[s].0) && is_empty(&inserts[s].0) {
+                // Tables of a commit may have different shard counts.
+                if s >= deletes.len() || (is_empty(&deletes[s].0) && is_empty(&inserts[s].0)) {
                     continue;
                 }
                 let plan = ch.plan_write(
@@ -782,6 +843,15 @@ impl StreamingApi for StreamingNode {
     ) -> ApiResult<ShardSnapshot> {
         self.check_current(table).await?;
         let ch = self.shards.get(shard.0 as usize)?;
+        if ch.tick() < ts {
+            // A reader that did not wait for this shard (its proxy's idea
+            // of the owners was stale) must not see part of a commit
+            // below `ts`: wait for a write in progress, as wait_applied does.
+            let _guard = ch.write_lock.lock().await;
+            if ch.is_owned() {
+                ch.advance_tick(ts);
+            }
+        }
         let snapshot = ch.snapshot(table, ts)?;
         // Handed over meanwhile: what was read may miss newer writes.
         ch.check_owned()?;

@@ -53,11 +53,20 @@ struct Claim {
 }
 
 impl Claim {
-    fn hold(shard: u32, mut leadership: Leadership, lost: mpsc::UnboundedSender<u32>) -> Claim {
+    fn hold(
+        node: Arc<StreamingNode>,
+        shard: u32,
+        mut leadership: Leadership,
+        lost: mpsc::UnboundedSender<u32>,
+    ) -> Claim {
         let (release, released) = oneshot::channel();
         let task = tokio::spawn(async move {
             tokio::select! {
                 _ = leadership.lost() => {
+                    // At once, not when the sharing loop gets to it: the
+                    // loop may be busy recovering or handing over a shard
+                    // while another node takes this one.
+                    node.abandon(shard);
                     let _ = lost.send(shard);
                 }
                 _ = released => leadership.resign().await,
@@ -83,7 +92,7 @@ pub async fn share_shards(
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), StreamingError> {
     let value = serde_json::to_vec(&address).unwrap_or_default();
-    let _registration = meta
+    let registration = meta
         .register(&keys::streaming_node(&address), value.clone(), ttl)
         .await?;
     tracing::info!(%address, "streaming node registered");
@@ -96,6 +105,9 @@ pub async fn share_shards(
                 return Err(StreamingError::OwnershipLost(shard));
             }
             _ = &mut stop => {
+                // Unregistered first, so the others count this node out and
+                // take the shards as soon as it lets them go.
+                registration.release().await;
                 for (shard, claim) in claims.drain() {
                     if let Err(e) = node.release(shard).await {
                         tracing::warn!(shard, error = %e.message, "handing a shard over failed");
@@ -152,7 +164,8 @@ pub async fn share_shards(
             match node.acquire(&[shard]).await {
                 Ok(()) => {
                     tracing::info!(shard, %address, "shard taken over");
-                    claims.insert(shard, Claim::hold(shard, leadership, lost_tx.clone()));
+                    let claim = Claim::hold(node.clone(), shard, leadership, lost_tx.clone());
+                    claims.insert(shard, claim);
                 }
                 Err(e) => {
                     tracing::error!(shard, error = %format!("{e:#}"), "recovering a shard failed");

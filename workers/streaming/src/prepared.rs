@@ -215,11 +215,15 @@ impl StreamingNode {
         let first_lsns = if records.is_empty() {
             Vec::new()
         } else {
-            self.append_all(&prepared.channels, &records)
-                .await?
-                .into_iter()
-                .map(|(s, _, lsn)| (s, lsn))
-                .collect()
+            match self.append_all(&prepared.channels, &records).await {
+                Ok(logged) => logged.into_iter().map(|(s, _, lsn)| (s, lsn)).collect(),
+                Err(e) => {
+                    // Its plans are spent and the statement is recorded as
+                    // aborted: it can only be dropped now.
+                    *state = Entry::Resolved(false);
+                    return Err(e);
+                }
+            }
         };
         prepared.logged = Some(Logged {
             ts,
@@ -242,6 +246,8 @@ impl StreamingNode {
             Entry::Resolved(outcome) => return Ok(*outcome),
             Entry::Prepared(prepared) => prepared,
         };
+        // Decided by the key even when this node's part changes nothing:
+        // the other parts must not be applied unless all are.
         let committed = match &prepared.logged {
             None if commit => {
                 return Err(ApiError::new(
@@ -250,11 +256,20 @@ impl StreamingNode {
                 ));
             }
             None => false,
-            Some(logged) if logged.records.is_empty() => commit,
             Some(logged) => decide_outcome(self.ctx.meta.as_ref(), logged.ts, commit)
                 .await
                 .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?,
         };
+        // Resolved before applying: whatever fails below, nothing applies
+        // the change a second time.
+        let Entry::Prepared(prepared) = std::mem::replace(state, Entry::Resolved(committed)) else {
+            return Ok(committed);
+        };
+        let registry = self.prepared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESOLVED_KEEP).await;
+            registry.entries.lock().remove(&txn);
+        });
         if committed && let Some(logged) = &prepared.logged {
             let applied: Vec<LoggedShard<'_>> = logged
                 .first_lsns
@@ -278,12 +293,6 @@ impl StreamingNode {
                 }
             }
         }
-        *state = Entry::Resolved(committed);
-        let registry = self.prepared.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(RESOLVED_KEEP).await;
-            registry.entries.lock().remove(&txn);
-        });
         Ok(committed)
     }
 }

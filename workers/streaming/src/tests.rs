@@ -641,3 +641,53 @@ async fn concurrent_statements_spanning_two_nodes_do_not_deadlock() {
         .into_iter()
         .for_each(|r| r.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_node_decides_its_multi_shard_statements_by_outcome_key() {
+    // Shards of a shared node may be recovered one at a time by different
+    // nodes, so a statement over several of them cannot be judged by which
+    // parts are durable: it is committed by its outcome key.
+    let dir = tempfile::tempdir().unwrap();
+    let (s0, s1) = ids_by_shard();
+    let node = open(dir.path()).await;
+    let info = create(&node, "t").await;
+    let ctx = &node.streaming.ctx;
+    node.streaming.release(0).await.unwrap();
+    node.streaming.release(1).await.unwrap();
+    let shared = StreamingNode::open_unowned(
+        ctx.wal.clone(),
+        ctx.meta.clone(),
+        ctx.store.clone(),
+        ctx.coordinator.clone(),
+        ctx.options.clone(),
+    );
+    shared.acquire(&[0, 1]).await.unwrap();
+    let result = shared.write(insert(&info, &[s0[0], s1[0]])).await.unwrap();
+    let outcome = node
+        .meta
+        .get(&keys::outcome(result.ts))
+        .await
+        .unwrap()
+        .expect("an outcome key");
+    assert_eq!(outcome, b"commit");
+    // A single-shard statement needs none.
+    let single = shared.write(insert(&info, &[s0[1]])).await.unwrap();
+    assert!(
+        node.meta
+            .get(&keys::outcome(single.ts))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Another node taking shard 1 over replays the committed part.
+    shared.release(1).await.unwrap();
+    let ts = node.coordinator.allocate_timestamp().await.unwrap();
+    node.streaming.acquire(&[1]).await.unwrap();
+    let snap = node
+        .streaming
+        .snapshot(&info, ShardId(1), ts)
+        .await
+        .unwrap();
+    let rows: usize = snap.growing.iter().map(|b| b.num_rows()).sum::<usize>() + snap.sealed.len();
+    assert!(rows >= 1, "the committed part of shard 1 is there");
+}
