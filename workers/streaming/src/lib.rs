@@ -372,6 +372,15 @@ impl StreamingNode {
                 if let Err(e) = node.compact_all(None, false).await {
                     tracing::warn!(error = %e.message, "background compaction failed");
                 }
+                if node.ctx.shared {
+                    match prepared::collect_outcomes(node.ctx.meta.as_ref()).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!(keys = n, "outcome keys no WAL tail needs deleted")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "collecting outcome keys failed"),
+                    }
+                }
             }
         });
     }
@@ -477,7 +486,11 @@ impl StreamingNode {
             }
         }
         let logged = self.append_all(channels, &records).await?;
-        if decided && !self.decide_holding_locks(records[0].2.ts).await {
+        if decided
+            && !self
+                .decide_holding_locks(records[0].2.ts, &records[0].2.participants)
+                .await
+        {
             return Err(ApiError::new(
                 StatusCode::Unavailable,
                 "the statement was aborted by the recovery of one of its shards; nothing was applied",
@@ -490,10 +503,10 @@ impl StreamingNode {
     /// it first); retries while the meta store fails. The caller holds the
     /// shards' write locks, so nothing else reads or writes them meanwhile,
     /// and the outcome key is the only thing that can still change.
-    async fn decide_holding_locks(&self, ts: Timestamp) -> bool {
+    async fn decide_holding_locks(&self, ts: Timestamp, participants: &[u32]) -> bool {
         let mut attempt = 0u32;
         loop {
-            match prepared::decide_outcome(self.ctx.meta.as_ref(), ts, true).await {
+            match prepared::decide_outcome(self.ctx.meta.as_ref(), ts, true, participants).await {
                 Ok(committed) => return committed,
                 Err(e) => {
                     if attempt.is_multiple_of(10) {

@@ -19,7 +19,7 @@ use quiver_api::{
     ApiError, ApiResult, PreparedChange, ShardOwnerApi, StatusCode, TableInfo, WriteRequest,
     WriteResult,
 };
-use quiver_meta::{MetaError, MetaStore, keys};
+use quiver_meta::{MetaError, MetaOp, MetaStore, keys};
 use quiver_segment::WalRecord;
 use quiver_types::Timestamp;
 use quiver_wal::Lsn;
@@ -38,23 +38,92 @@ const PREPARED_TIMEOUT: Duration = Duration::from_secs(20);
 /// again after a broken connection.
 const RESOLVED_KEEP: Duration = Duration::from_secs(120);
 
-const COMMIT: &[u8] = b"commit";
-const ABORT: &[u8] = b"abort";
+const COMMIT: &str = "commit";
+const ABORT: &str = "abort";
 
-/// Decides the statement at `ts` (`commit` or not) unless it is decided
-/// already; returns the decision that stands.
+/// Most outcome keys one collection round deletes (one meta-store batch).
+const COLLECT_BATCH: usize = 100;
+
+/// Decides the statement at `ts` over the shards `participants` (`commit`
+/// or not) unless it is decided already; returns the decision that stands.
+/// The key's value is the decision and the participants (which tell
+/// [`collect_outcomes`] when the key is no longer needed).
 pub(crate) async fn decide_outcome(
     meta: &dyn MetaStore,
     ts: Timestamp,
     commit: bool,
+    participants: &[u32],
 ) -> Result<bool, MetaError> {
     let key = keys::outcome(ts);
-    let value = if commit { COMMIT } else { ABORT };
-    match meta.compare_and_put(&key, None, value.to_vec()).await {
+    let shards: Vec<String> = participants.iter().map(u32::to_string).collect();
+    let value = format!(
+        "{} {}",
+        if commit { COMMIT } else { ABORT },
+        shards.join(",")
+    );
+    match meta.compare_and_put(&key, None, value.into_bytes()).await {
         Ok(()) => Ok(commit),
-        Err(MetaError::Conflict { .. }) => Ok(meta.get(&key).await?.as_deref() == Some(COMMIT)),
+        Err(MetaError::Conflict { .. }) => Ok(meta
+            .get(&key)
+            .await?
+            .is_some_and(|v| v.starts_with(COMMIT.as_bytes()))),
         Err(e) => Err(e),
     }
+}
+
+/// Deletes outcome keys no WAL tail needs any more: every participant's
+/// channel sealed past the statement (its flushed timestamp is at least
+/// the statement's). A committed part was applied before its channel's
+/// tick passed the statement, so that seal's checkpoint is past it; an
+/// aborted part still in a tail is decided `abort` again by recovery,
+/// which finds no key. Returns how many keys went.
+pub(crate) async fn collect_outcomes(meta: &dyn MetaStore) -> Result<usize, MetaError> {
+    let mut flushed: HashMap<u32, Timestamp> = HashMap::new();
+    let mut deletes = Vec::new();
+    for (key, value) in meta.scan_prefix(keys::OUTCOMES).await? {
+        let Some(ts) = key
+            .strip_prefix(keys::OUTCOMES)
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let value = String::from_utf8_lossy(&value);
+        let participants: Vec<u32> = value
+            .split_once(' ')
+            .map(|(_, shards)| shards.split(',').filter_map(|s| s.parse().ok()).collect())
+            .unwrap_or_default();
+        if participants.is_empty() {
+            continue;
+        }
+        let mut sealed = true;
+        for p in participants {
+            let at = match flushed.get(&p) {
+                Some(at) => *at,
+                None => {
+                    let at = quiver_meta::get_json::<Timestamp>(meta, &keys::channel_flushed_ts(p))
+                        .await?
+                        .unwrap_or(Timestamp::ZERO);
+                    flushed.insert(p, at);
+                    at
+                }
+            };
+            if at.0 < ts {
+                sealed = false;
+                break;
+            }
+        }
+        if sealed {
+            deletes.push(MetaOp::Delete { key });
+            if deletes.len() == COLLECT_BATCH {
+                break;
+            }
+        }
+    }
+    let collected = deletes.len();
+    if collected > 0 {
+        meta.batch(deletes).await?;
+    }
+    Ok(collected)
 }
 
 #[derive(Default)]
@@ -92,6 +161,8 @@ enum Pending {
 
 struct Logged {
     ts: Timestamp,
+    /// Every shard of the commit.
+    participants: Vec<u32>,
     records: Vec<(usize, TableInfo, WalRecord)>,
     /// Each shard's first LSN.
     first_lsns: Vec<(usize, Lsn)>,
@@ -227,6 +298,7 @@ impl StreamingNode {
         };
         prepared.logged = Some(Logged {
             ts,
+            participants,
             records,
             first_lsns,
         });
@@ -256,9 +328,14 @@ impl StreamingNode {
                 ));
             }
             None => false,
-            Some(logged) => decide_outcome(self.ctx.meta.as_ref(), logged.ts, commit)
-                .await
-                .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?,
+            Some(logged) => decide_outcome(
+                self.ctx.meta.as_ref(),
+                logged.ts,
+                commit,
+                &logged.participants,
+            )
+            .await
+            .map_err(|e| ApiError::from_error(StatusCode::StorageFailure, &e))?,
         };
         // Resolved before applying: whatever fails below, nothing applies
         // the change a second time.

@@ -181,7 +181,10 @@ pub(crate) async fn recover_channels(
     for (_, log) in &logs {
         for (_, record) in log.records.iter().filter(|(_, r)| r.decided) {
             if let std::collections::hash_map::Entry::Vacant(slot) = outcomes.entry(record.ts) {
-                slot.insert(decide_outcome(ctx.meta.as_ref(), record.ts, false).await?);
+                let participants = &record.participants;
+                slot.insert(
+                    decide_outcome(ctx.meta.as_ref(), record.ts, false, participants).await?,
+                );
             }
         }
     }

@@ -669,12 +669,24 @@ async fn a_shared_node_decides_its_multi_shard_statements_by_outcome_key() {
         .await
         .unwrap()
         .expect("an outcome key");
-    assert_eq!(outcome, b"commit");
+    assert_eq!(outcome, b"commit 0,1");
     // A single-shard statement needs none.
     let single = shared.write(insert(&info, &[s0[1]])).await.unwrap();
     assert!(
         node.meta
             .get(&keys::outcome(single.ts))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The key goes once both shards sealed past the statement.
+    let collect = || crate::prepared::collect_outcomes(node.meta.as_ref());
+    assert_eq!(collect().await.unwrap(), 0);
+    shared.flush_all().await.unwrap();
+    assert_eq!(collect().await.unwrap(), 1);
+    assert!(
+        node.meta
+            .get(&keys::outcome(result.ts))
             .await
             .unwrap()
             .is_none()
