@@ -8,8 +8,8 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use quiver_api::{
-    ApiError, ApiResult, PreparedChange, SealedSegmentRef, ShardOwnerApi, ShardSnapshot,
-    StatusCode, StreamingApi, TableInfo, WriteRequest, WriteResult,
+    ApiError, ApiResult, AppliedReport, PreparedChange, SealedSegmentRef, ShardOwnerApi,
+    ShardSnapshot, StatusCode, StreamingApi, TableInfo, WriteRequest, WriteResult,
 };
 use quiver_segment::DeleteLogEntry;
 use quiver_types::{SegmentId, ShardId, Timestamp};
@@ -171,6 +171,10 @@ impl ShardOwnerApi for RemoteStreamingNode {
 
     async fn owned_shards(&self) -> ApiResult<Vec<u32>> {
         self.node.action(wire::STREAM_OWNED_SHARDS, &()).await
+    }
+
+    async fn applied_report(&self, until: Option<Timestamp>) -> ApiResult<AppliedReport> {
+        self.node.action(wire::STREAM_APPLIED_REPORT, &until).await
     }
 
     async fn prepare(

@@ -197,6 +197,7 @@ pub async fn streaming_action(
             reply(streaming.compact(table.as_ref()).await)
         }
         wire::STREAM_OWNED_SHARDS => reply(streaming.owned_shards().await),
+        wire::STREAM_APPLIED_REPORT => reply(streaming.applied_report(parse(body)?).await),
         wire::STREAM_PREPARE => {
             let (txn, shards, change) = decode_prepare(body).map_err(to_status)?;
             reply(streaming.prepare(txn, shards, change).await)

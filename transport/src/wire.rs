@@ -162,6 +162,7 @@ pub const ALL_ACTIONS: &[&str] = &[
     STREAM_PREPARE,
     STREAM_LOG_PREPARED,
     STREAM_FINISH_PREPARED,
+    STREAM_APPLIED_REPORT,
 ];
 
 pub const COORD_ALLOCATE_TIMESTAMP: &str = "coord.allocate_timestamp";
@@ -192,6 +193,7 @@ pub const STREAM_OWNED_SHARDS: &str = "streaming.owned_shards";
 pub const STREAM_PREPARE: &str = "streaming.prepare";
 pub const STREAM_LOG_PREPARED: &str = "streaming.log_prepared";
 pub const STREAM_FINISH_PREPARED: &str = "streaming.finish_prepared";
+pub const STREAM_APPLIED_REPORT: &str = "streaming.applied_report";
 
 /// The JSON part of a framed prepare: the writes' batches follow as in a
 /// framed write (none for a truncate).

@@ -364,6 +364,14 @@ pub trait QueryApi: Send + Sync {
     ) -> ApiResult<Vec<RecordBatch>>;
 }
 
+/// The shards a streaming node waited on and the timestamp they all
+/// applied up to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedReport {
+    pub shards: Vec<u32>,
+    pub ts: Timestamp,
+}
+
 /// A change prepared on one participant of a commit that spans several
 /// streaming nodes.
 #[derive(Debug, Clone)]
@@ -391,6 +399,12 @@ pub trait ShardOwnerApi: StreamingApi {
     fn label(&self) -> String;
     /// The shards this node serves now, ascending.
     async fn owned_shards(&self) -> ApiResult<Vec<u32>>;
+    /// Waits until the shards this node owns applied everything up to
+    /// `until` (without it: up to the newest of their ticks, which covers
+    /// every write they acknowledged), and says which shards those were.
+    /// A proxy whose idea of the owners is stale learns so from a shard
+    /// nobody reported.
+    async fn applied_report(&self, until: Option<Timestamp>) -> ApiResult<AppliedReport>;
     /// Locks `shards` (all owned here, else [`StatusCode::NotOwner`])
     /// and checks the change against their keys; holds the locks for
     /// `txn`. Returns, per request, the rows deleted and inserted (indexes

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quiver_api::{
-    ApiError, ApiResult, PreparedChange, ShardOwnerApi, StatusCode, TableInfo, WriteRequest,
-    WriteResult,
+    ApiError, ApiResult, AppliedReport, PreparedChange, ShardOwnerApi, StatusCode, TableInfo,
+    WriteRequest, WriteResult,
 };
 use quiver_meta::{MetaError, MetaOp, MetaStore, keys};
 use quiver_segment::WalRecord;
@@ -382,6 +382,32 @@ impl ShardOwnerApi for StreamingNode {
 
     async fn owned_shards(&self) -> ApiResult<Vec<u32>> {
         Ok(self.owned_shard_ids())
+    }
+
+    async fn applied_report(&self, until: Option<Timestamp>) -> ApiResult<AppliedReport> {
+        let owned = self.shards.owned();
+        let ts = until.unwrap_or_else(|| {
+            owned
+                .iter()
+                .map(|c| c.tick())
+                .max()
+                .unwrap_or(Timestamp::ZERO)
+        });
+        for ch in &owned {
+            if ch.tick() < ts {
+                // As wait_applied: a write holding the lock applies first.
+                let _guard = ch.write_lock.lock().await;
+                if ch.is_owned() {
+                    ch.advance_tick(ts);
+                }
+            }
+        }
+        let shards = owned
+            .iter()
+            .filter(|c| c.is_owned())
+            .map(|c| c.id)
+            .collect();
+        Ok(AppliedReport { shards, ts })
     }
 
     async fn prepare(

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use parking_lot::RwLock;
 use quiver_api::{
-    ApiError, ApiResult, CoordinatorApi, PreparedChange, ShardOwnerApi, ShardSnapshot, StatusCode,
-    StreamingApi, TableInfo, WriteRequest, WriteResult,
+    ApiError, ApiResult, AppliedReport, CoordinatorApi, PreparedChange, ShardOwnerApi,
+    ShardSnapshot, StatusCode, StreamingApi, TableInfo, WriteRequest, WriteResult,
 };
 use quiver_types::{ShardId, Timestamp, shard_of};
 
@@ -409,6 +409,33 @@ impl ShardRouter {
         ))
     }
 
+    /// Every owning node's [`ShardOwnerApi::applied_report`], once they
+    /// covered every shard between them (else the owners are asked anew).
+    async fn applied_everywhere(&self, until: Option<Timestamp>) -> ApiResult<Vec<AppliedReport>> {
+        self.routed(|| async move {
+            let peers = self.owning_peers()?;
+            let reports = join_all(
+                peers
+                    .into_iter()
+                    .map(|p| self.peers[p].applied_report(until)),
+            )
+            .await
+            .into_iter()
+            .collect::<ApiResult<Vec<_>>>()?;
+            let mut covered = vec![false; self.shard_count as usize];
+            for shard in reports.iter().flat_map(|r| &r.shards) {
+                if let Some(slot) = covered.get_mut(*shard as usize) {
+                    *slot = true;
+                }
+            }
+            match covered.iter().position(|c| !c) {
+                Some(missing) => Err(unowned(missing as u32)),
+                None => Ok(reports),
+            }
+        })
+        .await
+    }
+
     /// `call` on every node owning a shard.
     async fn on_owners<T, F, Fut>(&self, call: F) -> ApiResult<Vec<T>>
     where
@@ -500,8 +527,7 @@ impl StreamingApi for ShardRouter {
     }
 
     async fn wait_applied(&self, ts: Timestamp) -> ApiResult<Timestamp> {
-        self.on_owners(|p| async move { p.wait_applied(ts).await })
-            .await?;
+        self.applied_everywhere(Some(ts)).await?;
         Ok(ts)
     }
 
@@ -516,12 +542,14 @@ impl StreamingApi for ShardRouter {
         // Each node's newest tick covers what it acknowledged; the newest
         // of them covers every acknowledged write, once all nodes applied
         // up to it.
-        let ticks = self
-            .on_owners(|p| async move { p.acknowledged_ts().await })
-            .await?;
-        let newest = ticks.iter().copied().max().unwrap_or(Timestamp::ZERO);
-        if ticks.iter().any(|&t| t < newest) {
-            self.wait_applied(newest).await?;
+        let reports = self.applied_everywhere(None).await?;
+        let newest = reports
+            .iter()
+            .map(|r| r.ts)
+            .max()
+            .unwrap_or(Timestamp::ZERO);
+        if reports.iter().any(|r| r.ts < newest) {
+            self.applied_everywhere(Some(newest)).await?;
         }
         Ok(newest)
     }
