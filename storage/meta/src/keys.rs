@@ -77,8 +77,6 @@ pub const ROLES: &str = "/roles/";
 /// Held (leased) by the coordinator that leads; its value is the leader's
 /// address.
 pub const COORDINATOR_LEADER: &str = "/election/coordinator";
-/// Held by the streaming node that owns the shards.
-pub const STREAMING_LEADER: &str = "/election/streaming";
 
 pub fn role(name: &str) -> String {
     format!("{ROLES}{name}")

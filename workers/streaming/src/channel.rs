@@ -160,6 +160,18 @@ impl Channel {
         Timestamp(self.tick.load(Ordering::Acquire))
     }
 
+    /// Waits until everything below `ts` is applied and moves the tick
+    /// there: a write holding the lock finishes applying first, and writes
+    /// after it take a newer timestamp than `ts`.
+    pub async fn wait_applied(&self, ts: Timestamp) {
+        if self.tick() < ts {
+            let _guard = self.write_lock.lock().await;
+            if self.is_owned() {
+                self.advance_tick(ts);
+            }
+        }
+    }
+
     pub fn advance_tick(&self, ts: Timestamp) {
         self.tick.fetch_max(ts.0, Ordering::AcqRel);
     }

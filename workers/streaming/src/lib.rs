@@ -856,15 +856,9 @@ impl StreamingApi for StreamingNode {
     ) -> ApiResult<ShardSnapshot> {
         self.check_current(table).await?;
         let ch = self.shards.get(shard.0 as usize)?;
-        if ch.tick() < ts {
-            // A reader that did not wait for this shard (its proxy's idea
-            // of the owners was stale) must not see part of a commit
-            // below `ts`: wait for a write in progress, as wait_applied does.
-            let _guard = ch.write_lock.lock().await;
-            if ch.is_owned() {
-                ch.advance_tick(ts);
-            }
-        }
+        // A reader that did not wait for this shard (its proxy's idea of
+        // the owners was stale) must not see part of a commit below `ts`.
+        ch.wait_applied(ts).await;
         let snapshot = ch.snapshot(table, ts)?;
         // Handed over meanwhile: what was read may miss newer writes.
         ch.check_owned()?;
@@ -966,14 +960,7 @@ impl StreamingNode {
 
     async fn wait_applied_now(&self, ts: Timestamp) -> ApiResult<Timestamp> {
         for ch in self.shards.owned() {
-            if ch.tick() < ts {
-                // Any write holding the lock finishes applying first; writes
-                // after it take a newer timestamp than `ts`.
-                let _guard = ch.write_lock.lock().await;
-                if ch.is_owned() {
-                    ch.advance_tick(ts);
-                }
-            }
+            ch.wait_applied(ts).await;
         }
         Ok(ts)
     }

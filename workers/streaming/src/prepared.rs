@@ -394,13 +394,7 @@ impl ShardOwnerApi for StreamingNode {
                 .unwrap_or(Timestamp::ZERO)
         });
         for ch in &owned {
-            if ch.tick() < ts {
-                // As wait_applied: a write holding the lock applies first.
-                let _guard = ch.write_lock.lock().await;
-                if ch.is_owned() {
-                    ch.advance_tick(ts);
-                }
-            }
+            ch.wait_applied(ts).await;
         }
         let shards = owned
             .iter()

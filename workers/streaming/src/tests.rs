@@ -419,15 +419,21 @@ async fn a_bulk_insert_is_sealed_directly_and_survives_a_restart() {
 
 /// The node of `open` serving shard 0 and a second node, on the same WAL
 /// and meta store, serving shard 1; and a router over both.
-async fn two_nodes(node: &Node) -> (Arc<StreamingNode>, Arc<crate::router::ShardRouter>) {
+/// Another streaming node on the WAL and meta store of `node`, owning no
+/// shard yet.
+fn node_without_shards(node: &Node) -> Arc<StreamingNode> {
     let ctx = &node.streaming.ctx;
-    let second = StreamingNode::open_unowned(
+    StreamingNode::open_unowned(
         ctx.wal.clone(),
         ctx.meta.clone(),
         ctx.store.clone(),
         ctx.coordinator.clone(),
         ctx.options.clone(),
-    );
+    )
+}
+
+async fn two_nodes(node: &Node) -> (Arc<StreamingNode>, Arc<crate::router::ShardRouter>) {
+    let second = node_without_shards(node);
     node.streaming.release(1).await.unwrap();
     second.acquire(&[1]).await.unwrap();
     let router = crate::router::ShardRouter::new(
@@ -530,16 +536,7 @@ async fn recovery_applies_a_spanning_commit_only_when_its_outcome_says_commit() 
     let info = create(&node, "t").await;
     let (second, _router) = two_nodes(&node).await;
     let first = node.streaming.clone();
-    let ctx = node.streaming.ctx.clone();
-    let fresh = || {
-        StreamingNode::open_unowned(
-            ctx.wal.clone(),
-            ctx.meta.clone(),
-            ctx.store.clone(),
-            ctx.coordinator.clone(),
-            ctx.options.clone(),
-        )
-    };
+    let fresh = || node_without_shards(&node);
     let logged_on_both = |txn: u64, a: i64, b: i64, other: Arc<StreamingNode>| {
         let (first, info, coordinator) = (first.clone(), info.clone(), node.coordinator.clone());
         async move {
@@ -651,16 +648,9 @@ async fn a_shared_node_decides_its_multi_shard_statements_by_outcome_key() {
     let (s0, s1) = ids_by_shard();
     let node = open(dir.path()).await;
     let info = create(&node, "t").await;
-    let ctx = &node.streaming.ctx;
     node.streaming.release(0).await.unwrap();
     node.streaming.release(1).await.unwrap();
-    let shared = StreamingNode::open_unowned(
-        ctx.wal.clone(),
-        ctx.meta.clone(),
-        ctx.store.clone(),
-        ctx.coordinator.clone(),
-        ctx.options.clone(),
-    );
+    let shared = node_without_shards(&node);
     shared.acquire(&[0, 1]).await.unwrap();
     let result = shared.write(insert(&info, &[s0[0], s1[0]])).await.unwrap();
     let outcome = node
